@@ -1,0 +1,226 @@
+"""Controller configuration: frozen pydantic models, built-in defaults, one-line errors.
+
+A config file is TOML. Relative paths are taken relative to the file's
+directory; the built-in defaults put everything under the checkout, state in
+./var, so a first run needs no file in /etc.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from controller.errors import ConfigError
+
+LABEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+LABEL_ALLOWED = "1-63 of a-z 0-9 . _ -, starting with a letter or digit"
+CHECKOUT = Path(__file__).resolve().parent.parent
+BUILTIN = "built-in defaults"
+
+
+def check_label(name: str, source: str = "label", field: str = "label") -> str:
+    """Return name if it is a valid label name, else raise a ConfigError naming it."""
+    if not LABEL_RE.fullmatch(name):
+        raise ConfigError(source, field, f"invalid label name {name!r}", LABEL_ALLOWED)
+    return name
+
+
+class Model(BaseModel):
+    """Base of every config model: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _split_args(value: Any) -> Any:
+    # EXTRA_QEMU was a shell string in the original label file; keep accepting it.
+    return tuple(shlex.split(value)) if isinstance(value, str) else value
+
+
+ArgList = Annotated[tuple[str, ...], BeforeValidator(_split_args)]
+
+
+class MqttConfig(Model):
+    """Broker connection for events; disabled means events stay in the outbox and the log."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field("netroot", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    username: str | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: int = Field(30, ge=5, le=3600)
+    outbox_limit: int = Field(100_000, ge=100)
+
+
+class NfsConfig(Model):
+    """How root trees are exported to nodes."""
+
+    server: Literal["ganesha", "kernel"] = "ganesha"
+    clients: tuple[str, ...] = ("10.0.2.0/24",)
+    insecure: bool = False
+    port: int = Field(2049, ge=1, le=65535)
+    exports_file: Path = Path("/etc/exports.d/netroot.exports")
+    ganesha_config: Path = Path("/etc/ganesha/netroot.conf")
+
+    @field_validator("clients")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            if net == "*":
+                continue  # allowed only when written explicitly
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not a network like 10.0.0.0/16 or '*'") from exc
+        return value
+
+
+class LabelConfig(Model):
+    """One configured system: the original tool's label file entry, and more."""
+
+    recipe: str = Field(description="recipe file, relative to recipes_dir (RECIPE)")
+    rw: bool = Field(False, description="serve read-write to a single node, no tmpfs overlay (RW)")
+    debug: bool = Field(False, description="rd.debug and a serial console (DEBUG)")
+    extra_cmdline: str = Field("", description="appended to the kernel command line")
+    extra_qemu: ArgList = Field((), description="extra qemu arguments for `netroot boot`")
+    export_path: Path | None = Field(None, description="export link, default export_root/LABEL")
+    tftp_root: Path | None = Field(None, description="TFTP root for this label (TFTPBOOT)")
+    keep_versions: int = Field(3, ge=1, le=1000)
+    overlays: tuple[str, ...] | None = Field(
+        None, description="overlay directories applied in order; default common then LABEL"
+    )
+    rootovlcfg: tuple[str, ...] = ()
+    activation: Literal["auto", "manual"] = "auto"
+
+    @field_validator("overlays")
+    @classmethod
+    def _overlay_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in value or ():
+            if not LABEL_RE.fullmatch(name):
+                raise ValueError(f"invalid overlay name {name!r}; allowed: {LABEL_ALLOWED}")
+        return value
+
+
+class Config(Model):
+    """The whole controller configuration."""
+
+    state_dir: Path = Path("var/lib")
+    recipes_dir: Path = Path("recipes")
+    overlays_dir: Path = Path("var/overlays")
+    base_dir: Path = Path("base")
+    export_root: Path = Path("var/export")
+    tftp_root: Path = Path("var/tftp")
+    server: str = "10.0.2.2"
+    mqtt: MqttConfig = MqttConfig()
+    nfs: NfsConfig = NfsConfig()
+    labels: dict[str, LabelConfig] = Field(default_factory=dict)
+    source: str = Field(BUILTIN, exclude=True, description="where this config came from")
+
+    def label(self, name: str) -> LabelConfig:
+        """The label's config, or a ConfigError listing the configured labels."""
+        check_label(name)
+        try:
+            return self.labels[name]
+        except KeyError:
+            known = ", ".join(sorted(self.labels)) or "none configured"
+            raise ConfigError(self.source, f"labels.{name}", "no such label", known) from None
+
+    def overlay_names(self, name: str) -> tuple[str, ...]:
+        """Overlay directories for a label, in the order they apply."""
+        configured = self.label(name).overlays
+        return configured if configured is not None else ("common", name)
+
+    def recipe_path(self, name: str) -> Path:
+        """The label's recipe file."""
+        return self.recipes_dir / self.label(name).recipe
+
+    def export_link(self, name: str) -> Path:
+        """The symlink NFS exports for the label."""
+        return self.label(name).export_path or self.export_root / name
+
+    def label_tftp_root(self, name: str) -> Path:
+        """The TFTP root that serves the label's boot files."""
+        return self.label(name).tftp_root or self.tftp_root
+
+
+DEFAULT_LABELS: dict[str, dict[str, Any]] = {
+    "debian12": {"recipe": "debian12.toml"},
+}
+
+
+def _first_error(exc: ValidationError, source: str, model: type[BaseModel]) -> ConfigError:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(_fields_at(model, loc[:-1]))
+        return ConfigError(source, field, "unknown field", allowed)
+    if err["type"] == "missing":
+        return ConfigError(source, field, "required field is missing")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return ConfigError(source, field, msg)
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names of the model found at a location, for an 'allowed' hint."""
+    current: Any = model
+    for part in loc:
+        if current is Config and part == "labels":
+            current = dict
+        elif current is dict:
+            current = LabelConfig
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            annotation = current.model_fields[part].annotation
+            current = annotation if isinstance(annotation, type) else None
+        if current is None:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [n for n, f in current.model_fields.items() if not f.exclude]
+    return []
+
+
+def _resolve(data: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Make top-level path keys absolute relative to root (the config file's directory)."""
+    out = dict(data)
+    for key, field in Config.model_fields.items():
+        if field.annotation is Path:
+            out[key] = root / Path(out.get(key, field.default))
+    return out
+
+
+def parse_config(data: dict[str, Any], *, source: str, root: Path) -> Config:
+    """Validate a config mapping; paths resolved against root."""
+    for name in data.get("labels", {}) or {}:
+        check_label(name, source, f"labels.{name}")
+    try:
+        return Config.model_validate({**_resolve(data, root), "source": source})
+    except ValidationError as exc:
+        raise _first_error(exc, source, Config) from None
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load the config named by path, NETROOT_CONFIG, or the built-in defaults."""
+    if path is None and os.environ.get("NETROOT_CONFIG"):
+        path = Path(os.environ["NETROOT_CONFIG"])
+    if path is None:
+        return parse_config({"labels": DEFAULT_LABELS}, source=BUILTIN, root=CHECKOUT)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"invalid TOML: {exc}") from None
+    return parse_config(data, source=str(path), root=path.resolve().parent)

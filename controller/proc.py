@@ -1,0 +1,179 @@
+"""The one way netroot runs a subprocess.
+
+argv lists only (never a shell string carrying user data), stdin closed unless
+input is given, an explicit minimal environment, the command logged with
+shlex.join, the whole process group killed and reaped when the caller is
+interrupted or cancelled, and a typed error carrying argv, status and the
+stderr tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeAlias
+
+from controller.errors import ProcessError
+from controller.log import get_logger
+
+log = get_logger("proc")
+
+SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TAIL_LINES = 30
+_GRACE_SECONDS = 5.0
+
+Arg: TypeAlias = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished process: argv, status and captured output (empty when logged to a file)."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The minimal environment every subprocess starts from."""
+    env = {"PATH": SEARCH_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/root"}
+    if extra:
+        env.update(extra)
+    return env
+
+
+def to_argv(argv: Sequence[Arg]) -> list[str]:
+    """Paths become strings; nothing else is interpreted."""
+    return [os.fspath(a) for a in argv]
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    """The last lines of a text, for error messages."""
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def file_tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = 64 * 1024) -> str:
+    """The last lines of a log file, reading at most max_bytes from its end."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return tail(f.read().decode(errors="replace"), lines)
+    except OSError:
+        return ""
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def run(
+    argv: Sequence[Arg],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+    stdin: bytes | None = None,
+    log_file: Path | None = None,
+    timeout: float | None = None,
+) -> Completed:
+    """Run argv to completion.
+
+    With log_file, stdout and stderr are appended to that file (a build log)
+    and the error carries the file's tail; otherwise both are captured.
+    """
+    args = to_argv(argv)
+    log.debug("run", cmd=shlex.join(args))
+    out: IO[bytes] | int
+    sink: IO[bytes] | None = None
+    if log_file is not None:
+        sink = log_file.open("ab")
+        sink.write(f"$ {shlex.join(args)}\n".encode())
+        sink.flush()
+        out = err = sink
+    else:
+        out = err = subprocess.PIPE
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=out,
+            stderr=err if sink is None else subprocess.STDOUT,
+            env=base_env(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        if sink is not None:
+            sink.close()
+        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+    try:
+        stdout_b, stderr_b = proc.communicate(stdin, timeout=timeout)
+    except BaseException:
+        # Interrupted (Ctrl-C, timeout, exception in a thread): take the group down.
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
+    finally:
+        if sink is not None:
+            sink.close()
+    stdout = (stdout_b or b"").decode(errors="replace")
+    stderr = (stderr_b or b"").decode(errors="replace")
+    if check and proc.returncode != 0:
+        detail = file_tail(log_file) if log_file is not None else tail(stderr or stdout)
+        raise ProcessError(args, proc.returncode, detail)
+    return Completed(args, proc.returncode, stdout, stderr)
+
+
+async def arun(
+    argv: Sequence[Arg],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+    stdin: bytes | None = None,
+) -> Completed:
+    """Async run for the daemon; cancellation terminates and reaps the process group."""
+    args = to_argv(argv)
+    log.debug("run", cmd=shlex.join(args))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=base_env(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+    try:
+        stdout_b, stderr_b = await proc.communicate(stdin)
+    except asyncio.CancelledError:
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), _GRACE_SECONDS)
+        except TimeoutError:
+            _kill_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        raise
+    returncode = proc.returncode if proc.returncode is not None else -1
+    stdout, stderr = stdout_b.decode(errors="replace"), stderr_b.decode(errors="replace")
+    if check and returncode != 0:
+        raise ProcessError(args, returncode, tail(stderr or stdout))
+    return Completed(args, returncode, stdout, stderr)
