@@ -8,9 +8,8 @@ import sys
 import structlog
 
 
-def configure(*, json: bool = False, verbose: bool = False) -> None:
+def configure(*, json: bool = False, level: int = logging.INFO) -> None:
     """Log to stderr: key=value lines for people, JSON lines for journald and tests."""
-    level = logging.DEBUG if verbose else logging.INFO
     renderer: structlog.typing.Processor
     if json:
         renderer = structlog.processors.JSONRenderer()

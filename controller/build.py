@@ -1,0 +1,299 @@
+"""A build: a flat pipeline of named steps over one context, staged then renamed into place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from controller import failpoints, fsops, store, treeindex
+from controller.builders import Builder, BuildRequest, builder_for
+from controller.config import Config
+from controller.errors import BuildError, NetrootError, VerifyError
+from controller.layout import LabelPaths, label_paths, new_version_id
+from controller.manifest import BootArtifact, Manifest
+from controller.overlays import (
+    OverlayItem,
+    apply_overlays,
+    overlay_digest,
+    record_parents,
+    scan_overlays,
+)
+from controller.proc import file_tail
+from controller.recipes import Recipe, load_recipe
+from controller.safepath import ImageRoot
+
+log = structlog.get_logger(component="build")
+
+VERSION_FILE = "etc/netroot/version"
+KERNEL_NAME, INITRD_NAME = "vmlinuz", "initrd.img"
+Progress = Callable[[str, str], None]  # (step, message)
+
+
+@dataclass
+class BuildContext:
+    """Everything the steps share; each step fills in what the next ones need."""
+
+    config: Config
+    label: str
+    paths: LabelPaths
+    build_id: str
+    rebuild: bool
+    progress: Progress
+    log_file: Path
+    recipe_path: Path = field(init=False)
+    recipe: Recipe = field(init=False)
+    builder: Builder = field(init=False)
+    base_key: str = ""
+    reused_base: bool = False
+    index: treeindex.Index = field(default_factory=dict)
+    overlay_items: list[OverlayItem] = field(default_factory=list)
+    overlay_digest: str = ""
+    kernel: BootArtifact | None = None
+    initrd: BootArtifact | None = None
+    kernel_version: str = ""
+    version: str = ""
+    manifest: Manifest | None = None
+
+    @property
+    def staging(self) -> Path:
+        """This build's private directory."""
+        return self.paths.staging / self.build_id
+
+    @property
+    def rootfs(self) -> Path:
+        """The tree being built."""
+        return self.staging / "rootfs"
+
+    def say(self, message: str) -> None:
+        """Progress line for the current step."""
+        self.progress(self._step, message)
+
+    _step: str = ""
+
+
+def step_resolve(ctx: BuildContext) -> None:
+    """Load the recipe and work out the key of its base tree."""
+    ctx.recipe_path = ctx.config.recipe_path(ctx.label)
+    ctx.recipe = load_recipe(ctx.recipe_path)
+    ctx.builder = builder_for(ctx.recipe)
+    ctx.base_key = ctx.builder.input_key(ctx.recipe, ctx.recipe_path)
+
+
+def step_stage(ctx: BuildContext) -> None:
+    """Create the staging directory on the store's filesystem."""
+    (ctx.staging / "boot").mkdir(parents=True)
+    ctx.rootfs.mkdir()
+
+
+def _base_dir(ctx: BuildContext) -> Path:
+    return ctx.paths.bases / ctx.base_key[:32]
+
+
+def step_base(ctx: BuildContext) -> None:
+    """Clone the cached base tree for this key, or run the builder and cache its tree."""
+    cached = _base_dir(ctx)
+    if not ctx.rebuild and (cached / store.INDEX_NAME).is_file():
+        ctx.say(f"reusing base tree {cached.name[:12]} (inputs unchanged)")
+        ctx.rootfs.rmdir()
+        fsops.clone_tree(cached / "rootfs", ctx.rootfs)
+        ctx.index = treeindex.parse((cached / store.INDEX_NAME).read_bytes())
+        ctx.reused_base = True
+        return
+    request = BuildRequest(
+        label=ctx.label, build_id=ctx.build_id, recipe=ctx.recipe, recipe_path=ctx.recipe_path,
+        rootfs=ctx.rootfs, log_file=ctx.log_file, cache_dir=ctx.config.state_dir / "cache",
+        base_dir=ctx.config.base_dir,
+    )
+    ctx.builder.build(request, ctx.say)
+    ctx.say("indexing the base tree")
+    ctx.index = treeindex.scan(ctx.rootfs)
+    _snapshot_base(ctx, cached)
+
+
+def _snapshot_base(ctx: BuildContext, cached: Path) -> None:
+    """Keep the pre-overlay tree (hard links: no data copied) for overlay-only versions."""
+    tmp = ctx.paths.staging / f"base-{ctx.build_id}"
+    fsops.clone_tree(ctx.rootfs, tmp / "rootfs")
+    (tmp / store.INDEX_NAME).write_bytes(treeindex.render(ctx.index))
+    fsops.remove_tree(cached)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, cached)
+
+
+def step_overlays(ctx: BuildContext) -> None:
+    """Apply overlays/common and overlays/<label> (or the label's list) over the base."""
+    dirs = [ctx.config.overlays_dir / name for name in ctx.config.overlay_names(ctx.label)]
+    ctx.overlay_items = scan_overlays(dirs)
+    ctx.overlay_digest = overlay_digest(ctx.overlay_items)
+    count = apply_overlays(ctx.rootfs, ctx.overlay_items, ctx.index)
+    ctx.say(f"{count} overlay entries from {', '.join(d.name for d in dirs if d.is_dir()) or 'none'}")
+
+
+_KVER = re.compile(r"vmlinuz-(.+)")
+
+
+def _find_kernel(ctx: BuildContext) -> tuple[str, str, str]:
+    """(kernel path, initrd path, kernel version) inside rootfs."""
+    recipe = ctx.recipe
+    kernel = getattr(recipe, "kernel", None)
+    initrd = getattr(recipe, "initrd", None)
+    boot = ctx.rootfs / "boot"
+    if kernel is None:
+        names = sorted(n for n in os.listdir(boot) if _KVER.fullmatch(n)) if boot.is_dir() else []
+        if not names:
+            raise VerifyError(f"{ctx.label}: no kernel in /boot of the image (vmlinuz-VERSION)")
+        kernel = f"boot/{names[-1]}"
+    match = _KVER.fullmatch(Path(kernel).name)
+    kver = match.group(1) if match else "unknown"
+    if initrd is None:
+        for candidate in (f"boot/initrd.img-{kver}", f"boot/initramfs-{kver}.img"):
+            if (ctx.rootfs / candidate).is_file():
+                initrd = candidate
+                break
+        else:
+            raise VerifyError(f"{ctx.label}: no initramfs for kernel {kver} in /boot of the image")
+    return kernel.lstrip("/"), initrd.lstrip("/"), kver
+
+
+def _boot_artifact(ctx: BuildContext, source: str, name: str) -> BootArtifact:
+    src = ctx.rootfs / source
+    if src.is_symlink() or not src.is_file():
+        raise VerifyError(f"{ctx.label}: {source} is not a regular file in the image")
+    dst = ctx.staging / "boot" / name
+    fsops.link_or_copy(src, dst)
+    return BootArtifact(name=name, source=source, size=dst.stat().st_size,
+                        sha256=treeindex.file_sha256(dst))
+
+
+def step_boot(ctx: BuildContext) -> None:
+    """Take kernel and initramfs out of the tree into boot/."""
+    kernel, initrd, ctx.kernel_version = _find_kernel(ctx)
+    ctx.kernel = _boot_artifact(ctx, kernel, KERNEL_NAME)
+    ctx.initrd = _boot_artifact(ctx, initrd, INITRD_NAME)
+    ctx.say(f"kernel {ctx.kernel_version}")
+
+
+def _boot_digest(ctx: BuildContext) -> str:
+    assert ctx.kernel and ctx.initrd
+    return hashlib.sha256(f"{ctx.kernel.sha256}\n{ctx.initrd.sha256}\n".encode()).hexdigest()
+
+
+def step_version(ctx: BuildContext) -> None:
+    """Name the version after time and content, and write /etc/netroot/version into it."""
+    ctx.index.pop(VERSION_FILE, None)
+    content = hashlib.sha256(treeindex.render(ctx.index) + _boot_digest(ctx).encode()).hexdigest()
+    ctx.version = new_version_id(datetime.now(UTC), content)
+    with ImageRoot(ctx.rootfs) as image:
+        image.ensure_dir("etc/netroot", mode=0o755, uid=0, gid=0)
+        path, sha = image.write_bytes(VERSION_FILE, f"{ctx.version}\n".encode())
+        ctx.index[path] = treeindex.entry(image.lstat(path), sha)
+        record_parents(image, path, ctx.index)
+
+
+def step_manifest(ctx: BuildContext) -> None:
+    """Write files.idx and manifest.json into the staged version."""
+    assert ctx.kernel and ctx.initrd
+    index_bytes = treeindex.render(ctx.index)
+    fsops.write_atomic(ctx.staging / store.INDEX_NAME, index_bytes)
+    count, size = treeindex.totals(ctx.index)
+    ctx.manifest = Manifest(
+        version=ctx.version, label=ctx.label, created=datetime.now(UTC),
+        builder=ctx.builder.name, recipe=str(ctx.recipe_path),
+        recipe_sha256=treeindex.file_sha256(ctx.recipe_path), base_key=ctx.base_key,
+        overlay_digest=ctx.overlay_digest, parent=store.active_version(ctx.paths),
+        kernel_version=ctx.kernel_version, kernel=ctx.kernel, initrd=ctx.initrd,
+        boot_digest=_boot_digest(ctx), tree_digest=treeindex.digest(index_bytes),
+        file_count=count, size_bytes=size,
+    )
+    fsops.write_atomic(ctx.staging / "manifest.json",
+                       ctx.manifest.model_dump_json(indent=2).encode() + b"\n")
+
+
+def step_verify(ctx: BuildContext) -> None:
+    """The staged version must verify before it may be committed."""
+    assert ctx.manifest is not None
+    store.verify_tree(ctx.staging, ctx.manifest, deep=False)
+
+
+def step_commit(ctx: BuildContext) -> None:
+    """Flush the staged tree, then rename it into images/<label>/<version>."""
+    fsops.syncfs(ctx.staging)
+    os.rename(ctx.staging, ctx.paths.version(ctx.version))
+    fsops.fsync_dir(ctx.paths.images)
+
+
+Step = Callable[[BuildContext], None]
+STEPS: list[tuple[str, Step]] = [
+    ("resolve", step_resolve),
+    ("stage", step_stage),
+    ("base", step_base),
+    ("overlays", step_overlays),
+    ("boot", step_boot),
+    ("version", step_version),
+    ("manifest", step_manifest),
+    ("verify", step_verify),
+    ("commit", step_commit),
+]
+
+
+def new_build_id() -> str:
+    """A build id: sortable start time plus randomness."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def run_build(
+    config: Config, label: str, *, progress: Progress, rebuild: bool = False
+) -> Manifest:
+    """Run every step; on failure remove the staging tree and raise BuildError.
+
+    The caller holds the label lock. Nothing outside staging changes until the
+    final rename, so a failed or killed build leaves the store as it was.
+    """
+    paths = label_paths(config, label)
+    build_id = new_build_id()
+    log_file = config.state_dir / "logs" / label / f"{build_id}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    ctx = BuildContext(config=config, label=label, paths=paths, build_id=build_id,
+                       rebuild=rebuild, progress=progress, log_file=log_file)
+    bound = log.bind(label=label, build_id=build_id)
+    started = time.monotonic()
+    for name, step in STEPS:
+        ctx._step = name
+        failpoints.hit(f"build:{name}")
+        t0 = time.monotonic()
+        try:
+            step(ctx)
+        except NetrootError as exc:
+            _fail(ctx, name, exc)
+            if isinstance(exc, BuildError):
+                raise
+            raise BuildError(name, str(exc), file_tail(log_file)) from exc
+        except OSError as exc:
+            _fail(ctx, name, exc)
+            raise BuildError(name, str(exc), file_tail(log_file)) from exc
+        seconds = time.monotonic() - t0
+        bound.info("step done", step=name, seconds=round(seconds, 3))
+        if seconds >= 1.0:
+            progress(name, f"done in {seconds:.1f}s")
+    failpoints.hit("build:done")
+    assert ctx.manifest is not None
+    bound.info("build done", version=ctx.version, seconds=round(time.monotonic() - started, 3),
+               reused_base=ctx.reused_base)
+    return ctx.manifest
+
+
+def _fail(ctx: BuildContext, step: str, exc: BaseException) -> None:
+    log.error("build failed", label=ctx.label, build_id=ctx.build_id, step=step, error=str(exc))
+    with open(ctx.log_file, "a") as f:
+        f.write(f"netroot: step {step} failed: {exc}\n")
+    fsops.remove_tree(ctx.staging)
+    fsops.remove_tree(ctx.paths.staging / f"base-{ctx.build_id}")

@@ -1,0 +1,49 @@
+"""Builders turn a recipe into a base root tree. One module per backend, one Protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from controller.recipes import Recipe
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a builder gets: the recipe and an empty rootfs to fill, in staging."""
+
+    label: str
+    build_id: str
+    recipe: Recipe
+    recipe_path: Path
+    rootfs: Path
+    log_file: Path
+    cache_dir: Path
+    base_dir: Path
+
+
+Progress = Callable[[str], None]
+
+
+class Builder(Protocol):
+    """A backend that produces the pre-overlay root tree of a recipe."""
+
+    name: str
+
+    def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
+        """Digest of every input that determines the tree (recipe content, sources...)."""
+        ...
+
+    def build(self, request: BuildRequest, progress: Progress) -> None:
+        """Fill request.rootfs; raise a NetrootError naming what failed."""
+        ...
+
+
+def builder_for(recipe: Recipe) -> Builder:
+    """The backend a recipe names."""
+    from controller.builders.importer import ImportBuilder  # noqa: PLC0415 - keeps backends lazy
+
+    backends: dict[str, Callable[[], Builder]] = {"import": ImportBuilder}
+    return backends[recipe.builder]()

@@ -1,0 +1,63 @@
+"""netroot command line: argument parsing, output and exit codes (the only place that exits)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from controller import __version__
+from controller import log as logsetup
+from controller.cli import output, store_cmds
+from controller.errors import NetrootError
+
+# Each command module adds its subcommands; handlers return an exit status.
+COMMAND_MODULES = [store_cmds]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (DESIGN.md section 8)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $NETROOT_CONFIG, else built-in defaults)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output on stdout")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging on stderr")
+    parser = argparse.ArgumentParser(
+        prog="netroot", parents=[common],
+        description="Build, version, serve and track root filesystems for diskless nodes.",
+        epilog="Exit status 0 on success; otherwise a one-line reason on stderr.",
+    )
+    parser.add_argument("--version", action="version", version=f"netroot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `netroot` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, default in (("config", None), ("json", False), ("verbose", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    # Commands print their own progress; the structured log is for -v and the daemon.
+    level = logging.DEBUG if args.verbose else logging.WARNING
+    logsetup.configure(json=args.json, level=level)
+    try:
+        status: int = args.handler(args)
+    except NetrootError as exc:
+        output.error(exc)
+        return 1
+    except BrokenPipeError:
+        # `netroot versions | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("netroot: interrupted", file=sys.stderr)
+        return 130
+    return status

@@ -1,0 +1,58 @@
+"""Tables for people, JSON for programs, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from controller.errors import BuildError, NetrootError
+
+
+def error(exc: NetrootError) -> None:
+    """One line on stderr (plus the log tail of a failed build)."""
+    print(f"netroot: error: {exc}", file=sys.stderr)
+    if isinstance(exc, BuildError) and exc.log_tail:
+        print("--- last lines of the build log ---", file=sys.stderr)
+        print(exc.log_tail, file=sys.stderr)
+
+
+def emit_json(data: Any) -> None:
+    """Pretty JSON on stdout."""
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns on stdout."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    for row in [list(headers), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def human_size(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+class Progress:
+    """Step progress on stderr with elapsed seconds; silent with --json."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.started = time.monotonic()
+
+    def __call__(self, step: str, message: str) -> None:
+        """Print one progress line."""
+        if not self.quiet:
+            elapsed = time.monotonic() - self.started
+            print(f"[{elapsed:7.1f}s] {step}: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,217 @@
+"""validate, build, activate, rollback, versions, gc, verify."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from controller import activation, gc, store
+from controller.build import run_build
+from controller.cli.output import Progress, emit_json, human_size, table
+from controller.config import Config, check_label, load_config
+from controller.layout import LabelPaths, label_paths
+from controller.locking import label_lock
+from controller.manifest import Manifest
+from controller.overlays import scan_overlays
+from controller.recipes import load_recipe
+from controller.recovery import recover_label
+
+Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the store commands."""
+    p = sub.add_parser("validate", parents=[common], help="check the config and every recipe it names")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("build", parents=[common], help="build a new version of a label")
+    p.add_argument("label")
+    p.add_argument("--activate", action="store_true", help="activate the version on success")
+    p.add_argument("--rebuild", action="store_true",
+                   help="run the builder even if the cached base tree matches the inputs")
+    p.set_defaults(handler=cmd_build)
+
+    p = sub.add_parser("activate", parents=[common],
+                       help="make a version the one new boots get (default: newest)")
+    p.add_argument("label")
+    p.add_argument("version", nargs="?")
+    p.set_defaults(handler=cmd_activate)
+
+    p = sub.add_parser("rollback", parents=[common], help="return to the previously active version")
+    p.add_argument("label")
+    p.set_defaults(handler=cmd_rollback)
+
+    p = sub.add_parser("versions", parents=[common], help="list versions, the active one marked")
+    p.add_argument("label")
+    p.set_defaults(handler=cmd_versions)
+
+    p = sub.add_parser("gc", parents=[common], help="prune old versions (keep_versions, in-use guard)")
+    p.add_argument("label")
+    p.add_argument("--dry-run", action="store_true", help="show what would be pruned")
+    p.set_defaults(handler=cmd_gc)
+
+    p = sub.add_parser("verify", parents=[common], help="check a version against its manifest")
+    p.add_argument("label")
+    p.add_argument("version", nargs="?", help="default: the active version")
+    p.add_argument("--deep", action="store_true", help="hash every file of the tree")
+    p.set_defaults(handler=cmd_verify)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config) if args.config else None)
+
+
+def _label(args: argparse.Namespace, config: Config) -> LabelPaths:
+    check_label(args.label)
+    config.label(args.label)
+    return label_paths(config, args.label)
+
+
+def _waiting(label: str) -> None:
+    print(f"netroot: waiting for another build or activation of {label}...", file=sys.stderr)
+
+
+def _summary(m: Manifest) -> dict[str, Any]:
+    return m.model_dump(mode="json")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Load the config, every recipe and every overlay; change nothing."""
+    config = _config(args)
+    rows, report = [], {}
+    for name in sorted(config.labels):
+        recipe = load_recipe(config.recipe_path(name))
+        overlays = [config.overlays_dir / o for o in config.overlay_names(name)]
+        items = scan_overlays(overlays)
+        report[name] = {"recipe": str(config.recipe_path(name)), "builder": recipe.builder,
+                        "overlay_entries": len(items)}
+        rows.append([name, recipe.builder, str(config.recipe_path(name)), str(len(items))])
+    if args.json:
+        emit_json({"config": config.source, "valid": True, "labels": report})
+    else:
+        print(f"{config.source}: valid, {len(config.labels)} label(s)")
+        if rows:
+            table(["LABEL", "BUILDER", "RECIPE", "OVERLAY ENTRIES"], rows)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build (and optionally activate) a new version."""
+    config = _config(args)
+    paths = _label(args, config)
+    load_recipe(config.recipe_path(args.label))  # a bad recipe fails before anything is written
+    scan_overlays([config.overlays_dir / o for o in config.overlay_names(args.label)])
+    progress = Progress(quiet=args.json)
+    with label_lock(paths, on_wait=lambda: _waiting(args.label)):
+        recover_label(config, args.label, activation.placeholder_menu)
+        manifest = run_build(config, args.label, progress=progress, rebuild=args.rebuild)
+        done: activation.Activation | None = None
+        if args.activate:
+            done = activation.activate(paths, manifest.version)
+    if args.json:
+        emit_json({"version": _summary(manifest), "activated": done is not None})
+    else:
+        print(f"built {args.label} {manifest.version}: {manifest.file_count} entries, "
+              f"{human_size(manifest.size_bytes)}, kernel {manifest.kernel_version}")
+        if done:
+            print(f"activated {args.label} {done.version} (was {done.previous or 'none'})")
+    return 0
+
+
+def _print_activation(args: argparse.Namespace, done: activation.Activation) -> None:
+    if args.json:
+        emit_json({"label": done.label, "version": done.version, "previous": done.previous,
+                   "action": done.action})
+    else:
+        verb = "rolled back" if done.action == "rollback" else "activated"
+        print(f"{verb} {done.label} to {done.version} (was {done.previous or 'none'})")
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    """Activate a version."""
+    config = _config(args)
+    paths = _label(args, config)
+    with label_lock(paths, on_wait=lambda: _waiting(args.label)):
+        recover_label(config, args.label, activation.placeholder_menu)
+        done = activation.activate(paths, args.version)
+    _print_activation(args, done)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Activate the previously active version."""
+    config = _config(args)
+    paths = _label(args, config)
+    with label_lock(paths, on_wait=lambda: _waiting(args.label)):
+        recover_label(config, args.label, activation.placeholder_menu)
+        done = activation.rollback(paths)
+    _print_activation(args, done)
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    """List versions of a label."""
+    config = _config(args)
+    paths = _label(args, config)
+    infos = store.list_versions(paths)
+    if args.json:
+        emit_json([{**_summary(i.manifest), "active": i.active, "rollback_target": i.rollback_target}
+                   for i in infos])
+        return 0
+    if not infos:
+        print(f"{args.label}: no versions yet; run `netroot build {args.label}`")
+        return 0
+    rows = []
+    for i in infos:
+        m = i.manifest
+        mark = "*" if i.active else ("<" if i.rollback_target else "")
+        rows.append([mark, m.version, m.created.strftime("%Y-%m-%d %H:%M:%S"), str(m.file_count),
+                     human_size(m.size_bytes), m.kernel_version, m.builder])
+    table(["", "VERSION", "CREATED (UTC)", "FILES", "SIZE", "KERNEL", "BUILDER"], rows)
+    print("* active   < rollback target")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Prune old versions."""
+    config = _config(args)
+    paths = _label(args, config)
+    keep = config.label(args.label).keep_versions
+    guard = gc.NoNodes()
+    with label_lock(paths, on_wait=lambda: _waiting(args.label)):
+        recover_label(config, args.label, activation.placeholder_menu)
+        if args.dry_run:
+            reasons = gc.protected_versions(paths, guard)
+            pruned = gc.select_prunable(store.version_ids(paths), keep=keep, protected=set(reasons))
+            held = reasons
+        else:
+            pruned, held = gc.collect(paths, keep, guard)
+    if args.json:
+        emit_json({"label": args.label, "pruned": pruned, "kept": held, "dry_run": args.dry_run})
+        return 0
+    verb = "would prune" if args.dry_run else "pruned"
+    print(f"{args.label}: {verb} {len(pruned)} version(s), keep_versions={keep}")
+    for v in pruned:
+        print(f"  - {v}")
+    for v, why in sorted(held.items()):
+        print(f"  kept {v}: {why}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a version against its manifest."""
+    config = _config(args)
+    paths = _label(args, config)
+    version = args.version or store.active_version(paths)
+    if version is None:
+        print(f"netroot: error: {args.label}: no active version to verify", file=sys.stderr)
+        return 1
+    manifest = store.verify_version(paths, version, deep=args.deep)
+    if args.json:
+        emit_json({"label": args.label, "version": version, "ok": True, "deep": args.deep})
+    else:
+        depth = "every file hashed" if args.deep else "manifest, index and boot files"
+        print(f"{args.label} {version}: OK ({depth}; {manifest.file_count} entries)")
+    return 0

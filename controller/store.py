@@ -1,0 +1,121 @@
+"""Reading the store: versions, manifests, the active version, verification."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from controller import history, treeindex
+from controller.errors import StoreError, VerifyError
+from controller.layout import LabelPaths, is_version_id
+from controller.manifest import BootArtifact, Manifest
+
+INDEX_NAME = "files.idx"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A committed version as listed by `netroot versions`."""
+
+    manifest: Manifest
+    active: bool
+    rollback_target: bool
+
+
+def version_ids(paths: LabelPaths) -> list[str]:
+    """Committed versions of a label, oldest first."""
+    try:
+        names = os.listdir(paths.images)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if is_version_id(n))
+
+
+def read_manifest(paths: LabelPaths, version: str) -> Manifest:
+    """A version's manifest; StoreError when the version does not exist."""
+    try:
+        data = paths.manifest(version).read_bytes()
+    except FileNotFoundError:
+        known = ", ".join(version_ids(paths)[-5:]) or "none built yet"
+        raise StoreError(f"{paths.label}: no version {version!r} (latest: {known})") from None
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise VerifyError(f"{paths.manifest(version)}: invalid manifest: {exc.errors()[0]['msg']}") from None
+
+
+def read_history(paths: LabelPaths) -> list[history.Entry]:
+    """The label's activation history (a torn last line is ignored)."""
+    try:
+        return history.parse(paths.history.read_text())
+    except FileNotFoundError:
+        return []
+
+
+def rollback_stack(paths: LabelPaths) -> list[str]:
+    """Active version last, the one a rollback returns to before it."""
+    return history.replay(read_history(paths), exists=set(version_ids(paths)))
+
+
+def active_version(paths: LabelPaths) -> str | None:
+    """The version new boots get, per the history."""
+    stack = rollback_stack(paths)
+    return stack[-1] if stack else None
+
+
+def list_versions(paths: LabelPaths) -> list[VersionInfo]:
+    """Every committed version with its manifest, oldest first."""
+    stack = rollback_stack(paths)
+    active = stack[-1] if stack else None
+    target = stack[-2] if len(stack) > 1 else None
+    return [
+        VersionInfo(read_manifest(paths, v), v == active, v == target) for v in version_ids(paths)
+    ]
+
+
+def _check_artifact(boot: Path, artifact: BootArtifact, deep: bool) -> None:
+    path = boot / artifact.name
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise VerifyError(f"{path}: boot artifact missing") from None
+    if st.st_size != artifact.size:
+        raise VerifyError(f"{path}: size {st.st_size}, manifest says {artifact.size}")
+    if deep and treeindex.file_sha256(path) != artifact.sha256:
+        raise VerifyError(f"{path}: sha256 differs from the manifest")
+
+
+def verify_tree(directory: Path, manifest: Manifest, *, deep: bool) -> None:
+    """Check a version directory (committed or staged) against its manifest.
+
+    Quick: the index file hashes to tree_digest, entries and boot artifacts are
+    all there. Deep: also hash every file and compare the tree with the index.
+    """
+    try:
+        index_bytes = (directory / INDEX_NAME).read_bytes()
+    except FileNotFoundError:
+        raise VerifyError(f"{directory}: {INDEX_NAME} missing") from None
+    if treeindex.digest(index_bytes) != manifest.tree_digest:
+        raise VerifyError(f"{directory}: {INDEX_NAME} does not match the manifest's tree digest")
+    if not (directory / "rootfs").is_dir():
+        raise VerifyError(f"{directory}: rootfs missing")
+    count, _ = treeindex.totals(treeindex.parse(index_bytes))
+    if count != manifest.file_count:
+        raise VerifyError(f"{directory}: index has {count} entries, manifest {manifest.file_count}")
+    for artifact in (manifest.kernel, manifest.initrd):
+        _check_artifact(directory / "boot", artifact, deep)
+    if deep:
+        actual = treeindex.render(treeindex.scan(directory / "rootfs"))
+        treeindex.compare(index_bytes, actual, str(directory / "rootfs"))
+
+
+def verify_version(paths: LabelPaths, version: str, *, deep: bool = False) -> Manifest:
+    """Verify a committed version; returns its manifest."""
+    manifest = read_manifest(paths, version)
+    if manifest.version != version or manifest.label != paths.label:
+        raise VerifyError(f"{paths.manifest(version)}: manifest names {manifest.label}/{manifest.version}")
+    verify_tree(paths.version(version), manifest, deep=deep)
+    return manifest
