@@ -58,13 +58,17 @@ def _point(link: Path, target: Path) -> bool:
 
 def apply_links(paths: LabelPaths, version: str, render: BootRenderer) -> bool:
     """Point export and TFTP links at version and render its boot files."""
-    changed = _point(paths.export_link, paths.rootfs(version))
-    failpoints.hit("activate:export-swapped")
-    changed |= _point(paths.tftp_link, paths.boot(version))
-    failpoints.hit("activate:tftp-swapped")
+    # Failpoints fire only when something changed, so a no-op recovery passes none.
+    export_changed = _point(paths.export_link, paths.rootfs(version))
+    if export_changed:
+        failpoints.hit("activate:export-swapped")
+    tftp_changed = _point(paths.tftp_link, paths.boot(version))
+    if tftp_changed:
+        failpoints.hit("activate:tftp-swapped")
     render(paths, version)
-    failpoints.hit("activate:menu-rendered")
-    return changed
+    if export_changed or tftp_changed:
+        failpoints.hit("activate:menu-rendered")
+    return export_changed or tftp_changed
 
 
 def _record(paths: LabelPaths, action: Action, version: str) -> None:

@@ -73,6 +73,11 @@ class BuildContext:
         """The tree being built."""
         return self.staging / "rootfs"
 
+    @property
+    def image_name(self) -> str:
+        """How errors name the tree being built."""
+        return f"image of {self.label} (build {self.build_id})"
+
     def say(self, message: str) -> None:
         """Progress line for the current step."""
         self.progress(self._step, message)
@@ -89,7 +94,9 @@ def step_resolve(ctx: BuildContext) -> None:
 
 
 def step_stage(ctx: BuildContext) -> None:
-    """Create the staging directory on the store's filesystem."""
+    """Create the staging directory on the store's filesystem, and the build log."""
+    ctx.log_file.parent.mkdir(parents=True, exist_ok=True)
+    ctx.log_file.touch()
     (ctx.staging / "boot").mkdir(parents=True)
     ctx.rootfs.mkdir()
 
@@ -134,7 +141,7 @@ def step_overlays(ctx: BuildContext) -> None:
     dirs = [ctx.config.overlays_dir / name for name in ctx.config.overlay_names(ctx.label)]
     ctx.overlay_items = scan_overlays(dirs)
     ctx.overlay_digest = overlay_digest(ctx.overlay_items)
-    count = apply_overlays(ctx.rootfs, ctx.overlay_items, ctx.index)
+    count = apply_overlays(ctx.rootfs, ctx.overlay_items, ctx.index, ctx.image_name)
     ctx.say(f"{count} overlay entries from {', '.join(d.name for d in dirs if d.is_dir()) or 'none'}")
 
 
@@ -192,7 +199,7 @@ def step_version(ctx: BuildContext) -> None:
     ctx.index.pop(VERSION_FILE, None)
     content = hashlib.sha256(treeindex.render(ctx.index) + _boot_digest(ctx).encode()).hexdigest()
     ctx.version = new_version_id(datetime.now(UTC), content)
-    with ImageRoot(ctx.rootfs) as image:
+    with ImageRoot(ctx.rootfs, ctx.image_name) as image:
         image.ensure_dir("etc/netroot", mode=0o755, uid=0, gid=0)
         path, sha = image.write_bytes(VERSION_FILE, f"{ctx.version}\n".encode())
         ctx.index[path] = treeindex.entry(image.lstat(path), sha)
@@ -261,7 +268,6 @@ def run_build(
     paths = label_paths(config, label)
     build_id = new_build_id()
     log_file = config.state_dir / "logs" / label / f"{build_id}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     ctx = BuildContext(config=config, label=label, paths=paths, build_id=build_id,
                        rebuild=rebuild, progress=progress, log_file=log_file)
     bound = log.bind(label=label, build_id=build_id)
@@ -293,7 +299,8 @@ def run_build(
 
 def _fail(ctx: BuildContext, step: str, exc: BaseException) -> None:
     log.error("build failed", label=ctx.label, build_id=ctx.build_id, step=step, error=str(exc))
-    with open(ctx.log_file, "a") as f:
-        f.write(f"netroot: step {step} failed: {exc}\n")
+    if ctx.log_file.exists():  # steps before `stage` leave no trace on disk
+        with ctx.log_file.open("a") as f:
+            f.write(f"netroot: step {step} failed: {exc}\n")
     fsops.remove_tree(ctx.staging)
     fsops.remove_tree(ctx.paths.staging / f"base-{ctx.build_id}")

@@ -105,9 +105,11 @@ def overlay_digest(items: Sequence[OverlayItem]) -> str:
     return h.hexdigest()
 
 
-def apply_overlays(root: Path, items: Sequence[OverlayItem], index: treeindex.Index) -> int:
+def apply_overlays(
+    root: Path, items: Sequence[OverlayItem], index: treeindex.Index, name: str | None = None
+) -> int:
     """Apply items to the tree at root, keeping its index in step; returns changes made."""
-    with ImageRoot(root) as image:
+    with ImageRoot(root, name) as image:
         for item in items:
             _apply(image, item, index)
     return len(items)

@@ -56,8 +56,9 @@ def split(rel: str) -> list[str]:
 class ImageRoot:
     """An open image tree; all writes go through its directory descriptor."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, name: str | None = None) -> None:
         self.root = root
+        self.name = name or str(root)  # how errors name the tree
         self._fd = -1
         self._real = ""
 
@@ -76,7 +77,7 @@ class ImageRoot:
         if real == self._real:
             return ""
         if not real.startswith(self._real + "/"):  # cannot happen with RESOLVE_IN_ROOT
-            raise UnsafePathError(f"{self.root}: resolved outside the image: {real}")
+            raise UnsafePathError(f"{self.name}: resolved outside the image: {real}")
         return real[len(self._real) + 1 :]
 
     def open_dir(self, parts: list[str], *, create: bool, mode: int = 0o755) -> int:
@@ -93,7 +94,7 @@ class ImageRoot:
                         os.close(fd)
                         where = "/".join(parts[: i + 1])
                         raise UnsafePathError(
-                            f"{self.root}: {where}: dangling symlink in the image"
+                            f"{self.name}: /{where}: dangling symlink (its target does not exist in the image)"
                         ) from None
                     nxt = _openat2(self._fd, "/".join(parts[: i + 1]), os.O_RDONLY | os.O_DIRECTORY)
                 else:
@@ -111,12 +112,12 @@ class ImageRoot:
             errno.ENOENT: "no such directory in the image",
         }
         reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
-        return UnsafePathError(f"{self.root}: {where}: {reason}")
+        return UnsafePathError(f"{self.name}: /{where}: {reason}")
 
     def _parent(self, rel: str) -> tuple[int, str, str]:
         parts = split(rel)
         if not parts or parts[-1] == "..":
-            raise UnsafePathError(f"{self.root}: {rel!r} is not a file path inside the image")
+            raise UnsafePathError(f"{self.name}: {rel!r} is not a file path inside the image")
         fd = self.open_dir(parts[:-1], create=True)
         parent_rel = self._relative(fd)
         return fd, parts[-1], f"{parent_rel}/{parts[-1]}" if parent_rel else parts[-1]
@@ -226,7 +227,7 @@ class ImageRoot:
     def _parent_existing(self, rel: str) -> tuple[int, str, str]:
         parts = split(rel)
         if not parts:
-            raise UnsafePathError(f"{self.root}: cannot remove the image root")
+            raise UnsafePathError(f"{self.name}: cannot remove the image root")
         try:
             fd = _openat2(self._fd, "/".join(parts[:-1]) or ".", os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:

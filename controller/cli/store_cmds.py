@@ -16,7 +16,7 @@ from controller.locking import label_lock
 from controller.manifest import Manifest
 from controller.overlays import scan_overlays
 from controller.recipes import load_recipe
-from controller.recovery import recover_label
+from controller.recovery import Recovered, known_labels, recover_label
 
 Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -51,6 +51,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("label")
     p.add_argument("--dry-run", action="store_true", help="show what would be pruned")
     p.set_defaults(handler=cmd_gc)
+
+    p = sub.add_parser("recover", parents=[common],
+                       help="sweep crash leftovers and re-point links to the active versions")
+    p.add_argument("label", nargs="?", help="default: every label")
+    p.set_defaults(handler=cmd_recover)
 
     p = sub.add_parser("verify", parents=[common], help="check a version against its manifest")
     p.add_argument("label")
@@ -214,4 +219,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         depth = "every file hashed" if args.deep else "manifest, index and boot files"
         print(f"{args.label} {version}: OK ({depth}; {manifest.file_count} entries)")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """What start-up recovery does, on demand (the daemon runs it when it starts)."""
+    config = _config(args)
+    labels = [_label(args, config).label] if args.label else known_labels(config)
+    results: list[Recovered] = []
+    for label in labels:
+        with label_lock(label_paths(config, label), on_wait=lambda name=label: _waiting(name)):
+            results.append(recover_label(config, label, activation.placeholder_menu))
+    if args.json:
+        emit_json([{"label": r.label, "active": r.active, "removed": r.removed} for r in results])
+        return 0
+    for r in results:
+        print(f"{r.label}: active {r.active or 'none'}; removed {len(r.removed)} leftover(s)")
+        for path in r.removed:
+            print(f"  - {path}")
     return 0

@@ -1,6 +1,23 @@
 """Recipes: how a root tree is built. Pure models and parsing, no IO at import."""
 
 from controller.recipes.load import load_recipe
-from controller.recipes.models import ImportRecipe, Recipe
+from controller.recipes.models import (
+    DnfRecipe,
+    FileCopy,
+    ImportRecipe,
+    MmdebstrapRecipe,
+    PackageRecipe,
+    Recipe,
+    Services,
+)
 
-__all__ = ["ImportRecipe", "Recipe", "load_recipe"]
+__all__ = [
+    "DnfRecipe",
+    "FileCopy",
+    "ImportRecipe",
+    "MmdebstrapRecipe",
+    "PackageRecipe",
+    "Recipe",
+    "Services",
+    "load_recipe",
+]

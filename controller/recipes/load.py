@@ -1,4 +1,10 @@
-"""Read a recipe file into its model, with one-line errors naming file and field."""
+"""Read a recipe file into its model, with one-line errors naming file and field.
+
+A native recipe may `extends = "other.toml"` (relative to itself): the chain is
+merged from the root down, packages and services as unions, files and post
+scripts concatenated in order, every other key taken from the last file that
+sets it. Each error names the file that set the offending key.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +14,154 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from controller import distros
 from controller.errors import RecipeError
-from controller.recipes.models import Recipe
+from controller.recipes.models import BUILDERS, Recipe
 
 _ADAPTER: TypeAdapter[Recipe] = TypeAdapter(Recipe)
+MAX_EXTENDS_DEPTH = 8
+_UNION_KEYS = ("packages",)
+_CONCAT_KEYS = ("files",)
+PLAINTEXT_ALLOWED = "root_password_hash (a crypt hash), or --insecure-test-password for VM tests"
 
 
-def _first_error(exc: ValidationError, source: str) -> RecipeError:
+def _first_error(exc: ValidationError, origin: dict[str, str], source: str) -> RecipeError:
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"] if p != "import")
+    loc = [str(p) for p in err["loc"]]
+    if loc and loc[0] in BUILDERS:
+        loc = loc[1:]  # the discriminated union puts the builder's tag first
+    field = ".".join(loc)
+    where = origin.get(loc[0], source) if loc else source
     if err["type"] == "extra_forbidden":
-        return RecipeError(source, field, "unknown field")
+        return RecipeError(where, field, "unknown field")
     if err["type"] == "missing":
-        return RecipeError(source, field, "required field is missing")
-    if err["type"] == "literal_error" and field == "builder":
-        return RecipeError(source, field, "unknown builder", str(err["ctx"]["expected"]))
-    return RecipeError(source, field, str(err["msg"]).removeprefix("Value error, "))
+        return RecipeError(where, field, "required field is missing")
+    if err["type"] in ("union_tag_invalid", "literal_error") and field in ("", "builder"):
+        return RecipeError(where, "builder", "unknown builder", ", ".join(BUILDERS))
+    if err["type"] == "literal_error":
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        return RecipeError(where, field, f"{err['input']!r} is not allowed here", expected)
+    return RecipeError(where, field, str(err["msg"]).removeprefix("Value error, "))
 
 
-def parse_recipe(data: dict[str, Any], *, source: str, root: Path) -> Recipe:
-    """Validate recipe data; relative paths are taken relative to root (the recipe's dir)."""
-    if "source" in data and isinstance(data["source"], str):
-        data = {**data, "source": str(root / data["source"])}
-    data = {"builder": data.get("builder", "import"), **data}
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return _ADAPTER.validate_python(data)
-    except ValidationError as exc:
-        raise _first_error(exc, source) from None
-
-
-def load_recipe(path: Path) -> Recipe:
-    """Load a TOML recipe file."""
-    try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise RecipeError(str(path), "", "recipe file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(str(path), "", f"cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(str(path), "", f"invalid TOML: {exc}") from None
-    return parse_recipe(data, source=str(path), root=path.resolve().parent)
+
+
+def _absolute_sources(data: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Paths in a file are relative to that file's directory."""
+    out = dict(data)
+    if isinstance(out.get("source"), str):
+        out["source"] = str(root / out["source"])
+    if isinstance(out.get("files"), list):
+        out["files"] = [
+            {**f, "src": str(root / f["src"])} if isinstance(f, dict)
+            and isinstance(f.get("src"), str) else f
+            for f in out["files"]
+        ]
+    return out
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """child over base: unions, concatenations, then last writer wins."""
+    out = dict(base)
+    for key, value in child.items():
+        old = out.get(key)
+        if key in _UNION_KEYS and isinstance(old, list) and isinstance(value, list):
+            out[key] = old + [v for v in value if v not in old]
+        elif key in _CONCAT_KEYS and isinstance(old, list) and isinstance(value, list):
+            out[key] = old + value
+        elif key == "post" and isinstance(old, str) and isinstance(value, str):
+            out[key] = old.rstrip("\n") + "\n" + value if old.strip() else value
+        elif key == "services" and isinstance(old, dict) and isinstance(value, dict):
+            out[key] = {**old, **value}
+            for kind in ("enable", "disable"):
+                if isinstance(old.get(kind), list) and isinstance(value.get(kind), list):
+                    out[key][kind] = list(dict.fromkeys([*old[kind], *value[kind]]))
+        else:
+            out[key] = value
+    return out
+
+
+def _check_password(data: dict[str, Any], source: str, allow_plaintext: bool) -> None:
+    if "root_password" in data and not allow_plaintext:
+        raise RecipeError(source, "root_password", "a plaintext password is refused",
+                          PLAINTEXT_ALLOWED)
+
+
+def _load_chain(
+    path: Path, allow_plaintext: bool, seen: tuple[Path, ...]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merged data of path and everything it extends, with the file that set each key."""
+    source = str(path)
+    data = _read_toml(path)
+    _check_password(data, source, allow_plaintext)
+    data = _absolute_sources(data, path.resolve().parent)
+    parent_ref = data.pop("extends", None)
+    if parent_ref is None:
+        return data, dict.fromkeys(data, source)
+    if not isinstance(parent_ref, str) or not parent_ref:
+        raise RecipeError(source, "extends", "must be a recipe file name")
+    parent = path.parent / parent_ref
+    if parent.resolve() in seen or len(seen) >= MAX_EXTENDS_DEPTH:
+        raise RecipeError(source, "extends", f"{parent_ref} extends back into a recipe of its "
+                          "own chain (or the chain is too deep)")
+    if not parent.is_file():
+        raise RecipeError(source, "extends", f"{parent} not found")
+    base, origin = _load_chain(parent, allow_plaintext, (*seen, parent.resolve()))
+    if base.get("builder", "") == "import" or "source" in base:
+        raise RecipeError(source, "extends", f"{parent_ref} is an import recipe",
+                          "a recipe with distro and packages")
+    if "root_password" in data:
+        base.pop("root_password_hash", None)  # the child's password replaces the parent's
+    elif "root_password_hash" in data:
+        base.pop("root_password", None)
+    return _merge(base, data), {**origin, **dict.fromkeys(data, source)}
+
+
+def _with_builder(data: dict[str, Any], origin: dict[str, str], source: str) -> dict[str, Any]:
+    """A native recipe without `builder` gets the one its distro uses; else `import`."""
+    if "builder" in data:
+        return data
+    distro = data.get("distro")
+    if isinstance(distro, str):
+        try:
+            return {"builder": distros.builder_for(distro), **data}
+        except ValueError as exc:
+            raise RecipeError(origin.get("distro", source), "distro", str(exc)) from None
+    return {"builder": "import", **data}
+
+
+def parse_recipe(
+    data: dict[str, Any], *, source: str, root: Path, allow_plaintext_password: bool = False,
+    origin: dict[str, str] | None = None,
+) -> Recipe:
+    """Validate recipe data; relative paths are taken relative to root (the recipe's dir)."""
+    origin = origin or {}
+    _check_password(data, origin.get("root_password", source), allow_plaintext_password)
+    data = _with_builder(_absolute_sources(data, root), origin, source)
+    if data.get("root_password") is not None and data.get("root_password_hash") is not None:
+        raise RecipeError(origin.get("root_password", source), "root_password",
+                          "give either root_password or root_password_hash, not both")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise _first_error(exc, origin, source) from None
+
+
+def load_recipe(path: Path, *, allow_plaintext_password: bool = False) -> Recipe:
+    """Load a TOML recipe file, following `extends`.
+
+    allow_plaintext_password admits `root_password` (for `--insecure-test-password`).
+    """
+    data, origin = _load_chain(path, allow_plaintext_password, (path.resolve(),))
+    # paths are already absolute: resolving them again against any root is a no-op
+    return parse_recipe(data, source=str(path), root=path.resolve().parent,
+                        allow_plaintext_password=allow_plaintext_password, origin=origin)

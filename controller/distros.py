@@ -1,0 +1,173 @@
+"""What netroot knows about each distribution, apart from package-manager mechanics.
+
+Pure data and lookups (mkosi's `distribution/` split): release names and
+suites, default architecture and components, and the packages a diskless node
+needs to boot (kernel, dracut with NFS and network support). The backends in
+`controller.builders` turn this into argv; nothing here runs anything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+DistroName = Literal["debian", "ubuntu", "fedora", "rocky", "alma", "centos-stream"]
+Family = Literal["deb", "rpm"]
+
+# dpkg and rpm spell architectures differently.
+_DEB_ARCHES = ("amd64", "arm64", "ppc64el", "s390x", "riscv64")
+_RPM_ARCHES = ("x86_64", "aarch64", "ppc64le", "s390x")
+
+
+@dataclass(frozen=True)
+class Distro:
+    """One distribution: how its releases are named and what a netboot node needs."""
+
+    name: DistroName
+    family: Family
+    builder: str
+    arches: tuple[str, ...]
+    releases: dict[str, str]  # accepted release name -> suite / release the tools take
+    default_components: tuple[str, ...]
+    # the kernel package per architecture ("*" for every architecture)
+    kernel_packages: dict[str, tuple[str, ...]]
+    # dracut able to build an NFS + network initramfs, and what its modules call
+    # (network-legacy runs pgrep, hence procps; the nfs module needs the NFS client)
+    boot_packages: tuple[str, ...]
+    release_pattern: str = ""  # releases matching it are accepted too (numbered releases)
+
+    @property
+    def default_arch(self) -> str:
+        """The architecture built when a recipe names none."""
+        return self.arches[0]
+
+    def suite(self, release: str) -> str:
+        """The suite (Debian, Ubuntu) or release version (rpm) that the tools take."""
+        if release in self.releases:
+            return self.releases[release]
+        if self.release_pattern and re.fullmatch(self.release_pattern, release):
+            return release
+        raise ValueError(
+            f"unknown {self.name} release {release!r}; allowed: {self.allowed_releases()}"
+        )
+
+    def allowed_releases(self) -> str:
+        """Human list of the accepted release names."""
+        names = ", ".join(self.releases)
+        if self.release_pattern:
+            names += f" or a release number ({self.release_pattern})"
+        return names
+
+    def kernel_for(self, arch: str) -> tuple[str, ...]:
+        """Kernel package names for an architecture."""
+        return self.kernel_packages.get(arch) or self.kernel_packages["*"]
+
+    def required_packages(self, arch: str) -> tuple[str, ...]:
+        """Packages every netroot image of this distribution gets, whatever the recipe says."""
+        return (*self.kernel_for(arch), *self.boot_packages)
+
+
+_DEBIAN_BOOT = ("dracut", "dracut-network", "nfs-common", "procps", "iproute2", "systemd-sysv")
+_RPM_BOOT = ("dracut", "dracut-network", "nfs-utils", "procps-ng", "iproute", "systemd")
+
+DISTROS: dict[str, Distro] = {
+    "debian": Distro(
+        name="debian", family="deb", builder="mmdebstrap", arches=_DEB_ARCHES,
+        releases={
+            "11": "bullseye", "12": "bookworm", "13": "trixie", "14": "forky",
+            "bullseye": "bullseye", "bookworm": "bookworm", "trixie": "trixie",
+            "forky": "forky", "testing": "testing", "sid": "unstable", "unstable": "unstable",
+        },
+        default_components=("main",),
+        kernel_packages={"*": ("linux-image-amd64",), "arm64": ("linux-image-arm64",),
+                         "ppc64el": ("linux-image-powerpc64le",), "s390x": ("linux-image-s390x",),
+                         "riscv64": ("linux-image-riscv64",)},
+        boot_packages=_DEBIAN_BOOT,
+    ),
+    "ubuntu": Distro(
+        name="ubuntu", family="deb", builder="mmdebstrap", arches=_DEB_ARCHES,
+        releases={
+            "22.04": "jammy", "24.04": "noble", "25.04": "plucky", "25.10": "questing",
+            "jammy": "jammy", "noble": "noble", "plucky": "plucky", "questing": "questing",
+        },
+        # mosquitto-clients and dracut's network parts live in universe on Ubuntu
+        default_components=("main", "universe"),
+        kernel_packages={"*": ("linux-image-generic",)},
+        boot_packages=_DEBIAN_BOOT,
+    ),
+    "fedora": Distro(
+        name="fedora", family="rpm", builder="dnf", arches=_RPM_ARCHES,
+        releases={"rawhide": "rawhide"}, release_pattern=r"[1-9][0-9]",
+        default_components=(),
+        kernel_packages={"*": ("kernel",)},
+        boot_packages=_RPM_BOOT,
+    ),
+    "rocky": Distro(
+        name="rocky", family="rpm", builder="dnf", arches=_RPM_ARCHES,
+        releases={"8": "8", "9": "9", "10": "10"}, release_pattern=r"(8|9|10)\.[0-9]+",
+        default_components=(),
+        kernel_packages={"*": ("kernel",)},
+        boot_packages=_RPM_BOOT,
+    ),
+    "alma": Distro(
+        name="alma", family="rpm", builder="dnf", arches=_RPM_ARCHES,
+        releases={"8": "8", "9": "9", "10": "10"}, release_pattern=r"(8|9|10)\.[0-9]+",
+        default_components=(),
+        kernel_packages={"*": ("kernel",)},
+        boot_packages=_RPM_BOOT,
+    ),
+    "centos-stream": Distro(
+        name="centos-stream", family="rpm", builder="dnf", arches=_RPM_ARCHES,
+        releases={"9": "9", "10": "10"},
+        default_components=(),
+        kernel_packages={"*": ("kernel",)},
+        boot_packages=_RPM_BOOT,
+    ),
+}
+
+
+def get(name: str) -> Distro:
+    """The distribution called name; ValueError listing the known ones otherwise."""
+    try:
+        return DISTROS[name]
+    except KeyError:
+        raise ValueError(f"unknown distro {name!r}; allowed: {', '.join(DISTROS)}") from None
+
+
+def builder_for(name: str) -> str:
+    """The backend that builds a distribution (mmdebstrap or dnf)."""
+    return get(name).builder
+
+
+def check_arch(distro: Distro, arch: str) -> str:
+    """arch if the distribution's tools know it, else ValueError naming the allowed ones."""
+    if arch not in distro.arches:
+        raise ValueError(
+            f"unknown {distro.name} architecture {arch!r}; allowed: {', '.join(distro.arches)}"
+        )
+    return arch
+
+
+def package_set(distro: Distro, arch: str, packages: tuple[str, ...]) -> tuple[str, ...]:
+    """The recipe's packages plus what the image needs to boot, sorted and without repeats."""
+    return tuple(sorted({*packages, *distro.required_packages(arch)}))
+
+
+# Files of the dracut configuration and the name of our overlay-root module,
+# shared by every distribution (they live in base/).
+DRACUT_MODULES = ("nfs", "network")
+ROOTOVL_MODULE = "rootovl"
+
+
+def dracut_argv(kver: str, initrd: str) -> list[str]:
+    """dracut inside the image, for the image's own kernel (BOOTLAB: -N, nfs and network)."""
+    return ["dracut", "-N", "--force", "--add", " ".join(DRACUT_MODULES),
+            "--kver", kver, initrd]
+
+
+def initrd_path(distro: Distro, kver: str) -> str:
+    """Where the distribution keeps the initramfs of a kernel, inside the image."""
+    if distro.family == "deb":
+        return f"/boot/initrd.img-{kver}"
+    return f"/boot/initramfs-{kver}.img"

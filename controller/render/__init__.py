@@ -1,0 +1,87 @@
+"""Pure renderers: boot loader menus, NFS exports, Ganesha and dnsmasq configs.
+
+Text in, text out: nothing here reads or writes a file. The caller writes each
+rendered file atomically (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from controller.errors import StoreError
+from controller.render.cmdline import (
+    BootTarget,
+    boot_menu,
+    boot_target,
+    check_mac,
+    kernel_cmdline,
+    mac_file_id,
+)
+from controller.render.dnsmasq import DnsmasqSpec, render_dnsmasq
+from controller.render.exports import ExportSpec, export_specs, fsid_for, render_exports
+from controller.render.ganesha import export_id_for, export_ids, pseudo_path, render_ganesha
+from controller.render.grub import GRUB_DEFAULT, grub_mac_path, render_grub
+from controller.render.ipxe import (
+    IPXE_DEFAULT,
+    IPXE_ENTRY,
+    ipxe_mac_path,
+    render_ipxe,
+    render_ipxe_entry,
+)
+from controller.render.pxelinux import PXELINUX_DEFAULT, pxelinux_mac_path, render_pxelinux
+
+__all__ = [
+    "BootTarget",
+    "DnsmasqSpec",
+    "ExportSpec",
+    "boot_target",
+    "check_mac",
+    "export_id_for",
+    "export_ids",
+    "export_specs",
+    "fsid_for",
+    "grub_mac_path",
+    "ipxe_mac_path",
+    "kernel_cmdline",
+    "mac_file_id",
+    "pseudo_path",
+    "pxelinux_mac_path",
+    "render_all",
+    "render_dnsmasq",
+    "render_exports",
+    "render_ganesha",
+    "render_grub",
+    "render_ipxe",
+    "render_ipxe_entry",
+    "render_pxelinux",
+]
+
+
+def render_all(
+    targets: Iterable[BootTarget],
+    *,
+    default: str,
+    macs: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Every TFTP-side boot file by path relative to the TFTP root; raise before rendering any."""
+    menu = boot_menu(targets, default)
+    by_label = {target.label: target for target in menu}
+    overrides = dict(sorted((macs or {}).items()))
+    for mac, label in overrides.items():
+        check_mac(mac, source="per-MAC boot overrides")
+        if label not in by_label:
+            raise StoreError(
+                f"MAC {mac} should boot label {label!r}, which has no version to serve:"
+                " build and activate one first"
+            )
+    files = {
+        PXELINUX_DEFAULT: render_pxelinux(menu, default),
+        IPXE_ENTRY: render_ipxe_entry(),
+        IPXE_DEFAULT: render_ipxe(by_label[default]),
+        GRUB_DEFAULT: render_grub(menu, default),
+    }
+    for mac, label in overrides.items():
+        files[pxelinux_mac_path(mac)] = render_pxelinux(menu, label)
+        files[ipxe_mac_path(mac)] = render_ipxe(by_label[label])
+        files[grub_mac_path(mac)] = render_grub(menu, label)
+    return files

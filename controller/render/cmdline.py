@@ -1,0 +1,243 @@
+"""What a node boots: the boot target model, its kernel command line, and MAC forms.
+
+Everything here is pure. `boot_target` turns the config, a label and the
+version to serve into a `BootTarget`; every boot loader renders from that
+model only, so pxelinux, iPXE and GRUB always agree on the command line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+from pydantic import Field, model_validator
+
+from controller.config import LABEL_ALLOWED, LABEL_RE, Config, Model
+from controller.errors import ConfigError, StoreError
+
+# One character class for every word of the command line: it holds nothing
+# that pxelinux, iPXE (`${`), GRUB (quotes, `$`, `;`, `#`, wildcards) or a
+# config file (newlines) would interpret, so each loader can write the words
+# verbatim and all three boot exactly the same command line.
+ARG_RE = re.compile(r"[A-Za-z0-9_.,:=/+@%~^!-]+")
+ARG_ALLOWED = "words of letters, digits and _ . , : = / + @ % ~ ^ ! -"
+
+# NFS root paths also go into `nfs4:server:path[:options]`, so no `:` or `,`;
+# the same rule keeps export and Ganesha config files free of quoting.
+PATH_RE = re.compile(r"/[A-Za-z0-9_./+@%~-]*")
+PATH_ALLOWED = "an absolute path of letters, digits and _ . / + @ % ~ -"
+
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+VERSION_ALLOWED = "1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+NAME_ALLOWED = "1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+
+HOST_ALLOWED = "an IPv4 or IPv6 address or a host name"
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
+
+MAC_ALLOWED = "six lowercase hex pairs joined by colons, like aa:bb:cc:dd:ee:ff"
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+# Boot files as the TFTP root serves them: <tftp_root>/netroot/<label> links to
+# the active version's boot/ directory (the store swaps that link).
+TFTP_DIR = "netroot"
+KERNEL_NAME = "vmlinuz"
+INITRD_NAME = "initrd.img"
+
+DEBUG_ARGS = ("rd.debug", "console=ttyS0,115200")
+
+
+def is_host(host: str) -> bool:
+    """True for an IP address or a DNS host name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return len(host) <= 253 and _HOSTNAME_RE.fullmatch(host) is not None
+    return True
+
+
+def _require(ok: bool, what: str, value: object, allowed: str) -> None:
+    # Model validators report through pydantic; the message names value and rule.
+    if not ok:
+        raise ValueError(f"invalid {what} {value!r} (allowed: {allowed})")
+
+
+class BootTarget(Model):
+    """One label's served version as every boot loader sees it."""
+
+    label: str
+    version: str
+    server: str
+    nfs_path: str
+    rw: bool = False
+    debug: bool = False
+    extra_cmdline: tuple[str, ...] = ()
+    rootovlcfg: tuple[str, ...] = ()
+    mqtt_host: str | None = None
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    kernel_path: str
+    initrd_path: str
+
+    @model_validator(mode="after")
+    def _words_are_safe(self) -> BootTarget:
+        _require(LABEL_RE.fullmatch(self.label) is not None, "label", self.label, LABEL_ALLOWED)
+        _require(
+            VERSION_RE.fullmatch(self.version) is not None,
+            "version id",
+            self.version,
+            VERSION_ALLOWED,
+        )
+        for host in (self.server, self.mqtt_host):
+            _require(host is None or is_host(host), "host", host, HOST_ALLOWED)
+        for path in (self.nfs_path, "/" + self.kernel_path, "/" + self.initrd_path):
+            _require(PATH_RE.fullmatch(path) is not None, "path", path, PATH_ALLOWED)
+        for word in self.extra_cmdline:
+            _require(ARG_RE.fullmatch(word) is not None, "kernel argument", word, ARG_ALLOWED)
+        for name in self.rootovlcfg:
+            _require(NAME_RE.fullmatch(name) is not None, "rootovlcfg name", name, NAME_ALLOWED)
+        return self
+
+
+def check_mac(mac: str, source: str = "MAC address") -> str:
+    """Return mac if it is in lowercase colon form, else raise a ConfigError naming it."""
+    if not _MAC_RE.fullmatch(mac):
+        raise ConfigError(source, "mac", f"invalid MAC address {mac!r}", MAC_ALLOWED)
+    return mac
+
+
+def mac_file_id(mac: str) -> str:
+    """The `01-aa-bb-cc-dd-ee-ff` form (ARP type 1, Ethernet) loaders look up per client."""
+    return "01-" + check_mac(mac).replace(":", "-")
+
+
+def host_in_url(host: str) -> str:
+    """A host as it appears before `:port` or `:path`: IPv6 addresses in brackets."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return f"[{host}]" if address.version == 6 else host
+
+
+def _check_host(host: str, source: str, field: str) -> str:
+    if not is_host(host):
+        raise ConfigError(source, field, f"invalid host {host!r}", HOST_ALLOWED)
+    return host
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _split_cmdline(text: str, source: str, field: str) -> tuple[str, ...]:
+    words = tuple(text.split())
+    for word in words:
+        if not ARG_RE.fullmatch(word):
+            problem = f"kernel argument {word!r} has a character boot loaders would interpret"
+            raise ConfigError(source, field, problem, ARG_ALLOWED)
+    return words
+
+
+def _nfs_path(config: Config, label: str) -> str:
+    if config.nfs.server == "ganesha":
+        return f"/{label}"  # Ganesha serves each label under its own pseudo path
+    path = str(config.export_link(label))
+    if not PATH_RE.fullmatch(path):
+        field = f"labels.{label}.export_path" if config.label(label).export_path else "export_root"
+        raise ConfigError(config.source, field, f"invalid NFS export path {path!r}", PATH_ALLOWED)
+    return path
+
+
+def _node_broker(config: Config, node_server: str, override: str | None) -> str | None:
+    if override is not None:
+        return _check_host(override, config.source, "mqtt.host")
+    if not config.mqtt.enabled:
+        return None  # no broker: tell the agent none rather than a dead address
+    # The controller's own broker address is often loopback, which a node
+    # cannot reach; nodes then use the boot server, the address they use for
+    # everything else (DESIGN.md section 8, `server`).
+    if _is_local(config.mqtt.host):
+        return node_server
+    return _check_host(config.mqtt.host, config.source, "mqtt.host")
+
+
+def boot_target(
+    config: Config,
+    label: str,
+    version: str | None,
+    *,
+    server: str | None = None,
+    mqtt_host: str | None = None,
+    mqtt_port: int | None = None,
+) -> BootTarget:
+    """Build the BootTarget of a label's version; raise if there is nothing valid to serve."""
+    label_config = config.label(label)
+    if not version:
+        raise StoreError(f"label {label!r} has no version to serve: build and activate one first")
+    if not VERSION_RE.fullmatch(version):
+        raise StoreError(
+            f"invalid version id {version!r} for label {label!r} (allowed: {VERSION_ALLOWED})"
+        )
+    source = config.source
+    node_server = _check_host(server or config.server, source, "server")
+    extra = _split_cmdline(label_config.extra_cmdline, source, f"labels.{label}.extra_cmdline")
+    for name in label_config.rootovlcfg:
+        if not NAME_RE.fullmatch(name):
+            problem = f"invalid configuration tree name {name!r}"
+            raise ConfigError(source, f"labels.{label}.rootovlcfg", problem, NAME_ALLOWED)
+    boot_dir = f"{TFTP_DIR}/{label}"
+    return BootTarget(
+        label=label,
+        version=version,
+        server=node_server,
+        nfs_path=_nfs_path(config, label),
+        rw=label_config.rw,
+        debug=label_config.debug,
+        extra_cmdline=extra,
+        rootovlcfg=label_config.rootovlcfg,
+        mqtt_host=_node_broker(config, node_server, mqtt_host),
+        mqtt_port=mqtt_port or config.mqtt.port,
+        kernel_path=f"{boot_dir}/{KERNEL_NAME}",
+        initrd_path=f"{boot_dir}/{INITRD_NAME}",
+    )
+
+
+def kernel_cmdline(target: BootTarget) -> str:
+    """The kernel command line for a target (DESIGN.md section 5)."""
+    args = [f"root=nfs4:{host_in_url(target.server)}:{target.nfs_path}"]
+    args.append("rw" if target.rw else "ro")
+    args += ["rd.neednet=1", "ip=dhcp"]
+    if not target.rw:
+        args.append("rootovl")
+    if target.rootovlcfg:
+        args.append("rootovlcfg=" + ",".join(target.rootovlcfg))
+    if target.debug:
+        args += DEBUG_ARGS
+    args += target.extra_cmdline
+    args += [f"netroot.label={target.label}", f"netroot.version={target.version}"]
+    if target.mqtt_host is not None:
+        args.append(f"netroot.mqtt={host_in_url(target.mqtt_host)}:{target.mqtt_port}")
+    return " ".join(args)
+
+
+GENERATED = "Generated by netroot: edits are lost the next time netroot renders this file."
+
+
+def boot_menu(targets: Iterable[BootTarget], default: str) -> tuple[BootTarget, ...]:
+    """Targets in label order; raise StoreError if the default has none or a label repeats."""
+    by_label: dict[str, BootTarget] = {}
+    for target in targets:
+        if target.label in by_label:
+            raise StoreError(f"label {target.label!r} is given twice to one boot menu")
+        by_label[target.label] = target
+    if default not in by_label:
+        raise StoreError(f"label {default!r} has no version to serve: build and activate one first")
+    return tuple(by_label[label] for label in sorted(by_label))

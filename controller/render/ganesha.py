@@ -1,0 +1,116 @@
+"""NFS-Ganesha configuration: NFSv4 over TCP only, one EXPORT block per label.
+
+Two facts about Ganesha 4.3's VFS FSAL shape what callers pass in (checked on
+this machine): an export Path that is a symlink fails with ELOOP, so each
+spec's path must be the active version's real rootfs directory, not the
+export link; and a reload (SIGHUP) that changes the Path of an existing
+Export_Id is refused and drops that export, so activation must restart
+ganesha.nfsd (or remove and re-add the export) rather than reload it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from collections.abc import Iterable, Sequence
+
+from controller.errors import ConfigError
+from controller.render.cmdline import GENERATED, PATH_ALLOWED, PATH_RE
+from controller.render.exports import ExportSpec, assign_ids, check_clients
+
+EXPORT_ID_LIMIT = 65535  # Export_Id is 16 bits; 0 is Ganesha's own pseudo-root export
+
+
+def export_id_for(label: str) -> int:
+    """The label's own Export_Id: a function of its name only, in 1..65535."""
+    return zlib.crc32(label.encode()) % EXPORT_ID_LIMIT + 1
+
+
+def export_ids(labels: Iterable[str]) -> dict[str, int]:
+    """Export_Id per label; a clash moves the later name (in sort order) to the next free id."""
+    return assign_ids(labels, export_id_for, EXPORT_ID_LIMIT)
+
+
+def pseudo_path(label: str) -> str:
+    """Where the label appears in Ganesha's NFSv4 namespace (the path in `root=nfs4:`)."""
+    return f"/{label}"
+
+
+def _export_block(spec: ExportSpec, export_id: int, clients: str, insecure: bool) -> list[str]:
+    access = "RW" if spec.rw else "RO"
+    return [
+        "EXPORT {",
+        f"    Export_Id = {export_id};",
+        f"    Path = {spec.path};",
+        f"    Pseudo = {pseudo_path(spec.label)};",
+        "    Protocols = 4;",
+        "    Transports = TCP;",
+        # Nobody gets in by default; the CLIENT block grants the networks.
+        "    Access_Type = None;",
+        "    Squash = No_Root_Squash;",
+        "    SecType = sys;",
+        # Ganesha's spelling of the kernel server's `insecure`.
+        f"    PrivilegedPort = {'false' if insecure else 'true'};",
+        "    FSAL { Name = VFS; }",
+        "    CLIENT {",
+        f"        Clients = {clients};",
+        f"        Access_Type = {access};",
+        # Without it the block inherits NFSv3 as well and Ganesha warns at start.
+        "        Protocols = 4;",
+        "        Squash = No_Root_Squash;",
+        "    }",
+        "}",
+    ]
+
+
+def render_ganesha(
+    specs: Iterable[ExportSpec],
+    *,
+    clients: Sequence[str],
+    insecure: bool,
+    bind_addr: str,
+    port: int,
+    recovery_root: str,
+) -> str:
+    """The whole ganesha.nfsd config: core parameters, NFSv4 options and every export."""
+    networks = ", ".join(check_clients(clients))
+    try:
+        ipaddress.ip_address(bind_addr)
+    except ValueError:
+        raise ConfigError(
+            "ganesha", "Bind_addr", f"invalid address {bind_addr!r}", "an IPv4 or IPv6 address"
+        ) from None
+    if not 1 <= port <= 65535:
+        raise ConfigError("ganesha", "NFS_Port", f"invalid port {port!r}", "1-65535")
+    if not PATH_RE.fullmatch(recovery_root):
+        raise ConfigError(
+            "ganesha", "RecoveryRoot", f"invalid path {recovery_root!r}", PATH_ALLOWED
+        )
+    specs = sorted(specs, key=lambda spec: spec.label)
+    ids = export_ids(spec.label for spec in specs)
+    lines = [
+        f"# {GENERATED}",
+        "NFS_CORE_PARAM {",
+        f"    Bind_addr = {bind_addr};",
+        f"    NFS_Port = {port};",
+        # NFSv4 alone needs neither rpcbind, NLM nor RQUOTA.
+        "    Protocols = 4;",
+        "    Enable_NLM = false;",
+        "    Enable_RQUOTA = false;",
+        "    Enable_UDP = false;",
+        "}",
+        "",
+        "NFSV4 {",
+        # Read-only roots hold no client state worth a grace period at restart.
+        "    Graceless = true;",
+        # Numeric owners: names would map to nobody without an idmapd domain.
+        "    Only_Numeric_Owners = true;",
+        "    RecoveryBackend = fs;",
+        f"    RecoveryRoot = {recovery_root};",
+        "}",
+    ]
+    for spec in specs:
+        lines.append("")
+        lines += _export_block(spec, ids[spec.label], networks, insecure)
+    lines += ["", "LOG { Default_Log_Level = EVENT; }"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,120 @@
+"""The chroot helper: commands run inside the tree; nothing is ever mounted on the host."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.builders import chroot
+from controller.errors import ProcessError
+
+TOOLS = ("sh", "cat", "sleep", "touch", "ls")
+
+
+def _libraries(binary: str) -> list[str]:
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+    return re.findall(r"(/\S+)", out)
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    """A root tree holding a few host binaries and their libraries."""
+    root = tmp_path / "image"
+    (root / "etc").mkdir(parents=True)
+    (root / "bin").mkdir()
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        assert found is not None
+        real = os.path.realpath(found)
+        shutil.copy2(real, root / "bin" / tool)
+        for lib in _libraries(real):
+            dest = root / lib.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(lib, dest)
+    return root
+
+
+def host_mounts_under(path: Path) -> list[str]:
+    """Mount points under path as the host (this test's process) sees them."""
+    prefix = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def test_mount_plan_is_argv_lists() -> None:
+    assert chroot.mount_plan(Path("/img")) == [
+        ["mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", "/img/proc"],
+        ["mount", "--rbind", "/sys", "/img/sys"],
+        ["mount", "--rbind", "/dev", "/img/dev"],
+        ["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs", "/img/run"],
+        ["mount", "--bind", "/etc/resolv.conf", "/img/etc/resolv.conf"],
+    ]
+    argv = chroot.chroot_argv(Path("/img"), ["/bin/sh", "-c", "true"], resolv_conf=None)
+    assert argv[:8] == ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+                        "--kill-child", "--"]
+
+
+def test_command_sees_mounts_inside_only(tiny_root: Path, tmp_path: Path) -> None:
+    log = tmp_path / "build.log"
+    done = chroot.run(tiny_root, ["/bin/cat", "/proc/self/mountinfo"], log_file=log)
+    assert done.returncode == 0
+    inside = log.read_text()
+    for point in ("/proc", "/sys", "/dev", "/run"):
+        assert f" {point} " in inside, point
+    assert host_mounts_under(tiny_root) == []
+    assert not (tiny_root / "etc" / "resolv.conf").exists()  # placeholder removed
+
+
+def test_failure_leaves_no_mount(tiny_root: Path) -> None:
+    with pytest.raises(ProcessError) as info:
+        chroot.run(tiny_root, ["/bin/sh", "-c", "exit 3"])
+    assert info.value.returncode == 3
+    assert host_mounts_under(tiny_root) == []
+
+
+def test_sigkill_of_the_caller_leaves_no_mount(tiny_root: Path) -> None:
+    code = ("import sys; from pathlib import Path; from controller.builders import chroot; "
+            "chroot.run(Path(sys.argv[1]), ['/bin/sh', '-c', 'touch /ready; sleep 60'])")
+    caller = subprocess.Popen([sys.executable, "-c", code, str(tiny_root)],
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (tiny_root / "ready").exists():
+            assert time.monotonic() < deadline, "command never started"
+            assert caller.poll() is None, "caller exited early"
+            time.sleep(0.05)
+        # while the command runs: its mounts exist, but never in the host's namespace
+        assert host_mounts_under(tiny_root) == []
+        os.killpg(caller.pid, signal.SIGKILL)
+        caller.wait()
+        assert host_mounts_under(tiny_root) == []
+    finally:
+        if caller.poll() is None:
+            os.killpg(caller.pid, signal.SIGKILL)
+            caller.wait()
+        # the orphaned unshare (own session, like every proc.run child) goes the same way
+        for pid in _processes_naming(tiny_root):
+            os.kill(pid, signal.SIGKILL)
+    assert host_mounts_under(tiny_root) == []
+
+
+def _processes_naming(path: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"unshare") and str(path).encode() in cmdline:
+                found.append(int(entry.name))
+    return found

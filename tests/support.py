@@ -1,0 +1,146 @@
+"""Test and benchmark support: fake-but-real root trees, configs, running the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+KVER = "6.1.0-test"
+
+
+def make_root_tree(root: Path, files: int = 20, kver: str = KVER, file_size: int = 64) -> Path:
+    """A small root tree with the shape of a real one: /boot kernel and initramfs,
+    merged-/usr symlinks, nested directories and `files` regular files."""
+    for d in ("boot", "etc", "usr/bin", "usr/lib", "var/lib", "tmp"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "boot" / f"vmlinuz-{kver}").write_bytes(os.urandom(4096) + b"kernel")
+    (root / "boot" / f"initrd.img-{kver}").write_bytes(os.urandom(8192) + b"initrd")
+    for name, target in (("bin", "usr/bin"), ("lib", "usr/lib")):
+        if not (root / name).is_symlink():
+            (root / name).symlink_to(target)
+    (root / "etc" / "hostname").write_text("node\n")
+    (root / "etc" / "os-release").write_text('ID=netroot-test\nVERSION_ID="1"\n')
+    payload = b"x" * file_size
+    per_dir = 500
+    for i in range(files):
+        d = root / "usr" / "lib" / f"pkg{i // per_dir:04d}"
+        if i % per_dir == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"file{i:06d}").write_bytes(payload + str(i).encode())
+    return root
+
+
+def make_tarball(tree: Path, archive: Path) -> Path:
+    """tar of a tree, members relative to its root (as `tar -C tree -cf archive .`)."""
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tree, arcname=".")
+    return archive
+
+
+@dataclass
+class Workspace:
+    """A config with one import label, its source tree, overlays and state, all under tmp."""
+
+    root: Path
+    label: str = "demo"
+    keep_versions: int = 3
+    extra_config: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Path:
+        """The config file."""
+        return self.root / "netroot.toml"
+
+    @property
+    def tree(self) -> Path:
+        """The source tree the recipe imports."""
+        return self.root / "source-tree"
+
+    @property
+    def overlays(self) -> Path:
+        """overlays_dir."""
+        return self.root / "overlays"
+
+    @property
+    def state(self) -> Path:
+        """state_dir."""
+        return self.root / "state"
+
+    @property
+    def export_link(self) -> Path:
+        """The label's export symlink."""
+        return self.root / "export" / self.label
+
+    @property
+    def tftp_link(self) -> Path:
+        """The label's TFTP symlink (to the version's boot/)."""
+        return self.root / "tftp" / "netroot" / self.label
+
+    def images(self) -> Path:
+        """images/<label>."""
+        return self.state / "images" / self.label
+
+    def write(self, source: str = "source-tree") -> Workspace:
+        """Write config and recipe files."""
+        (self.root / "recipes").mkdir(parents=True, exist_ok=True)
+        (self.root / "recipes" / f"{self.label}.toml").write_text(
+            f'builder = "import"\nsource = "../{source}"\n'
+        )
+        self.config.write_text(
+            f'state_dir = "state"\nrecipes_dir = "recipes"\noverlays_dir = "overlays"\n'
+            f'export_root = "export"\ntftp_root = "tftp"\n{self.extra_config}\n'
+            f'[labels.{self.label}]\nrecipe = "{self.label}.toml"\n'
+            f"keep_versions = {self.keep_versions}\n"
+        )
+        return self
+
+    def argv(self, *args: str) -> list[str]:
+        """argv of a netroot command against this workspace."""
+        return [sys.executable, "-m", "controller", "--config", str(self.config), *args]
+
+    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        """Run netroot; check=True asserts exit status 0 and shows stderr otherwise."""
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), **self.env, **(env or {})}
+        result = subprocess.run([*prefix, *self.argv(*args)], capture_output=True, text=True,
+                                env=full_env, cwd=self.root, check=False, timeout=300)
+        if check:
+            assert result.returncode == 0, f"netroot {' '.join(args)} failed:\n{result.stderr}"
+        return result
+
+    def json(self, *args: str) -> Any:
+        """Run netroot --json and parse stdout."""
+        return json.loads(self.run("--json", *args).stdout)
+
+    def versions(self) -> list[str]:
+        """Version ids, oldest first."""
+        return [v["version"] for v in self.json("versions", self.label)]
+
+    def active(self) -> str | None:
+        """The active version per `netroot versions`."""
+        return next((v["version"] for v in self.json("versions", self.label) if v["active"]), None)
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, int, str]]:
+    """Every entry under path with (mode, size, link target or content prefix): detects any change."""
+    result: dict[str, tuple[int, int, str]] = {}
+    if not path.exists():
+        return result
+    for p in sorted(path.rglob("*")):
+        st = p.lstat()
+        if p.is_symlink():
+            detail = os.readlink(p)
+        elif p.is_file():
+            detail = p.read_bytes()[:64].hex()
+        else:
+            detail = ""
+        result[str(p.relative_to(path))] = (st.st_mode, st.st_size if p.is_file() else 0, detail)
+    return result
