@@ -78,7 +78,9 @@ def _record(paths: LabelPaths, action: Action, version: str) -> None:
     failpoints.hit("activate:committed")
 
 
-def activate(paths: LabelPaths, version: str | None, render: BootRenderer = placeholder_menu) -> Activation:
+def activate(
+    paths: LabelPaths, version: str | None, render: BootRenderer = placeholder_menu
+) -> Activation:
     """Activate version (newest committed when None). Caller holds the label lock."""
     versions = store.version_ids(paths)
     if not versions:

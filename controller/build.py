@@ -116,8 +116,13 @@ def step_base(ctx: BuildContext) -> None:
         ctx.reused_base = True
         return
     request = BuildRequest(
-        label=ctx.label, build_id=ctx.build_id, recipe=ctx.recipe, recipe_path=ctx.recipe_path,
-        rootfs=ctx.rootfs, log_file=ctx.log_file, cache_dir=ctx.config.state_dir / "cache",
+        label=ctx.label,
+        build_id=ctx.build_id,
+        recipe=ctx.recipe,
+        recipe_path=ctx.recipe_path,
+        rootfs=ctx.rootfs,
+        log_file=ctx.log_file,
+        cache_dir=ctx.config.state_dir / "cache",
         base_dir=ctx.config.base_dir,
     )
     ctx.builder.build(request, ctx.say)
@@ -142,7 +147,9 @@ def step_overlays(ctx: BuildContext) -> None:
     ctx.overlay_items = scan_overlays(dirs)
     ctx.overlay_digest = overlay_digest(ctx.overlay_items)
     count = apply_overlays(ctx.rootfs, ctx.overlay_items, ctx.index, ctx.image_name)
-    ctx.say(f"{count} overlay entries from {', '.join(d.name for d in dirs if d.is_dir()) or 'none'}")
+    ctx.say(
+        f"{count} overlay entries from {', '.join(d.name for d in dirs if d.is_dir()) or 'none'}"
+    )
 
 
 _KVER = re.compile(r"vmlinuz-(.+)")
@@ -177,8 +184,9 @@ def _boot_artifact(ctx: BuildContext, source: str, name: str) -> BootArtifact:
         raise VerifyError(f"{ctx.label}: {source} is not a regular file in the image")
     dst = ctx.staging / "boot" / name
     fsops.link_or_copy(src, dst)
-    return BootArtifact(name=name, source=source, size=dst.stat().st_size,
-                        sha256=treeindex.file_sha256(dst))
+    return BootArtifact(
+        name=name, source=source, size=dst.stat().st_size, sha256=treeindex.file_sha256(dst)
+    )
 
 
 def step_boot(ctx: BuildContext) -> None:
@@ -189,9 +197,15 @@ def step_boot(ctx: BuildContext) -> None:
     ctx.say(f"kernel {ctx.kernel_version}")
 
 
+def _boot_artifacts(ctx: BuildContext) -> tuple[BootArtifact, BootArtifact]:
+    if ctx.kernel is None or ctx.initrd is None:
+        raise BuildError("boot", "kernel and initramfs were not found before this step")
+    return ctx.kernel, ctx.initrd
+
+
 def _boot_digest(ctx: BuildContext) -> str:
-    assert ctx.kernel and ctx.initrd
-    return hashlib.sha256(f"{ctx.kernel.sha256}\n{ctx.initrd.sha256}\n".encode()).hexdigest()
+    kernel, initrd = _boot_artifacts(ctx)
+    return hashlib.sha256(f"{kernel.sha256}\n{initrd.sha256}\n".encode()).hexdigest()
 
 
 def step_version(ctx: BuildContext) -> None:
@@ -208,27 +222,36 @@ def step_version(ctx: BuildContext) -> None:
 
 def step_manifest(ctx: BuildContext) -> None:
     """Write files.idx and manifest.json into the staged version."""
-    assert ctx.kernel and ctx.initrd
+    kernel, initrd = _boot_artifacts(ctx)
     index_bytes = treeindex.render(ctx.index)
     fsops.write_atomic(ctx.staging / store.INDEX_NAME, index_bytes)
     count, size = treeindex.totals(ctx.index)
     ctx.manifest = Manifest(
-        version=ctx.version, label=ctx.label, created=datetime.now(UTC),
-        builder=ctx.builder.name, recipe=str(ctx.recipe_path),
-        recipe_sha256=treeindex.file_sha256(ctx.recipe_path), base_key=ctx.base_key,
-        overlay_digest=ctx.overlay_digest, parent=store.active_version(ctx.paths),
-        kernel_version=ctx.kernel_version, kernel=ctx.kernel, initrd=ctx.initrd,
-        boot_digest=_boot_digest(ctx), tree_digest=treeindex.digest(index_bytes),
-        file_count=count, size_bytes=size,
+        version=ctx.version,
+        label=ctx.label,
+        created=datetime.now(UTC),
+        builder=ctx.builder.name,
+        recipe=str(ctx.recipe_path),
+        recipe_sha256=treeindex.file_sha256(ctx.recipe_path),
+        base_key=ctx.base_key,
+        overlay_digest=ctx.overlay_digest,
+        parent=store.active_version(ctx.paths),
+        kernel_version=ctx.kernel_version,
+        kernel=kernel,
+        initrd=initrd,
+        boot_digest=_boot_digest(ctx),
+        tree_digest=treeindex.digest(index_bytes),
+        file_count=count,
+        size_bytes=size,
     )
-    fsops.write_atomic(ctx.staging / "manifest.json",
-                       ctx.manifest.model_dump_json(indent=2).encode() + b"\n")
+    fsops.write_atomic(
+        ctx.staging / "manifest.json", ctx.manifest.model_dump_json(indent=2).encode() + b"\n"
+    )
 
 
 def step_verify(ctx: BuildContext) -> None:
     """The staged version must verify before it may be committed."""
-    assert ctx.manifest is not None
-    store.verify_tree(ctx.staging, ctx.manifest, deep=False)
+    store.verify_tree(ctx.staging, _manifest(ctx), deep=False)
 
 
 def step_commit(ctx: BuildContext) -> None:
@@ -257,9 +280,7 @@ def new_build_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def run_build(
-    config: Config, label: str, *, progress: Progress, rebuild: bool = False
-) -> Manifest:
+def run_build(config: Config, label: str, *, progress: Progress, rebuild: bool = False) -> Manifest:
     """Run every step; on failure remove the staging tree and raise BuildError.
 
     The caller holds the label lock. Nothing outside staging changes until the
@@ -268,8 +289,15 @@ def run_build(
     paths = label_paths(config, label)
     build_id = new_build_id()
     log_file = config.state_dir / "logs" / label / f"{build_id}.log"
-    ctx = BuildContext(config=config, label=label, paths=paths, build_id=build_id,
-                       rebuild=rebuild, progress=progress, log_file=log_file)
+    ctx = BuildContext(
+        config=config,
+        label=label,
+        paths=paths,
+        build_id=build_id,
+        rebuild=rebuild,
+        progress=progress,
+        log_file=log_file,
+    )
     bound = log.bind(label=label, build_id=build_id)
     started = time.monotonic()
     for name, step in STEPS:
@@ -291,9 +319,18 @@ def run_build(
         if seconds >= 1.0:
             progress(name, f"done in {seconds:.1f}s")
     failpoints.hit("build:done")
-    assert ctx.manifest is not None
-    bound.info("build done", version=ctx.version, seconds=round(time.monotonic() - started, 3),
-               reused_base=ctx.reused_base)
+    bound.info(
+        "build done",
+        version=ctx.version,
+        seconds=round(time.monotonic() - started, 3),
+        reused_base=ctx.reused_base,
+    )
+    return _manifest(ctx)
+
+
+def _manifest(ctx: BuildContext) -> Manifest:
+    if ctx.manifest is None:
+        raise BuildError("manifest", "no manifest was written")
     return ctx.manifest
 
 

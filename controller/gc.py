@@ -27,9 +27,7 @@ class NoNodes:
         return set()
 
 
-def select_prunable(
-    versions: Sequence[str], *, keep: int, protected: set[str]
-) -> list[str]:
+def select_prunable(versions: Sequence[str], *, keep: int, protected: set[str]) -> list[str]:
     """Versions beyond the newest `keep`, minus the protected ones. Pure."""
     newest = set(sorted(versions)[-keep:]) if keep > 0 else set()
     return [v for v in sorted(versions) if v not in newest and v not in protected]

@@ -46,8 +46,12 @@ def _classify(path: Path, st: os.stat_result) -> Kind:
         return "symlink"
     if stat.S_ISREG(st.st_mode):
         return "whiteout" if path.name.startswith(WHITEOUT) else "file"
-    kind = {stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
-            stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}.get(stat.S_IFMT(st.st_mode), "special file")
+    kind = {
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+        stat.S_IFIFO: "fifo",
+        stat.S_IFSOCK: "socket",
+    }.get(stat.S_IFMT(st.st_mode), "special file")
     raise UnsafePathError(
         f"{path}: overlay holds a {kind}; allowed: regular files, directories, symlinks, "
         f"and {WHITEOUT}NAME whiteouts"
@@ -66,11 +70,20 @@ def _scan_one(top: Path) -> list[OverlayItem]:
             kind = _classify(path, st)
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
             if kind == "whiteout":
-                rel = rel[: len(rel) - len(name)] + name[len(WHITEOUT):]
+                rel = rel[: len(rel) - len(name)] + name[len(WHITEOUT) :]
                 if not rel.rsplit("/", 1)[-1]:
                     raise UnsafePathError(f"{path}: whiteout names nothing; write {WHITEOUT}NAME")
-            items.append(OverlayItem(rel, kind, path, st.st_mode, st.st_uid, st.st_gid,
-                                     os.readlink(path) if kind == "symlink" else ""))
+            items.append(
+                OverlayItem(
+                    rel,
+                    kind,
+                    path,
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    os.readlink(path) if kind == "symlink" else "",
+                )
+            )
         for name in dirnames:
             path = base / name
             if path.is_symlink():

@@ -94,21 +94,19 @@ def run(
     """
     args = to_argv(argv)
     log.debug("run", cmd=shlex.join(args))
-    out: IO[bytes] | int
+    out: IO[bytes] | int = subprocess.PIPE
     sink: IO[bytes] | None = None
     if log_file is not None:
         sink = log_file.open("ab")
         sink.write(f"$ {shlex.join(args)}\n".encode())
         sink.flush()
-        out = err = sink
-    else:
-        out = err = subprocess.PIPE
+        out = sink
     try:
         proc = subprocess.Popen(
             args,
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=out,
-            stderr=err if sink is None else subprocess.STDOUT,
+            stderr=subprocess.PIPE if sink is None else subprocess.STDOUT,
             env=base_env(env),
             cwd=cwd,
             start_new_session=True,

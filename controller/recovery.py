@@ -50,7 +50,9 @@ def known_labels(config: Config) -> list[str]:
     return sorted(set(config.labels) | {n for n in on_disk if not n.startswith(".")})
 
 
-def recover(config: Config, render: activation.BootRenderer = activation.placeholder_menu) -> list[Recovered]:
+def recover(
+    config: Config, render: activation.BootRenderer = activation.placeholder_menu
+) -> list[Recovered]:
     """Recover every label; each under its lock so a running build is left alone."""
     results = []
     for label in known_labels(config):

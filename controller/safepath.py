@@ -38,12 +38,15 @@ class _OpenHow(ctypes.Structure):
 def _openat2(dir_fd: int, path: str, flags: int) -> int:
     how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
     while True:
-        fd = int(_libc.syscall(_SYS_OPENAT2, dir_fd, path.encode(), ctypes.byref(how),
-                               ctypes.sizeof(how)))
+        fd = int(
+            _libc.syscall(
+                _SYS_OPENAT2, dir_fd, path.encode(), ctypes.byref(how), ctypes.sizeof(how)
+            )
+        )
         if fd >= 0:
             return fd
         err = ctypes.get_errno()
-        if err == errno.EAGAIN or err == errno.EINTR:
+        if err in (errno.EAGAIN, errno.EINTR):
             continue  # EAGAIN: a concurrent rename raced the lookup; retry as the man page says
         raise OSError(err, os.strerror(err), path)
 
@@ -94,7 +97,8 @@ class ImageRoot:
                         os.close(fd)
                         where = "/".join(parts[: i + 1])
                         raise UnsafePathError(
-                            f"{self.name}: /{where}: dangling symlink (its target does not exist in the image)"
+                            f"{self.name}: /{where}: dangling symlink "
+                            "(its target does not exist in the image)"
                         ) from None
                     nxt = _openat2(self._fd, "/".join(parts[: i + 1]), os.O_RDONLY | os.O_DIRECTORY)
                 else:
@@ -130,14 +134,20 @@ class ImageRoot:
             if stat.S_ISDIR(st.st_mode):
                 shutil.rmtree(name, dir_fd=fd)
 
-    def replace_file(self, rel: str, source: Path, *, mode: int, uid: int, gid: int) -> tuple[str, str]:
+    def replace_file(
+        self, rel: str, source: Path, *, mode: int, uid: int, gid: int
+    ) -> tuple[str, str]:
         """Replace rel with a copy of source (new inode, then rename); returns (path, sha256)."""
         fd, name, resolved = self._parent(rel)
         tmp = f".{name}.netroot-{uuid.uuid4().hex[:8]}"
         digest = hashlib.sha256()
         try:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          0o600, dir_fd=fd)
+            out = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=fd,
+            )
             try:
                 with source.open("rb") as src:
                     while chunk := src.read(_CHUNK):
@@ -251,8 +261,12 @@ class ImageRoot:
         fd, name, resolved = self._parent(rel)
         tmp = f".{name}.netroot-{uuid.uuid4().hex[:8]}"
         try:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          mode, dir_fd=fd)
+            out = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                mode,
+                dir_fd=fd,
+            )
             try:
                 os.write(out, data)
                 os.fchmod(out, mode)

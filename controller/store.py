@@ -44,7 +44,9 @@ def read_manifest(paths: LabelPaths, version: str) -> Manifest:
     try:
         return Manifest.model_validate_json(data)
     except ValidationError as exc:
-        raise VerifyError(f"{paths.manifest(version)}: invalid manifest: {exc.errors()[0]['msg']}") from None
+        raise VerifyError(
+            f"{paths.manifest(version)}: invalid manifest: {exc.errors()[0]['msg']}"
+        ) from None
 
 
 def read_history(paths: LabelPaths) -> list[history.Entry]:
@@ -116,6 +118,8 @@ def verify_version(paths: LabelPaths, version: str, *, deep: bool = False) -> Ma
     """Verify a committed version; returns its manifest."""
     manifest = read_manifest(paths, version)
     if manifest.version != version or manifest.label != paths.label:
-        raise VerifyError(f"{paths.manifest(version)}: manifest names {manifest.label}/{manifest.version}")
+        raise VerifyError(
+            f"{paths.manifest(version)}: manifest names {manifest.label}/{manifest.version}"
+        )
     verify_tree(paths.version(version), manifest, deep=deep)
     return manifest

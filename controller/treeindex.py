@@ -21,8 +21,13 @@ from controller.errors import VerifyError
 Index = dict[str, str]  # path -> the rest of its line
 
 _TYPES = {
-    stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR: "c",
-    stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s",
+    stat.S_IFREG: "f",
+    stat.S_IFDIR: "d",
+    stat.S_IFLNK: "l",
+    stat.S_IFCHR: "c",
+    stat.S_IFBLK: "b",
+    stat.S_IFIFO: "p",
+    stat.S_IFSOCK: "s",
 }
 
 
@@ -110,7 +115,6 @@ def compare(expected: bytes, actual: bytes, where: str) -> None:
     old, new = parse(expected), parse(actual)
     for path in sorted(old.keys() | new.keys()):
         if old.get(path) != new.get(path):
-            raise VerifyError(
-                f"{where}: {path}: expected {old.get(path, 'absent')!r}, found {new.get(path, 'absent')!r}"
-            )
+            want, got = old.get(path, "absent"), new.get(path, "absent")
+            raise VerifyError(f"{where}: {path}: expected {want!r}, found {got!r}")
     raise VerifyError(f"{where}: index differs")

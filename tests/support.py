@@ -106,12 +106,24 @@ class Workspace:
         """argv of a netroot command against this workspace."""
         return [sys.executable, "-m", "controller", "--config", str(self.config), *args]
 
-    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *args: str,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> subprocess.CompletedProcess[str]:
         """Run netroot; check=True asserts exit status 0 and shows stderr otherwise."""
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **self.env, **(env or {})}
-        result = subprocess.run([*prefix, *self.argv(*args)], capture_output=True, text=True,
-                                env=full_env, cwd=self.root, check=False, timeout=300)
+        result = subprocess.run(
+            [*prefix, *self.argv(*args)],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=self.root,
+            check=False,
+            timeout=300,
+        )
         if check:
             assert result.returncode == 0, f"netroot {' '.join(args)} failed:\n{result.stderr}"
         return result
@@ -130,7 +142,7 @@ class Workspace:
 
 
 def snapshot(path: Path) -> dict[str, tuple[int, int, str]]:
-    """Every entry under path with (mode, size, link target or content prefix): detects any change."""
+    """Every entry under path: (mode, size, link target or content prefix)."""
     result: dict[str, tuple[int, int, str]] = {}
     if not path.exists():
         return result

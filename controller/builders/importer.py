@@ -16,9 +16,19 @@ from controller.recipes import ImportRecipe, Recipe
 def tar_extract_argv(archive: Path, dest: Path) -> list[str]:
     """GNU tar keeping owners, modes, xattrs and ACLs as root would (never '..' members)."""
     return [
-        "tar", "--extract", "--file", os.fspath(archive), "--directory", os.fspath(dest),
-        "--numeric-owner", "--same-owner", "--preserve-permissions",
-        "--xattrs", "--xattrs-include=*", "--acls", "--delay-directory-restore",
+        "tar",
+        "--extract",
+        "--file",
+        os.fspath(archive),
+        "--directory",
+        os.fspath(dest),
+        "--numeric-owner",
+        "--same-owner",
+        "--preserve-permissions",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--acls",
+        "--delay-directory-restore",
     ]
 
 
@@ -34,8 +44,10 @@ def _directory_fingerprint(source: Path) -> str:
         dirnames.sort()
         for name in sorted(filenames + dirnames):
             st = os.lstat(os.path.join(dirpath, name))
-            h.update(f"{dirpath}/{name}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0"
-                     f"{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(
+                f"{dirpath}/{name}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0"
+                f"{st.st_size}\0{st.st_mtime_ns}\n".encode()
+            )
     return h.hexdigest()
 
 
@@ -58,13 +70,18 @@ class ImportBuilder:
 
     @staticmethod
     def _source(recipe: Recipe, recipe_path: Path) -> Path:
-        assert isinstance(recipe, ImportRecipe)
+        if not isinstance(recipe, ImportRecipe):
+            raise TypeError(f"import builder got a {recipe.builder} recipe")
         source = recipe.source
         if source.is_dir():
             return source
         if not source.is_file():
-            raise RecipeError(str(recipe_path), "source", f"{source} does not exist",
-                              "a directory or a tar archive")
+            raise RecipeError(
+                str(recipe_path),
+                "source",
+                f"{source} does not exist",
+                "a directory or a tar archive",
+            )
         return source
 
     def build(self, request: BuildRequest, progress: Progress) -> None:

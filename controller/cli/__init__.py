@@ -20,14 +20,28 @@ COMMAND_MODULES = [store_cmds]
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (DESIGN.md section 8)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
-                        help="config file (default: $NETROOT_CONFIG, else built-in defaults)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output on stdout")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="debug logging on stderr")
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="config file (default: $NETROOT_CONFIG, else built-in defaults)",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="machine-readable output on stdout",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging on stderr",
+    )
     parser = argparse.ArgumentParser(
-        prog="netroot", parents=[common],
+        prog="netroot",
+        parents=[common],
         description="Build, version, serve and track root filesystems for diskless nodes.",
         epilog="Exit status 0 on success; otherwise a one-line reason on stderr.",
     )

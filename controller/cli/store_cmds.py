@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,18 +24,24 @@ Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the store commands."""
-    p = sub.add_parser("validate", parents=[common], help="check the config and every recipe it names")
+    p = sub.add_parser(
+        "validate", parents=[common], help="check the config and every recipe it names"
+    )
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("build", parents=[common], help="build a new version of a label")
     p.add_argument("label")
     p.add_argument("--activate", action="store_true", help="activate the version on success")
-    p.add_argument("--rebuild", action="store_true",
-                   help="run the builder even if the cached base tree matches the inputs")
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="run the builder even if the cached base tree matches the inputs",
+    )
     p.set_defaults(handler=cmd_build)
 
-    p = sub.add_parser("activate", parents=[common],
-                       help="make a version the one new boots get (default: newest)")
+    p = sub.add_parser(
+        "activate", parents=[common], help="make a version the one new boots get (default: newest)"
+    )
     p.add_argument("label")
     p.add_argument("version", nargs="?")
     p.set_defaults(handler=cmd_activate)
@@ -47,13 +54,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("label")
     p.set_defaults(handler=cmd_versions)
 
-    p = sub.add_parser("gc", parents=[common], help="prune old versions (keep_versions, in-use guard)")
+    p = sub.add_parser(
+        "gc", parents=[common], help="prune old versions (keep_versions, in-use guard)"
+    )
     p.add_argument("label")
     p.add_argument("--dry-run", action="store_true", help="show what would be pruned")
     p.set_defaults(handler=cmd_gc)
 
-    p = sub.add_parser("recover", parents=[common],
-                       help="sweep crash leftovers and re-point links to the active versions")
+    p = sub.add_parser(
+        "recover",
+        parents=[common],
+        help="sweep crash leftovers and re-point links to the active versions",
+    )
     p.add_argument("label", nargs="?", help="default: every label")
     p.set_defaults(handler=cmd_recover)
 
@@ -90,8 +102,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         recipe = load_recipe(config.recipe_path(name))
         overlays = [config.overlays_dir / o for o in config.overlay_names(name)]
         items = scan_overlays(overlays)
-        report[name] = {"recipe": str(config.recipe_path(name)), "builder": recipe.builder,
-                        "overlay_entries": len(items)}
+        report[name] = {
+            "recipe": str(config.recipe_path(name)),
+            "builder": recipe.builder,
+            "overlay_entries": len(items),
+        }
         rows.append([name, recipe.builder, str(config.recipe_path(name)), str(len(items))])
     if args.json:
         emit_json({"config": config.source, "valid": True, "labels": report})
@@ -118,8 +133,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"version": _summary(manifest), "activated": done is not None})
     else:
-        print(f"built {args.label} {manifest.version}: {manifest.file_count} entries, "
-              f"{human_size(manifest.size_bytes)}, kernel {manifest.kernel_version}")
+        print(
+            f"built {args.label} {manifest.version}: {manifest.file_count} entries, "
+            f"{human_size(manifest.size_bytes)}, kernel {manifest.kernel_version}"
+        )
         if done:
             print(f"activated {args.label} {done.version} (was {done.previous or 'none'})")
     return 0
@@ -127,8 +144,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _print_activation(args: argparse.Namespace, done: activation.Activation) -> None:
     if args.json:
-        emit_json({"label": done.label, "version": done.version, "previous": done.previous,
-                   "action": done.action})
+        emit_json(
+            {
+                "label": done.label,
+                "version": done.version,
+                "previous": done.previous,
+                "action": done.action,
+            }
+        )
     else:
         verb = "rolled back" if done.action == "rollback" else "activated"
         print(f"{verb} {done.label} to {done.version} (was {done.previous or 'none'})")
@@ -162,8 +185,12 @@ def cmd_versions(args: argparse.Namespace) -> int:
     paths = _label(args, config)
     infos = store.list_versions(paths)
     if args.json:
-        emit_json([{**_summary(i.manifest), "active": i.active, "rollback_target": i.rollback_target}
-                   for i in infos])
+        emit_json(
+            [
+                {**_summary(i.manifest), "active": i.active, "rollback_target": i.rollback_target}
+                for i in infos
+            ]
+        )
         return 0
     if not infos:
         print(f"{args.label}: no versions yet; run `netroot build {args.label}`")
@@ -172,8 +199,17 @@ def cmd_versions(args: argparse.Namespace) -> int:
     for i in infos:
         m = i.manifest
         mark = "*" if i.active else ("<" if i.rollback_target else "")
-        rows.append([mark, m.version, m.created.strftime("%Y-%m-%d %H:%M:%S"), str(m.file_count),
-                     human_size(m.size_bytes), m.kernel_version, m.builder])
+        rows.append(
+            [
+                mark,
+                m.version,
+                m.created.strftime("%Y-%m-%d %H:%M:%S"),
+                str(m.file_count),
+                human_size(m.size_bytes),
+                m.kernel_version,
+                m.builder,
+            ]
+        )
     table(["", "VERSION", "CREATED (UTC)", "FILES", "SIZE", "KERNEL", "BUILDER"], rows)
     print("* active   < rollback target")
     return 0
@@ -228,7 +264,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     labels = [_label(args, config).label] if args.label else known_labels(config)
     results: list[Recovered] = []
     for label in labels:
-        with label_lock(label_paths(config, label), on_wait=lambda name=label: _waiting(name)):
+        with label_lock(label_paths(config, label), on_wait=functools.partial(_waiting, label)):
             results.append(recover_label(config, label, activation.placeholder_menu))
     if args.json:
         emit_json([{"label": r.label, "active": r.active, "removed": r.removed} for r in results])

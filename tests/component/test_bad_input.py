@@ -1,4 +1,6 @@
-"""Bad config, recipe or label name: one line naming file, field and what is allowed; nothing changes."""
+"""Bad config, recipe or label name: one line naming file, field and what is allowed.
+
+And nothing changes on disk."""
 
 from __future__ import annotations
 
@@ -17,14 +19,14 @@ def _one_error_line(stderr: str) -> str:
     ("edit", "expected"),
     [
         ("keep_versions = 0", ["labels.demo.keep_versions", "greater than or equal to 1"]),
-        ("activation = \"sometimes\"", ["labels.demo.activation", "'auto' or 'manual'"]),
-        ("colour = \"blue\"", ["labels.demo.colour", "unknown field", "allowed: recipe, rw"]),
+        ('activation = "sometimes"', ["labels.demo.activation", "'auto' or 'manual'"]),
+        ('colour = "blue"', ["labels.demo.colour", "unknown field", "allowed: recipe, rw"]),
     ],
 )
 def test_bad_label_field(workspace: Workspace, edit: str, expected: list[str]) -> None:
     workspace.run("build", "demo", "--activate")
     text = workspace.config.read_text()
-    key = edit.split(" = ")[0]
+    key = edit.split(" = ", maxsplit=1)[0]
     text = text.replace("keep_versions = 3", edit) if key == "keep_versions" else text + edit
     workspace.config.write_text(text + "\n")
     before = snapshot(workspace.root)
@@ -89,6 +91,6 @@ def test_config_file_missing_or_not_toml(workspace: Workspace) -> None:
     workspace.config.unlink()
     line = _one_error_line(workspace.run("validate", check=False).stderr)
     assert line == f"netroot: error: {workspace.config}: config file not found"
-    workspace.config.write_text("state_dir = \"x\"\nrecipes_dir = = 1\n")
+    workspace.config.write_text('state_dir = "x"\nrecipes_dir = = 1\n')
     line = _one_error_line(workspace.run("validate", check=False).stderr)
     assert f"{workspace.config}: invalid TOML" in line and "line" in line

@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from support import Workspace
@@ -18,16 +17,24 @@ from controller.build import STEPS
 from controller.config import load_config
 from controller.layout import TMP_MARK, label_paths
 
-BUILD_FAILPOINTS = (
-    [f"build:{name}" for name, _ in STEPS]
-    + ["build:done", "overlay:write#1", "overlay:write#2", "overlay:write#3",
-       "write_atomic:chunk#1", "write_atomic:chunk#2"]
-)
+BUILD_FAILPOINTS = [f"build:{name}" for name, _ in STEPS] + [
+    "build:done",
+    "overlay:write#1",
+    "overlay:write#2",
+    "overlay:write#3",
+    "write_atomic:chunk#1",
+    "write_atomic:chunk#2",
+]
 ACTIVATION_FAILPOINTS = [
-    "activate:before-commit", "activate:committed", "swap_symlink:created#1",
-    "activate:export-swapped", "swap_symlink:created#2", "activate:tftp-swapped",
+    "activate:before-commit",
+    "activate:committed",
+    "swap_symlink:created#1",
+    "activate:export-swapped",
+    "swap_symlink:created#2",
+    "activate:tftp-swapped",
     # The start-up recovery every command runs first re-renders the menu (chunk #1).
-    "write_atomic:chunk#2", "activate:menu-rendered",
+    "write_atomic:chunk#2",
+    "activate:menu-rendered",
 ]
 SYSCALLS = ["write", "rename", "renameat2", "symlink", "fsync", "mkdir", "unlink", "linkat"]
 
@@ -75,8 +82,9 @@ def _killed(result_code: int) -> bool:
 def test_build_and_activate_killed_at_failpoint(served: Workspace, point: str) -> None:
     old = served.active()
     _edit_overlay(served, "v2")
-    result = served.run("build", "demo", "--activate", check=False,
-                        env={"NETROOT_FAILPOINT": point})
+    result = served.run(
+        "build", "demo", "--activate", check=False, env={"NETROOT_FAILPOINT": point}
+    )
     assert _killed(result.returncode), f"failpoint {point} not reached: {result.stderr}"
     versions = set(served.versions())
     active = assert_consistent(served, versions)
@@ -121,9 +129,13 @@ def test_sigkill_inside_syscalls_of_build_and_activate(served: Workspace) -> Non
             before = set(served.versions())
             _edit_overlay(served, f"{syscall}{nth}")
             inject = f"inject={syscall}:signal=KILL:when={nth}"
-            result = served.run("build", "demo", "--activate", check=False,
-                                prefix=("strace", "-o", "/dev/null", "-e", f"trace={syscall}",
-                                        "-e", inject))
+            result = served.run(
+                "build",
+                "demo",
+                "--activate",
+                check=False,
+                prefix=("strace", "-o", "/dev/null", "-e", f"trace={syscall}", "-e", inject),
+            )
             assert _killed(result.returncode) or result.returncode == 0, result.stderr
             assert_consistent(served, before | set(served.versions()))
             runs += 1

@@ -35,8 +35,15 @@ def _hostile_tree(ws: Workspace, host: Path) -> None:
 
 @pytest.mark.parametrize(
     "overlay_path",
-    ["etc/passwd", "usr/bin/evil", "bin/evil", "loop-a/x", "escape/evil", "var/lib/target",
-     "escape/sentinel"],
+    [
+        "etc/passwd",
+        "usr/bin/evil",
+        "bin/evil",
+        "loop-a/x",
+        "escape/evil",
+        "var/lib/target",
+        "escape/sentinel",
+    ],
 )
 def test_overlay_never_writes_through_image_symlinks(
     tmp_path: Path, host_side: Path, overlay_path: str
@@ -56,8 +63,11 @@ def test_overlay_never_writes_through_image_symlinks(
     if result.returncode == 0:
         # Resolved inside the image: the file exists in the image tree only.
         rootfs = ws.images() / ws.active() / "rootfs"  # type: ignore[operator]
-        found = [p for p in rootfs.rglob("*") if p.is_file() and not p.is_symlink()
-                 and p.read_bytes() == b"overlay content\n"]
+        found = [
+            p
+            for p in rootfs.rglob("*")
+            if p.is_file() and not p.is_symlink() and p.read_bytes() == b"overlay content\n"
+        ]
         assert found, "the overlay file went nowhere"
         assert all(rootfs in p.parents for p in found)
     else:
@@ -68,7 +78,9 @@ def test_overlay_never_writes_through_image_symlinks(
         assert not (ws.images() / ".staging").exists() or not os.listdir(ws.images() / ".staging")
 
 
-def test_symlink_at_overlay_target_is_replaced_not_followed(tmp_path: Path, host_side: Path) -> None:
+def test_symlink_at_overlay_target_is_replaced_not_followed(
+    tmp_path: Path, host_side: Path
+) -> None:
     ws = Workspace(tmp_path)
     make_root_tree(ws.tree)
     (ws.tree / "var/lib/target").symlink_to(host_side / "sentinel")

@@ -43,8 +43,11 @@ def test_one_file_overlay_edit_changes_only_that_file(workspace: Workspace) -> N
     assert v2 is not None and v2 != v1["version"]
     new_state = _tree_state(workspace.images() / v2 / "rootfs")
 
-    changed = {p for p in old_state.keys() | new_state.keys()
-               if old_state.get(p, (0, ""))[1] != new_state.get(p, (0, ""))[1]}
+    changed = {
+        p
+        for p in old_state.keys() | new_state.keys()
+        if old_state.get(p, (0, ""))[1] != new_state.get(p, (0, ""))[1]
+    }
     assert changed == {"etc/ssh/sshd_config", "etc/netroot/version"}
     assert (workspace.export_link / "etc/ssh/sshd_config").read_text().endswith("password\n")
 
@@ -99,11 +102,20 @@ def test_overlay_fifo_is_refused_and_nothing_is_built(workspace: Workspace) -> N
 
 def test_manifest_lists_what_users_check(workspace: Workspace) -> None:
     version = workspace.json("build", "demo")["version"]
-    manifest = json.loads(
-        (workspace.images() / version["version"] / "manifest.json").read_text()
-    )
-    for key in ("version", "label", "recipe_sha256", "base_key", "overlay_digest",
-                "kernel_version", "boot_digest", "created", "builder", "file_count", "size_bytes"):
+    manifest = json.loads((workspace.images() / version["version"] / "manifest.json").read_text())
+    for key in (
+        "version",
+        "label",
+        "recipe_sha256",
+        "base_key",
+        "overlay_digest",
+        "kernel_version",
+        "boot_digest",
+        "created",
+        "builder",
+        "file_count",
+        "size_bytes",
+    ):
         assert manifest[key] not in (None, "")
     index = (workspace.images() / version["version"] / "files.idx").read_text().splitlines()
     assert manifest["file_count"] == len(index)

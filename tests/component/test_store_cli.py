@@ -96,4 +96,7 @@ def test_activate_newest_and_nothing_to_roll_back(workspace: Workspace) -> None:
     assert workspace.json("activate", "demo")["version"] == v1
     none_left = workspace.run("rollback", "demo", check=False)
     assert none_left.returncode == 1
-    assert none_left.stderr.strip() == "netroot: error: demo: no earlier active version to roll back to"
+    assert (
+        none_left.stderr.strip()
+        == "netroot: error: demo: no earlier active version to roll back to"
+    )
