@@ -42,7 +42,7 @@ def placeholder_menu(paths: LabelPaths, version: str) -> None:
         f"  KERNEL netroot/{paths.label}/vmlinuz\n"
         f"  INITRD netroot/{paths.label}/initrd.img\n"
     )
-    fsops.write_atomic(paths.menu, text.encode())
+    fsops.write_atomic(paths.menu, text.encode(), durable=False)
 
 
 def _point(link: Path, target: Path) -> bool:
@@ -52,7 +52,8 @@ def _point(link: Path, target: Path) -> bool:
             return False
     except (FileNotFoundError, OSError):
         pass
-    fsops.swap_symlink(link, target)
+    # Not fsynced: the history line is the durable commit; recovery re-points links.
+    fsops.swap_symlink(link, target, durable=False)
     return True
 
 
@@ -86,7 +87,7 @@ def activate(
     if not versions:
         raise StoreError(f"{paths.label}: no version built yet; run `netroot build {paths.label}`")
     target = version or versions[-1]
-    store.verify_version(paths, target)  # only a complete version is ever activated
+    store.verify_version(paths, target, depth="activation")  # complete: verified at commit
     previous = store.active_version(paths)
     if previous != target:
         _record(paths, "activate", target)
@@ -100,7 +101,7 @@ def rollback(paths: LabelPaths, render: BootRenderer = placeholder_menu) -> Acti
     if len(stack) < 2:
         raise StoreError(f"{paths.label}: no earlier active version to roll back to")
     current, target = stack[-1], stack[-2]
-    store.verify_version(paths, target)
+    store.verify_version(paths, target, depth="activation")
     _record(paths, "rollback", target)
     apply_links(paths, target, render)
     return Activation(paths.label, target, current, "rollback")

@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +53,9 @@ class BuildContext:
     recipe_path: Path = field(init=False)
     recipe: Recipe = field(init=False)
     builder: Builder = field(init=False)
+    overlays_only: bool = False
     base_key: str = ""
+    base_digest: str = ""
     reused_base: bool = False
     index: treeindex.Index = field(default_factory=dict)
     overlay_items: list[OverlayItem] = field(default_factory=list)
@@ -86,10 +89,20 @@ class BuildContext:
 
 
 def step_resolve(ctx: BuildContext) -> None:
-    """Load the recipe and work out the key of its base tree."""
+    """Load the recipe and work out the key of its base tree.
+
+    For an overlay-only version (the watcher saw only overlay edits) the active
+    version's base is taken as is, without fingerprinting the builder's inputs.
+    """
     ctx.recipe_path = ctx.config.recipe_path(ctx.label)
     ctx.recipe = load_recipe(ctx.recipe_path)
     ctx.builder = builder_for(ctx.recipe)
+    active = store.active_version(ctx.paths) if ctx.overlays_only else None
+    if active is not None:
+        key = store.read_manifest(ctx.paths, active).base_key
+        if (ctx.paths.bases / key[:32] / store.INDEX_NAME).is_file():
+            ctx.base_key = key
+            return
     ctx.base_key = ctx.builder.input_key(ctx.recipe, ctx.recipe_path)
 
 
@@ -111,8 +124,13 @@ def step_base(ctx: BuildContext) -> None:
     if not ctx.rebuild and (cached / store.INDEX_NAME).is_file():
         ctx.say(f"reusing base tree {cached.name[:12]} (inputs unchanged)")
         ctx.rootfs.rmdir()
-        fsops.clone_tree(cached / "rootfs", ctx.rootfs)
-        ctx.index = treeindex.parse((cached / store.INDEX_NAME).read_bytes())
+        index_bytes = (cached / store.INDEX_NAME).read_bytes()
+        ctx.base_digest = treeindex.digest(index_bytes)
+        # Parse the index while cp clones the tree: cp runs in its own process.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            parsed = pool.submit(treeindex.parse, index_bytes)
+            fsops.clone_tree(cached / "rootfs", ctx.rootfs)
+            ctx.index = parsed.result()
         ctx.reused_base = True
         return
     request = BuildRequest(
@@ -135,7 +153,9 @@ def _snapshot_base(ctx: BuildContext, cached: Path) -> None:
     """Keep the pre-overlay tree (hard links: no data copied) for overlay-only versions."""
     tmp = ctx.paths.staging / f"base-{ctx.build_id}"
     fsops.clone_tree(ctx.rootfs, tmp / "rootfs")
-    (tmp / store.INDEX_NAME).write_bytes(treeindex.render(ctx.index))
+    index_bytes = treeindex.render(ctx.index)
+    ctx.base_digest = treeindex.digest(index_bytes)
+    (tmp / store.INDEX_NAME).write_bytes(index_bytes)
     fsops.remove_tree(cached)
     cached.parent.mkdir(parents=True, exist_ok=True)
     os.rename(tmp, cached)
@@ -211,7 +231,10 @@ def _boot_digest(ctx: BuildContext) -> str:
 def step_version(ctx: BuildContext) -> None:
     """Name the version after time and content, and write /etc/netroot/version into it."""
     ctx.index.pop(VERSION_FILE, None)
-    content = hashlib.sha256(treeindex.render(ctx.index) + _boot_digest(ctx).encode()).hexdigest()
+    # Base content, overlay content and boot files determine the tree: hashing
+    # their digests names the content without rendering the index twice.
+    parts = (ctx.base_digest, ctx.overlay_digest, _boot_digest(ctx))
+    content = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     ctx.version = new_version_id(datetime.now(UTC), content)
     with ImageRoot(ctx.rootfs, ctx.image_name) as image:
         image.ensure_dir("etc/netroot", mode=0o755, uid=0, gid=0)
@@ -251,7 +274,7 @@ def step_manifest(ctx: BuildContext) -> None:
 
 def step_verify(ctx: BuildContext) -> None:
     """The staged version must verify before it may be committed."""
-    store.verify_tree(ctx.staging, _manifest(ctx), deep=False)
+    store.verify_tree(ctx.staging, _manifest(ctx), depth="index")
 
 
 def step_commit(ctx: BuildContext) -> None:
@@ -280,7 +303,14 @@ def new_build_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def run_build(config: Config, label: str, *, progress: Progress, rebuild: bool = False) -> Manifest:
+def run_build(
+    config: Config,
+    label: str,
+    *,
+    progress: Progress,
+    rebuild: bool = False,
+    overlays_only: bool = False,
+) -> Manifest:
     """Run every step; on failure remove the staging tree and raise BuildError.
 
     The caller holds the label lock. Nothing outside staging changes until the
@@ -295,6 +325,7 @@ def run_build(config: Config, label: str, *, progress: Progress, rebuild: bool =
         paths=paths,
         build_id=build_id,
         rebuild=rebuild,
+        overlays_only=overlays_only,
         progress=progress,
         log_file=log_file,
     )

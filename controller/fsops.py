@@ -36,18 +36,27 @@ def syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def swap_symlink(link: Path, target: Path | str) -> None:
-    """Point link at target atomically: a new link beside it, then rename over it."""
+def swap_symlink(link: Path, target: Path | str, *, durable: bool = True) -> None:
+    """Point link at target atomically: a new link beside it, then rename over it.
+
+    durable=False skips the directory fsync, for links that start-up recovery
+    re-derives from a durable record anyway (activation's export/TFTP links).
+    """
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(link, uuid.uuid4().hex[:12])
     os.symlink(target, tmp)
     failpoints.hit("swap_symlink:created")
     os.replace(tmp, link)
-    fsync_dir(link.parent)
+    if durable:
+        fsync_dir(link.parent)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace path with data: write a temporary sibling, fsync, rename, fsync the dir."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replace path with data: write a temporary sibling, fsync, rename, fsync the dir.
+
+    durable=False skips both fsyncs, for files that start-up recovery renders
+    again (boot menus): readers still only ever see a whole file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path, uuid.uuid4().hex[:12])
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -58,11 +67,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             view = view[written:]
             failpoints.hit("write_atomic:chunk")
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def append_durable(path: Path, line: str) -> None:

@@ -40,14 +40,19 @@ def copy_tree_argv(source: Path, dest: Path) -> list[str]:
 def _directory_fingerprint(source: Path) -> str:
     """Cheap identity of a directory tree: every entry's type, mode, owner, size and mtime."""
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(source):
-        dirnames.sort()
-        for name in sorted(filenames + dirnames):
-            st = os.lstat(os.path.join(dirpath, name))
+    pending = [os.fspath(source)]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)  # the lstat scandir already made
             h.update(
-                f"{dirpath}/{name}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0"
+                f"{entry.path}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0"
                 f"{st.st_size}\0{st.st_mtime_ns}\n".encode()
             )
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
     return h.hexdigest()
 
 

@@ -37,6 +37,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the builder even if the cached base tree matches the inputs",
     )
+    p.add_argument(
+        "--overlays-only",
+        action="store_true",
+        help="only overlays changed: reuse the active version's base without re-checking "
+        "the recipe's inputs (what the daemon does for an overlay edit)",
+    )
     p.set_defaults(handler=cmd_build)
 
     p = sub.add_parser(
@@ -126,7 +132,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.json)
     with label_lock(paths, on_wait=lambda: _waiting(args.label)):
         recover_label(config, args.label, activation.placeholder_menu)
-        manifest = run_build(config, args.label, progress=progress, rebuild=args.rebuild)
+        manifest = run_build(
+            config,
+            args.label,
+            progress=progress,
+            rebuild=args.rebuild,
+            overlays_only=args.overlays_only,
+        )
         done: activation.Activation | None = None
         if args.activate:
             done = activation.activate(paths, manifest.version)
@@ -249,7 +261,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if version is None:
         print(f"netroot: error: {args.label}: no active version to verify", file=sys.stderr)
         return 1
-    manifest = store.verify_version(paths, version, deep=args.deep)
+    manifest = store.verify_version(paths, version, depth="deep" if args.deep else "index")
     if args.json:
         emit_json({"label": args.label, "version": version, "ok": True, "deep": args.deep})
     else:

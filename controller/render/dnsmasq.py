@@ -41,7 +41,11 @@ class DnsmasqSpec(Model):
     network: str = Field(description="the nodes' IPv4 network, like 10.0.2.0/24")
     server: str = Field(description="this boot server's address on that network (TFTP)")
     tftp_root: str
-    dhcp_script: str = Field(description="executable dnsmasq runs on every lease change")
+    dhcp_script: str = Field(
+        # dnsmasq takes a bare path here, no arguments: `netroot hook dhcp`
+        # needs a one-line wrapper that execs it with "$@".
+        description="executable dnsmasq runs on every lease change"
+    )
     range_start: str | None = Field(None, description="first address to lease (full mode)")
     range_end: str | None = Field(None, description="last address to lease (full mode)")
     lease_time: str = "12h"

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from controller.render.cmdline import GENERATED, BootTarget, boot_menu, kernel_cmdline, mac_file_id
 
 # Must match the prefix built into the network GRUB image the TFTP root serves
-# (Debian's netboot image looks in (tftp)/grub).
+# (`grub-mkimage -p /grub`; with it GRUB 2.06 under OVMF read these files).
 GRUB_DIR = "grub"
 GRUB_DEFAULT = f"{GRUB_DIR}/grub.cfg"
 

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -118,3 +119,44 @@ def _processes_naming(path: Path) -> list[int]:
             if cmdline.startswith(b"unshare") and str(path).encode() in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+def test_copy_on_write_merges_every_kind_of_change(tiny_root: Path, tmp_path: Path) -> None:
+    etc = tiny_root / "etc"
+    (etc / "keep").write_text("keep")
+    (etc / "edit").write_text("before\n")
+    (etc / "remove").write_text("x")
+    (tiny_root / "data" / "old").mkdir(parents=True)
+    (tiny_root / "data" / "old" / "file").write_text("old")
+    twin = tmp_path / "twin"  # a hard link, as a cloned version would hold
+    os.link(etc / "edit", twin)
+    script = ("echo after >> /etc/edit; : > /etc/new; cat /etc/remove > /etc/copy; "
+              "cat /etc/keep > /dev/null")
+    chroot.run(tiny_root, ["/bin/sh", "-c", script], copy_on_write=True)
+    assert (etc / "edit").read_text() == "before\nafter\n"
+    assert twin.read_text() == "before\n"
+    assert (etc / "new").is_file() and (etc / "copy").read_text() == "x"
+    assert (etc / "keep").read_text() == "keep"
+    assert not [n for n in os.listxattr(etc / "edit") if n.startswith("trusted.overlay.")]
+    assert host_mounts_under(tiny_root.parent) == []
+    assert not list(tiny_root.parent.glob(".cow-*"))
+
+
+def test_merge_upper_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
+    from controller.builders import cow
+
+    root, upper = tmp_path / "root", tmp_path / "upper"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "deleted").write_text("x")
+    (root / "dir" / "sub").mkdir(parents=True)
+    (root / "dir" / "sub" / "stale").write_text("x")
+    (root / "dir" / "kept").write_text("k")
+    (upper / "etc").mkdir(parents=True)
+    os.mknod(upper / "etc" / "deleted", 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+    (upper / "dir" / "sub").mkdir(parents=True)
+    os.setxattr(upper / "dir" / "sub", cow.OPAQUE_XATTR, b"y")
+    (upper / "dir" / "sub" / "fresh").write_text("f")
+    assert cow.merge_upper(upper, root) == 5
+    assert not (root / "etc" / "deleted").exists()
+    assert sorted(p.name for p in (root / "dir" / "sub").iterdir()) == ["fresh"]
+    assert (root / "dir" / "kept").read_text() == "k"

@@ -62,7 +62,7 @@ def assert_consistent(ws: Workspace, allowed: set[str]) -> str:
     assert active in allowed
     assert os.readlink(paths.export_link) == str(paths.rootfs(active))
     assert os.readlink(paths.tftp_link) == str(paths.boot(active))
-    manifest = store.verify_version(paths, active, deep=True)
+    manifest = store.verify_version(paths, active, depth="deep")
     assert (paths.tftp_link / "vmlinuz").stat().st_size == manifest.kernel.size
     assert (paths.export_link / "etc/netroot/version").read_text() == f"{active}\n"
     assert f"# netroot: demo {active}" in paths.menu.read_text()
@@ -70,7 +70,7 @@ def assert_consistent(ws: Workspace, allowed: set[str]) -> str:
     for directory in (paths.export_link.parent, paths.tftp_link.parent, paths.menu.parent):
         assert not [n for n in os.listdir(directory) if TMP_MARK in n], directory
     for version in store.version_ids(paths):
-        store.verify_version(paths, version, deep=True)  # every committed version is complete
+        store.verify_version(paths, version, depth="deep")  # every committed version is complete
     return active
 
 
