@@ -100,7 +100,7 @@ def step_resolve(ctx: BuildContext) -> None:
     active = store.active_version(ctx.paths) if ctx.overlays_only else None
     if active is not None:
         key = store.read_manifest(ctx.paths, active).base_key
-        if (ctx.paths.bases / key[:32] / store.INDEX_NAME).is_file():
+        if (ctx.paths.base(key) / store.INDEX_NAME).is_file():
             ctx.base_key = key
             return
     ctx.base_key = ctx.builder.input_key(ctx.recipe, ctx.recipe_path)
@@ -114,13 +114,9 @@ def step_stage(ctx: BuildContext) -> None:
     ctx.rootfs.mkdir()
 
 
-def _base_dir(ctx: BuildContext) -> Path:
-    return ctx.paths.bases / ctx.base_key[:32]
-
-
 def step_base(ctx: BuildContext) -> None:
     """Clone the cached base tree for this key, or run the builder and cache its tree."""
-    cached = _base_dir(ctx)
+    cached = ctx.paths.base(ctx.base_key)
     if not ctx.rebuild and (cached / store.INDEX_NAME).is_file():
         ctx.say(f"reusing base tree {cached.name[:12]} (inputs unchanged)")
         ctx.rootfs.rmdir()

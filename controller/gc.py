@@ -55,6 +55,24 @@ def remove_version(paths: LabelPaths, version: str) -> None:
     fsops.remove_tree(doomed)
 
 
+def prune_bases(paths: LabelPaths) -> list[str]:
+    """Remove cached base trees that no remaining version was built from."""
+    if not paths.bases.is_dir():
+        return []
+    used = {
+        paths.base_name(store.read_manifest(paths, v).base_key) for v in store.version_ids(paths)
+    }
+    removed = []
+    for name in sorted(os.listdir(paths.bases)):
+        if name not in used:
+            doomed = paths.staging / f"gc-base-{name}-{uuid.uuid4().hex[:6]}"
+            paths.staging.mkdir(parents=True, exist_ok=True)
+            os.rename(paths.bases / name, doomed)
+            fsops.remove_tree(doomed)
+            removed.append(name)
+    return removed
+
+
 def collect(paths: LabelPaths, keep: int, guard: InUseGuard) -> tuple[list[str], dict[str, str]]:
     """Prune the label; returns (pruned versions, kept-despite-age versions with reasons)."""
     versions = store.version_ids(paths)
@@ -62,6 +80,7 @@ def collect(paths: LabelPaths, keep: int, guard: InUseGuard) -> tuple[list[str],
     pruned = select_prunable(versions, keep=keep, protected=set(reasons))
     for version in pruned:
         remove_version(paths, version)
+    prune_bases(paths)
     older = set(sorted(versions)[:-keep]) if keep > 0 else set(versions)
     held = {v: r for v, r in reasons.items() if v in older}
     return pruned, held

@@ -55,6 +55,15 @@ class LabelPaths:
         """The label's boot menu entry (re-rendered by every activation)."""
         return self.tftp_root / "pxelinux.cfg" / f"netroot-{self.label}"
 
+    def base(self, base_key: str) -> Path:
+        """The cached pre-overlay tree built from inputs with this key."""
+        return self.bases / self.base_name(base_key)
+
+    @staticmethod
+    def base_name(base_key: str) -> str:
+        """Directory name of a cached base tree."""
+        return base_key[:32]
+
     def version(self, version: str) -> Path:
         """Directory of a committed version."""
         return self.images / version

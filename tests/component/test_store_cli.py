@@ -100,3 +100,22 @@ def test_activate_newest_and_nothing_to_roll_back(workspace: Workspace) -> None:
         none_left.stderr.strip()
         == "netroot: error: demo: no earlier active version to roll back to"
     )
+
+
+def test_gc_drops_cached_base_trees_no_version_uses(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, keep_versions=1)
+    make_root_tree(ws.tree)
+    ws.write()
+    old = ws.json("build", "demo", "--activate")["version"]
+    (ws.tree / "etc" / "added-to-the-source").write_text("new base\n")
+    new = ws.json("build", "demo", "--activate")["version"]
+    (ws.overlays / "demo").mkdir(parents=True)
+    (ws.overlays / "demo" / "motd").write_text("third\n")
+    third = ws.json("build", "demo", "--activate")["version"]
+    bases = ws.state / "cache" / "bases" / "demo"
+    assert old["base_key"] != new["base_key"] == third["base_key"]
+    assert len(list(bases.iterdir())) == 2
+
+    assert ws.json("gc", "demo")["pruned"] == [old["version"]]
+    assert [p.name for p in bases.iterdir()] == [new["base_key"][:32]]
+    ws.run("build", "demo", "--activate")  # the remaining base is still reusable
