@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -134,20 +135,32 @@ class ImageRoot:
             if stat.S_ISDIR(st.st_mode):
                 shutil.rmtree(name, dir_fd=fd)
 
+    @contextlib.contextmanager
+    def _replacing(self, rel: str) -> Iterator[tuple[int, str, str]]:
+        """Yield (parent fd, temporary name, resolved path); on success rename tmp over rel."""
+        fd, name, resolved = self._parent(rel)
+        tmp = f".{name}.netroot-{uuid.uuid4().hex[:8]}"
+        try:
+            yield fd, tmp, resolved
+            self._clear_dir(fd, name)
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
+            os.close(fd)
+
+    @staticmethod
+    def _create(fd: int, tmp: str, mode: int) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(tmp, flags, mode, dir_fd=fd)
+
     def replace_file(
         self, rel: str, source: Path, *, mode: int, uid: int, gid: int
     ) -> tuple[str, str]:
         """Replace rel with a copy of source (new inode, then rename); returns (path, sha256)."""
-        fd, name, resolved = self._parent(rel)
-        tmp = f".{name}.netroot-{uuid.uuid4().hex[:8]}"
         digest = hashlib.sha256()
-        try:
-            out = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=fd,
-            )
+        with self._replacing(rel) as (fd, tmp, resolved):
+            out = self._create(fd, tmp, 0o600)
             try:
                 with source.open("rb") as src:
                     while chunk := src.read(_CHUNK):
@@ -158,28 +171,25 @@ class ImageRoot:
                 os.fchmod(out, stat.S_IMODE(mode))
             finally:
                 os.close(out)
-            self._clear_dir(fd, name)
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=fd)
-            os.close(fd)
         return resolved, digest.hexdigest()
 
     def replace_symlink(self, rel: str, target: str, *, uid: int, gid: int) -> str:
         """Replace rel with a symlink to target (stored as is; it resolves on the node)."""
-        fd, name, resolved = self._parent(rel)
-        tmp = f".{name}.netroot-{uuid.uuid4().hex[:8]}"
-        try:
+        with self._replacing(rel) as (fd, tmp, resolved):
             os.symlink(target, tmp, dir_fd=fd)
             os.chown(tmp, uid, gid, dir_fd=fd, follow_symlinks=False)
-            self._clear_dir(fd, name)
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=fd)
-            os.close(fd)
         return resolved
+
+    def write_bytes(self, rel: str, data: bytes, *, mode: int = 0o644) -> tuple[str, str]:
+        """Replace rel with data, owned by root; returns (path, sha256)."""
+        with self._replacing(rel) as (fd, tmp, resolved):
+            out = self._create(fd, tmp, mode)
+            try:
+                os.write(out, data)
+                os.fchmod(out, mode)
+            finally:
+                os.close(out)
+        return resolved, hashlib.sha256(data).hexdigest()
 
     def ensure_dir(self, rel: str, *, mode: int, uid: int, gid: int) -> tuple[str, bool]:
         """Make rel a directory (following in-image symlinks); returns (path, created)."""
@@ -255,27 +265,3 @@ class ImageRoot:
             return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False) if parts else os.fstat(fd)
         finally:
             os.close(fd)
-
-    def write_bytes(self, rel: str, data: bytes, *, mode: int = 0o644) -> tuple[str, str]:
-        """Replace rel with data, owned by root; returns (path, sha256)."""
-        fd, name, resolved = self._parent(rel)
-        tmp = f".{name}.netroot-{uuid.uuid4().hex[:8]}"
-        try:
-            out = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                mode,
-                dir_fd=fd,
-            )
-            try:
-                os.write(out, data)
-                os.fchmod(out, mode)
-            finally:
-                os.close(out)
-            self._clear_dir(fd, name)
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=fd)
-            os.close(fd)
-        return resolved, hashlib.sha256(data).hexdigest()
