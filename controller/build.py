@@ -54,6 +54,7 @@ class BuildContext:
     recipe: Recipe = field(init=False)
     builder: Builder = field(init=False)
     overlays_only: bool = False
+    insecure_test_password: bool = False
     base_key: str = ""
     base_digest: str = ""
     reused_base: bool = False
@@ -95,8 +96,8 @@ def step_resolve(ctx: BuildContext) -> None:
     version's base is taken as is, without fingerprinting the builder's inputs.
     """
     ctx.recipe_path = ctx.config.recipe_path(ctx.label)
-    ctx.recipe = load_recipe(ctx.recipe_path)
-    ctx.builder = builder_for(ctx.recipe)
+    ctx.recipe = load_recipe(ctx.recipe_path, allow_plaintext_password=ctx.insecure_test_password)
+    ctx.builder = builder_for(ctx.recipe, base_dir=ctx.config.base_dir)
     active = store.active_version(ctx.paths) if ctx.overlays_only else None
     if active is not None:
         key = store.read_manifest(ctx.paths, active).base_key
@@ -138,6 +139,7 @@ def step_base(ctx: BuildContext) -> None:
         log_file=ctx.log_file,
         cache_dir=ctx.config.state_dir / "cache",
         base_dir=ctx.config.base_dir,
+        rebuild=ctx.rebuild,
     )
     ctx.builder.build(request, ctx.say)
     ctx.say("indexing the base tree")
@@ -306,6 +308,7 @@ def run_build(
     progress: Progress,
     rebuild: bool = False,
     overlays_only: bool = False,
+    insecure_test_password: bool = False,
 ) -> Manifest:
     """Run every step; on failure remove the staging tree and raise BuildError.
 
@@ -322,6 +325,7 @@ def run_build(
         build_id=build_id,
         rebuild=rebuild,
         overlays_only=overlays_only,
+        insecure_test_password=insecure_test_password,
         progress=progress,
         log_file=log_file,
     )

@@ -68,8 +68,12 @@ class Distro:
         return (*self.kernel_for(arch), *self.boot_packages)
 
 
-_DEBIAN_BOOT = ("dracut", "dracut-network", "nfs-common", "procps", "iproute2", "systemd-sysv")
-_RPM_BOOT = ("dracut", "dracut-network", "nfs-utils", "procps-ng", "iproute", "systemd")
+_DEBIAN_BOOT = (
+    "dracut", "dracut-network", "nfs-common", "procps", "iproute2", "systemd-sysv", "zstd",
+)
+_RPM_BOOT = (
+    "dracut", "dracut-network", "nfs-utils", "procps-ng", "iproute", "systemd", "zstd",
+)
 
 DISTROS: dict[str, Distro] = {
     "debian": Distro(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from controller.errors import NetrootError
 from controller.recipes import Recipe
 
 
@@ -22,6 +23,7 @@ class BuildRequest:
     log_file: Path
     cache_dir: Path
     base_dir: Path
+    rebuild: bool = False  # ignore the package-stage cache too (fresh packages)
 
 
 Progress = Callable[[str], None]
@@ -41,9 +43,17 @@ class Builder(Protocol):
         ...
 
 
-def builder_for(recipe: Recipe) -> Builder:
-    """The backend a recipe names."""
-    from controller.builders.importer import ImportBuilder  # noqa: PLC0415 - keeps backends lazy
+def builder_for(recipe: Recipe, *, base_dir: Path | None = None) -> Builder:
+    """The backend a recipe names; base_dir is the base/ tree that goes into its images."""
+    # imports inside: keeps backends lazy, and they import this module
+    from controller.builders.importer import ImportBuilder  # noqa: PLC0415
+    from controller.builders.mmdebstrap import MmdebstrapBuilder  # noqa: PLC0415
 
-    backends: dict[str, Callable[[], Builder]] = {"import": ImportBuilder}
-    return backends[recipe.builder]()
+    backends: dict[str, Callable[[], Builder]] = {
+        "import": ImportBuilder,
+        "mmdebstrap": lambda: MmdebstrapBuilder(base_dir),
+    }
+    try:
+        return backends[recipe.builder]()
+    except KeyError:
+        raise NetrootError(f"the {recipe.builder!r} builder is not available yet") from None

@@ -31,9 +31,10 @@ class BaseEntry:
 
 
 def scan(base_dir: Path) -> list[BaseEntry]:
-    """The entries of base_dir, sorted; an empty list when it does not exist."""
+    """The entries of base_dir, sorted."""
     if not base_dir.is_dir():
-        return []
+        raise NetrootError(f"base tree {base_dir} not found (config: base_dir); it holds the "
+                           "dracut configuration and overlay-root module every image needs")
     entries: list[BaseEntry] = []
     for dirpath, dirnames, filenames in os.walk(base_dir):
         dirnames.sort()

@@ -16,10 +16,13 @@ import json
 import os
 import stat
 import sys
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from controller import proc
+from controller import fsops, proc
+from controller.builders import cow
 
 NSEXEC = Path(__file__).with_name("nsexec.py")
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
@@ -46,13 +49,47 @@ def unshare_argv(inner: Sequence[str]) -> list[str]:
             "--kill-child", "--", *inner]
 
 
+@dataclass(frozen=True)
+class Scratch:
+    """Overlay layers for a copy-on-write run, beside the image on the same filesystem."""
+
+    path: Path
+
+    @property
+    def upper(self) -> Path:
+        """What the command changed."""
+        return self.path / "upper"
+
+    @property
+    def work(self) -> Path:
+        """overlayfs' work directory."""
+        return self.path / "work"
+
+    @property
+    def merged(self) -> Path:
+        """Where the overlay is mounted, inside the namespace only."""
+        return self.path / "merged"
+
+
 def chroot_argv(
-    root: Path, argv: Sequence[str], *, resolv_conf: Path | None = HOST_RESOLV_CONF
+    root: Path, argv: Sequence[str], *, resolv_conf: Path | None = HOST_RESOLV_CONF,
+    scratch: Scratch | None = None,
 ) -> list[str]:
-    """The full argv that runs argv chrooted into root with the mounts of mount_plan."""
+    """The full argv that runs argv chrooted into root with the mounts of mount_plan.
+
+    With scratch, root is the read-only lower layer of an overlay mounted at
+    scratch.merged, and the command runs there.
+    """
+    mounts: list[list[str]] = []
+    top = root
+    if scratch is not None:
+        options = cow.overlay_options(root, scratch.upper, scratch.work)
+        mounts.append(["mount", "-t", "overlay", "-o", options, "overlay",
+                       os.fspath(scratch.merged)])
+        top = scratch.merged
     plan = {
-        "mounts": mount_plan(root, resolv_conf=resolv_conf),
-        "exec": ["chroot", os.fspath(root), *argv],
+        "mounts": mounts + mount_plan(top, resolv_conf=resolv_conf),
+        "exec": ["chroot", os.fspath(top), *argv],
     }
     return unshare_argv([sys.executable, "-I", os.fspath(NSEXEC), json.dumps(plan)])
 
@@ -93,8 +130,24 @@ def run(
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
     check: bool = True,
+    copy_on_write: bool = False,
 ) -> proc.Completed:
-    """Run argv inside the image at root through proc.run."""
+    """Run argv inside the image at root through proc.run.
+
+    copy_on_write: the command's changes reach root by rename only (see
+    controller.builders.cow), for trees that share inodes with others.
+    """
     with prepared(root) as resolv_conf:
-        return proc.run(chroot_argv(root, argv, resolv_conf=resolv_conf), log_file=log_file,
-                        env=env, stdin=stdin, check=check)
+        if not copy_on_write:
+            return proc.run(chroot_argv(root, argv, resolv_conf=resolv_conf),
+                            log_file=log_file, env=env, stdin=stdin, check=check)
+        scratch = Scratch(root.parent / f".cow-{uuid.uuid4().hex[:12]}")
+        try:
+            for d in (scratch.upper, scratch.work, scratch.merged):
+                d.mkdir(parents=True)
+            done = proc.run(chroot_argv(root, argv, resolv_conf=resolv_conf, scratch=scratch),
+                            log_file=log_file, env=env, stdin=stdin, check=check)
+            cow.merge_upper(scratch.upper, root)
+            return done
+        finally:
+            fsops.remove_tree(scratch.path)

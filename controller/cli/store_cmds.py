@@ -27,6 +27,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "validate", parents=[common], help="check the config and every recipe it names"
     )
+    p.add_argument(
+        "--insecure-test-password",
+        action="store_true",
+        help="accept plaintext root_password in recipes (throw-away VM tests only)",
+    )
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("build", parents=[common], help="build a new version of a label")
@@ -36,6 +41,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--rebuild",
         action="store_true",
         help="run the builder even if the cached base tree matches the inputs",
+    )
+    p.add_argument(
+        "--insecure-test-password",
+        action="store_true",
+        help="accept plaintext root_password in recipes (throw-away VM tests only)",
     )
     p.add_argument(
         "--overlays-only",
@@ -105,7 +115,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = _config(args)
     rows, report = [], {}
     for name in sorted(config.labels):
-        recipe = load_recipe(config.recipe_path(name))
+        recipe = load_recipe(
+            config.recipe_path(name), allow_plaintext_password=args.insecure_test_password
+        )
         overlays = [config.overlays_dir / o for o in config.overlay_names(name)]
         items = scan_overlays(overlays)
         report[name] = {
@@ -127,7 +139,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     """Build (and optionally activate) a new version."""
     config = _config(args)
     paths = _label(args, config)
-    load_recipe(config.recipe_path(args.label))  # a bad recipe fails before anything is written
+    # a bad recipe fails before anything is written
+    load_recipe(
+        config.recipe_path(args.label), allow_plaintext_password=args.insecure_test_password
+    )
     scan_overlays([config.overlays_dir / o for o in config.overlay_names(args.label)])
     progress = Progress(quiet=args.json)
     with label_lock(paths, on_wait=lambda: _waiting(args.label)):
@@ -138,6 +153,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress=progress,
             rebuild=args.rebuild,
             overlays_only=args.overlays_only,
+            insecure_test_password=args.insecure_test_password,
         )
         done: activation.Activation | None = None
         if args.activate:
