@@ -296,6 +296,16 @@ STEPS: list[tuple[str, Step]] = [
 ]
 
 
+def finish_version(ctx: BuildContext) -> Manifest:
+    """The steps after the tree is complete (boot to commit), for trees made outside
+    the pipeline, such as a `netroot shell` session."""
+    for name, step in STEPS[STEPS.index(("boot", step_boot)) :]:
+        ctx._step = name
+        failpoints.hit(f"build:{name}")
+        step(ctx)
+    return _manifest(ctx)
+
+
 def new_build_id() -> str:
     """A build id: sortable start time plus randomness."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]

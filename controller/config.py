@@ -21,6 +21,8 @@ from controller.errors import ConfigError
 
 LABEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 LABEL_ALLOWED = "1-63 of a-z 0-9 . _ -, starting with a letter or digit"
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+MAC_ALLOWED = "six lowercase hex pairs joined by colons, like aa:bb:cc:dd:ee:ff"
 CHECKOUT = Path(__file__).resolve().parent.parent
 BUILTIN = "built-in defaults"
 
@@ -72,6 +74,14 @@ class NfsConfig(Model):
     port: int = Field(2049, ge=1, le=65535)
     exports_file: Path = Path("/etc/exports.d/netroot.exports")
     ganesha_config: Path = Path("/etc/ganesha/netroot.conf")
+    manage: bool = Field(
+        False,
+        description="write exports_file or ganesha_config and reload the server on every "
+        "activation and gc (off: a checkout or a test never touches /etc)",
+    )
+    ganesha_pidfile: Path = Field(
+        Path("/run/ganesha/ganesha.pid"), description="the running ganesha.nfsd, sent SIGHUP"
+    )
 
     @field_validator("clients")
     @classmethod
@@ -84,6 +94,28 @@ class NfsConfig(Model):
             except ValueError as exc:
                 raise ValueError(f"{net!r} is not a network like 10.0.0.0/16 or '*'") from exc
         return value
+
+
+class NodeConfig(Model):
+    """One node's boot override, keyed by its MAC: it boots this label, not the default."""
+
+    label: str
+
+
+class DhcpConfig(Model):
+    """dnsmasq for netroot nodes: DHCP (full, or proxy beside another server) and TFTP."""
+
+    enabled: bool = Field(False, description="`netroot install` writes config_file")
+    mode: Literal["full", "proxy"] = "proxy"
+    network: str = "10.0.2.0/24"
+    range_start: str | None = None
+    range_end: str | None = None
+    router: str | None = None
+    interface: str | None = None
+    lease_time: str = "12h"
+    config_file: Path = Path("/etc/dnsmasq.d/netroot.conf")
+    hook_script: Path | None = Field(None, description="default: <state_dir>/bin/dhcp-hook")
+    lease_file: Path | None = None
 
 
 class LabelConfig(Model):
@@ -102,6 +134,12 @@ class LabelConfig(Model):
     )
     rootovlcfg: tuple[str, ...] = ()
     activation: Literal["auto", "manual"] = "auto"
+    auto_remount: bool = Field(
+        True, description="tell a node whose tree changed in place to remount / on its own"
+    )
+    auto_reboot: bool = Field(
+        False, description="tell a node running an outdated version to reboot (kills its jobs)"
+    )
 
     @field_validator("overlays")
     @classmethod
@@ -125,6 +163,17 @@ class Config(Model):
     mqtt: MqttConfig = MqttConfig()
     nfs: NfsConfig = NfsConfig()
     labels: dict[str, LabelConfig] = Field(default_factory=dict)
+    nodes: dict[str, NodeConfig] = Field(
+        default_factory=dict, description='per-MAC boot overrides: [nodes."aa:bb:cc:dd:ee:ff"]'
+    )
+    dhcp: DhcpConfig = DhcpConfig()
+    max_parallel_builds: int = Field(1, ge=1, le=64, description="labels the daemon builds at once")
+    debounce_quiet: float = Field(
+        1.0, gt=0, le=600, description="seconds without edits before the daemon builds"
+    )
+    debounce_max_latency: float = Field(
+        10.0, gt=0, le=3600, description="seconds from the first edit after which it builds anyway"
+    )
     source: str = Field(BUILTIN, exclude=True, description="where this config came from")
 
     def label(self, name: str) -> LabelConfig:
@@ -176,10 +225,12 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     """Field names of the model found at a location, for an 'allowed' hint."""
     current: Any = model
     for part in loc:
-        if current is Config and part == "labels":
-            current = dict
+        if current is Config and part in ("labels", "nodes"):
+            current = dict if part == "labels" else list  # a table keyed by label or MAC
         elif current is dict:
             current = LabelConfig
+        elif current is list:
+            current = NodeConfig
         elif isinstance(current, type) and issubclass(current, BaseModel):
             annotation = current.model_fields[part].annotation
             current = annotation if isinstance(annotation, type) else None
@@ -204,9 +255,23 @@ def parse_config(data: dict[str, Any], *, source: str, root: Path) -> Config:
     for name in data.get("labels", {}) or {}:
         check_label(name, source, f"labels.{name}")
     try:
-        return Config.model_validate({**_resolve(data, root), "source": source})
+        config = Config.model_validate({**_resolve(data, root), "source": source})
     except ValidationError as exc:
         raise _first_error(exc, source, Config) from None
+    _check_nodes(config)
+    return config
+
+
+def _check_nodes(config: Config) -> None:
+    """Per-MAC overrides: canonical MAC keys, each naming a configured label."""
+    for mac, node in config.nodes.items():
+        field = f'nodes."{mac}"'
+        if not MAC_RE.fullmatch(mac):
+            raise ConfigError(config.source, field, f"invalid MAC address {mac!r}", MAC_ALLOWED)
+        if node.label not in config.labels:
+            known = ", ".join(sorted(config.labels)) or "none configured"
+            problem = f"label {node.label!r} is not configured"
+            raise ConfigError(config.source, f"{field}.label", problem, known)
 
 
 def load_config(path: Path | None = None) -> Config:

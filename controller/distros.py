@@ -9,7 +9,7 @@ needs to boot (kernel, dracut with NFS and network support). The backends in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 DistroName = Literal["debian", "ubuntu", "fedora", "rocky", "alma", "centos-stream"]
@@ -36,6 +36,11 @@ class Distro:
     # (network-legacy runs pgrep, hence procps; the nfs module needs the NFS client)
     boot_packages: tuple[str, ...]
     release_pattern: str = ""  # releases matching it are accepted too (numbered releases)
+    # rpm only: repository name -> its path under a mirror's root (dnf expands
+    # $releasever and $basearch), and the signing key's file name ({major} expanded)
+    repo_paths: dict[str, str] = field(default_factory=dict)
+    gpg_key_name: str = ""
+    gpg_key_on_mirror: bool = False  # the key sits at the mirror's root (else the host's)
 
     @property
     def default_arch(self) -> str:
@@ -75,6 +80,16 @@ _RPM_BOOT = (
     "dracut", "dracut-network", "nfs-utils", "procps-ng", "iproute", "systemd", "zstd",
 )
 
+# Enterprise Linux rebuilds: BaseOS and AppStream hold everything a netboot node needs.
+_EL_REPOS = ("BaseOS", "AppStream")
+
+
+def _el_paths(suffix: str) -> dict[str, str]:
+    """Repository paths under an EL mirror's root (`9/BaseOS/...`, `9-stream/BaseOS/...`)."""
+    repos = ("BaseOS", "AppStream", "CRB", "extras", "HighAvailability", "PowerTools")
+    return {r: f"$releasever{suffix}/{r}/$basearch/os/" for r in repos}
+
+
 DISTROS: dict[str, Distro] = {
     "debian": Distro(
         name="debian", family="deb", builder="mmdebstrap", arches=_DEB_ARCHES,
@@ -103,30 +118,40 @@ DISTROS: dict[str, Distro] = {
     "fedora": Distro(
         name="fedora", family="rpm", builder="dnf", arches=_RPM_ARCHES,
         releases={"rawhide": "rawhide"}, release_pattern=r"[1-9][0-9]",
-        default_components=(),
+        default_components=("fedora", "updates"),
         kernel_packages={"*": ("kernel",)},
         boot_packages=_RPM_BOOT,
+        repo_paths={"fedora": "releases/$releasever/Everything/$basearch/os/",
+                    "updates": "updates/$releasever/Everything/$basearch/",
+                    "rawhide": "development/rawhide/Everything/$basearch/os/"},
+        gpg_key_name="RPM-GPG-KEY-fedora-{major}-primary",
     ),
     "rocky": Distro(
         name="rocky", family="rpm", builder="dnf", arches=_RPM_ARCHES,
         releases={"8": "8", "9": "9", "10": "10"}, release_pattern=r"(8|9|10)\.[0-9]+",
-        default_components=(),
+        default_components=_EL_REPOS,
         kernel_packages={"*": ("kernel",)},
         boot_packages=_RPM_BOOT,
+        repo_paths=_el_paths(""),
+        gpg_key_name="RPM-GPG-KEY-Rocky-{major}", gpg_key_on_mirror=True,
     ),
     "alma": Distro(
         name="alma", family="rpm", builder="dnf", arches=_RPM_ARCHES,
         releases={"8": "8", "9": "9", "10": "10"}, release_pattern=r"(8|9|10)\.[0-9]+",
-        default_components=(),
+        default_components=_EL_REPOS,
         kernel_packages={"*": ("kernel",)},
         boot_packages=_RPM_BOOT,
+        repo_paths=_el_paths(""),
+        gpg_key_name="RPM-GPG-KEY-AlmaLinux-{major}", gpg_key_on_mirror=True,
     ),
     "centos-stream": Distro(
         name="centos-stream", family="rpm", builder="dnf", arches=_RPM_ARCHES,
         releases={"9": "9", "10": "10"},
-        default_components=(),
+        default_components=_EL_REPOS,
         kernel_packages={"*": ("kernel",)},
         boot_packages=_RPM_BOOT,
+        repo_paths=_el_paths("-stream"),
+        gpg_key_name="RPM-GPG-KEY-centosofficial",
     ),
 }
 
@@ -175,3 +200,49 @@ def initrd_path(distro: Distro, kver: str) -> str:
     if distro.family == "deb":
         return f"/boot/initrd.img-{kver}"
     return f"/boot/initramfs-{kver}.img"
+
+
+# rpm: where the package database lives and in which format, per release
+# (Fedora moved it to /usr/lib/sysimage/rpm in 36, EL in 10; EL 8 still uses BDB).
+SYSIMAGE_RPMDB, LEGACY_RPMDB = "/usr/lib/sysimage/rpm", "/var/lib/rpm"
+
+
+def release_major(release: str) -> int | None:
+    """The major number of a numbered release ("9.4" -> 9), None for rawhide."""
+    head = release.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def rpmdb_path(distro: Distro, release: str) -> str:
+    """Where the image's rpm expects its database."""
+    major = release_major(release)
+    if distro.name == "fedora" or major is None or major >= 10:
+        return SYSIMAGE_RPMDB
+    return LEGACY_RPMDB
+
+
+def rpmdb_backend(distro: Distro, release: str) -> str:
+    """The rpm database format of the image's rpm."""
+    major = release_major(release)
+    return "bdb" if distro.name != "fedora" and major == 8 else "sqlite"
+
+
+def repo_urls(distro: Distro, mirror: str, components: tuple[str, ...]) -> dict[str, str]:
+    """Repository name -> baseurl under a mirror's root, for the named components."""
+    unknown = [c for c in components if c not in distro.repo_paths]
+    if unknown:
+        raise ValueError(f"unknown {distro.name} repository {unknown[0]!r}; allowed: "
+                         f"{', '.join(distro.repo_paths)}")
+    root = mirror.rstrip("/")
+    return {c: f"{root}/{distro.repo_paths[c]}" for c in components}
+
+
+def gpg_key_url(distro: Distro, release: str, mirror: str | None) -> str | None:
+    """The distribution's signing key: on the mirror's root, else the build host's copy."""
+    if not distro.gpg_key_name:
+        return None
+    major = release_major(release)
+    name = distro.gpg_key_name.format(major=major if major is not None else release)
+    if distro.gpg_key_on_mirror and mirror:
+        return f"{mirror.rstrip('/')}/{name}"
+    return f"file:///etc/pki/rpm-gpg/{name}"

@@ -137,6 +137,25 @@ def run(
     return Completed(args, proc.returncode, stdout, stderr)
 
 
+def run_interactive(argv: Sequence[Arg], *, env: Mapping[str, str] | None = None) -> Completed:
+    """Run argv on this terminal: stdin, stdout and stderr inherited, same session.
+
+    For `netroot shell` only: every other command gets stdin closed and a new
+    session. Ctrl-C belongs to the interactive program, so it is ignored here
+    while the program runs.
+    """
+    args = to_argv(argv)
+    log.debug("run interactive", cmd=shlex.join(args))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        done = subprocess.run(args, env=base_env(env), check=False)
+    except FileNotFoundError as exc:
+        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return Completed(args, done.returncode, "", "")
+
+
 async def arun(
     argv: Sequence[Arg],
     *,

@@ -46,12 +46,19 @@ class Builder(Protocol):
 def builder_for(recipe: Recipe, *, base_dir: Path | None = None) -> Builder:
     """The backend a recipe names; base_dir is the base/ tree that goes into its images."""
     # imports inside: keeps backends lazy, and they import this module
+    from controller.builders.apptainer import ApptainerBuilder  # noqa: PLC0415
+    from controller.builders.dnf import DnfBuilder  # noqa: PLC0415
     from controller.builders.importer import ImportBuilder  # noqa: PLC0415
+    from controller.builders.legacy import DefBuilder  # noqa: PLC0415
     from controller.builders.mmdebstrap import MmdebstrapBuilder  # noqa: PLC0415
 
     backends: dict[str, Callable[[], Builder]] = {
         "import": ImportBuilder,
         "mmdebstrap": lambda: MmdebstrapBuilder(base_dir),
+        "dnf": lambda: DnfBuilder(base_dir),
+        "def": lambda: DefBuilder(base_dir),
+        "apptainer": lambda: ApptainerBuilder("apptainer", base_dir),
+        "singularity": lambda: ApptainerBuilder("singularity", base_dir),
     }
     try:
         return backends[recipe.builder]()

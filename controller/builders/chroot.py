@@ -39,7 +39,8 @@ def mount_plan(root: Path, *, resolv_conf: Path | None = HOST_RESOLV_CONF) -> li
         ["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs", f"{r}/run"],
     ]
     if resolv_conf is not None:
-        plan.append(["mount", "--bind", os.fspath(resolv_conf), f"{r}/etc/resolv.conf"])
+        # read-only: a post script writing /etc/resolv.conf must not change the host's
+        plan.append(["mount", "--bind", "-o", "ro", os.fspath(resolv_conf), f"{r}/etc/resolv.conf"])
     return plan
 
 

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller import activation, gc, store
+from controller import activation, bootfiles, gc, store
 from controller.build import run_build
 from controller.cli.output import Progress, emit_json, human_size, table
 from controller.config import Config, check_label, load_config
+from controller.db import NodeGuard, db_path
 from controller.layout import LabelPaths, label_paths
 from controller.locking import label_lock
 from controller.manifest import Manifest
@@ -146,7 +147,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     scan_overlays([config.overlays_dir / o for o in config.overlay_names(args.label)])
     progress = Progress(quiet=args.json)
     with label_lock(paths, on_wait=lambda: _waiting(args.label)):
-        recover_label(config, args.label, activation.placeholder_menu)
+        recover_label(config, args.label, bootfiles.renderer(config))
         manifest = run_build(
             config,
             args.label,
@@ -157,7 +158,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
         done: activation.Activation | None = None
         if args.activate:
-            done = activation.activate(paths, manifest.version)
+            done = activation.activate(paths, manifest.version, bootfiles.renderer(config))
     if args.json:
         emit_json({"version": _summary(manifest), "activated": done is not None})
     else:
@@ -190,8 +191,8 @@ def cmd_activate(args: argparse.Namespace) -> int:
     config = _config(args)
     paths = _label(args, config)
     with label_lock(paths, on_wait=lambda: _waiting(args.label)):
-        recover_label(config, args.label, activation.placeholder_menu)
-        done = activation.activate(paths, args.version)
+        recover_label(config, args.label, bootfiles.renderer(config))
+        done = activation.activate(paths, args.version, bootfiles.renderer(config))
     _print_activation(args, done)
     return 0
 
@@ -201,8 +202,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     config = _config(args)
     paths = _label(args, config)
     with label_lock(paths, on_wait=lambda: _waiting(args.label)):
-        recover_label(config, args.label, activation.placeholder_menu)
-        done = activation.rollback(paths)
+        recover_label(config, args.label, bootfiles.renderer(config))
+        done = activation.rollback(paths, bootfiles.renderer(config))
     _print_activation(args, done)
     return 0
 
@@ -248,9 +249,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     config = _config(args)
     paths = _label(args, config)
     keep = config.label(args.label).keep_versions
-    guard = gc.NoNodes()
+    # The daemon's nodes table, when it has one: never prune what a live node runs.
+    guard: gc.InUseGuard = NodeGuard(db_path(config)) if db_path(config).exists() else gc.NoNodes()
     with label_lock(paths, on_wait=lambda: _waiting(args.label)):
-        recover_label(config, args.label, activation.placeholder_menu)
+        recover_label(config, args.label, bootfiles.renderer(config))
         if args.dry_run:
             reasons = gc.protected_versions(paths, guard)
             pruned = gc.select_prunable(store.version_ids(paths), keep=keep, protected=set(reasons))
@@ -293,7 +295,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     results: list[Recovered] = []
     for label in labels:
         with label_lock(label_paths(config, label), on_wait=functools.partial(_waiting, label)):
-            results.append(recover_label(config, label, activation.placeholder_menu))
+            results.append(recover_label(config, label, bootfiles.renderer(config)))
     if args.json:
         emit_json([{"label": r.label, "active": r.active, "removed": r.removed} for r in results])
         return 0

@@ -2,7 +2,9 @@
 
 from controller.recipes.load import load_recipe
 from controller.recipes.models import (
+    DefRecipe,
     DnfRecipe,
+    DnfRepository,
     FileCopy,
     ImportRecipe,
     MmdebstrapRecipe,
@@ -12,7 +14,9 @@ from controller.recipes.models import (
 )
 
 __all__ = [
+    "DefRecipe",
     "DnfRecipe",
+    "DnfRepository",
     "FileCopy",
     "ImportRecipe",
     "MmdebstrapRecipe",

@@ -16,9 +16,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from controller import distros
 from controller.errors import RecipeError
-from controller.recipes.models import BUILDERS, Recipe
+from controller.recipes.legacy_def import load_def
+from controller.recipes.models import BUILDERS, DefRecipe, Recipe
 
 _ADAPTER: TypeAdapter[Recipe] = TypeAdapter(Recipe)
+DEF_BUILDERS = ("def", "apptainer", "singularity")
 MAX_EXTENDS_DEPTH = 8
 _UNION_KEYS = ("packages",)
 _CONCAT_KEYS = ("files",)
@@ -115,6 +117,9 @@ def _load_chain(
                           "own chain (or the chain is too deep)")
     if not parent.is_file():
         raise RecipeError(source, "extends", f"{parent} not found")
+    if parent.suffix == ".def":
+        raise RecipeError(source, "extends", f"{parent_ref} is a legacy .def recipe",
+                          "a TOML recipe")
     base, origin = _load_chain(parent, allow_plaintext, (*seen, parent.resolve()))
     if base.get("builder", "") == "import" or "source" in base:
         raise RecipeError(source, "extends", f"{parent_ref} is an import recipe",
@@ -156,12 +161,30 @@ def parse_recipe(
         raise _first_error(exc, origin, source) from None
 
 
+def _definition(data: dict[str, Any], path: Path) -> DefRecipe:
+    """A TOML recipe naming a .def and the tool that builds it (netroot, apptainer...)."""
+    source = str(path)
+    extra = sorted(set(data) - {"builder", "definition"})
+    if extra:
+        raise RecipeError(source, extra[0], "unknown field", "builder, definition")
+    ref = data.get("definition")
+    if not isinstance(ref, str) or not ref.endswith(".def"):
+        raise RecipeError(source, "definition", "required: the .def file to build",
+                          "a path ending in .def, relative to this recipe")
+    recipe = load_def(path.parent / ref)
+    return recipe.model_copy(update={"builder": data["builder"]})
+
+
 def load_recipe(path: Path, *, allow_plaintext_password: bool = False) -> Recipe:
-    """Load a TOML recipe file, following `extends`.
+    """Load a recipe file: TOML (following `extends`) or a legacy `.def`.
 
     allow_plaintext_password admits `root_password` (for `--insecure-test-password`).
     """
+    if path.suffix == ".def":
+        return load_def(path)
     data, origin = _load_chain(path, allow_plaintext_password, (path.resolve(),))
+    if data.get("builder") in DEF_BUILDERS:
+        return _definition(data, path)
     # paths are already absolute: resolving them again against any root is a no-op
     return parse_recipe(data, source=str(path), root=path.resolve().parent,
                         allow_plaintext_password=allow_plaintext_password, origin=origin)

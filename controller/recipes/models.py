@@ -161,14 +161,96 @@ class MmdebstrapRecipe(PackageRecipe):
     distro: Literal["debian", "ubuntu"]
 
 
+_REPO_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+_URL_RE = re.compile(r"(https?|ftp|file)://\S+")
+
+
+class DnfRepository(Model):
+    """One package repository for dnf, given by its baseurl."""
+
+    name: str = Field(description="repository id, e.g. epel or site-local")
+    baseurl: str = Field(description="http(s):// or file:// URL; dnf expands $releasever, "
+                         "$basearch")
+    gpgkey: str | None = Field(None, description="URL of the signing key (file:// allowed)")
+    gpgcheck: bool | None = Field(None, description="default: the recipe's gpgcheck")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _REPO_NAME_RE.fullmatch(value):
+            raise ValueError(f"invalid repository name {value!r}")
+        return value
+
+    @field_validator("baseurl", "gpgkey")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not _URL_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not an http(s)://, ftp:// or file:// URL")
+        return value
+
+
 class DnfRecipe(PackageRecipe):
-    """Fedora, Rocky, Alma and CentOS Stream, built with dnf --installroot."""
+    """Fedora, Rocky, Alma and CentOS Stream, built with dnf --installroot.
+
+    `mirror` is a mirror's root: `components` name the repositories under it
+    (BaseOS, AppStream... or fedora, updates). `repositories` add repositories
+    by baseurl. With neither, dnf uses the build host's own repositories.
+    """
 
     builder: Literal["dnf"]
     distro: Literal["fedora", "rocky", "alma", "centos-stream"]
+    repositories: tuple[DnfRepository, ...] = ()
+    gpgcheck: bool = Field(True, description="check package signatures")
+    gpgkeys: tuple[str, ...] = Field(
+        (), description="keys for the mirror's repositories; default: the distribution's"
+    )
+
+    @field_validator("components")
+    @classmethod
+    def _repos(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if info.data.get("distro") in distros.DISTROS:
+            distros.repo_urls(distros.get(info.data["distro"]), "file:///", value)
+        return value
+
+    @field_validator("repositories")
+    @classmethod
+    def _unique(cls, value: tuple[DnfRepository, ...]) -> tuple[DnfRepository, ...]:
+        names = [r.name for r in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"repository {name!r} is named twice")
+        return value
+
+
+DefBuilderName = Literal["def", "apptainer", "singularity"]
+
+
+class DefRecipe(Model):
+    """A legacy Singularity/Apptainer `.def` recipe (controller.recipes.legacy_def).
+
+    `native` is the native recipe it maps to (debootstrap -> mmdebstrap, yum or
+    dnf -> dnf), with %files as files and %post as post. builder "def" builds it
+    with netroot's own backends; "apptainer" or "singularity" hands the file to
+    that tool (a label chooses it with a TOML recipe naming the definition).
+    """
+
+    builder: DefBuilderName
+    definition: Path = Field(description="the .def file")
+    bootstrap: Literal["yum", "dnf", "debootstrap"]
+    native: Annotated[MmdebstrapRecipe | DnfRecipe, Field(discriminator="builder")]
+    setup: str = Field("", description="%setup: run on the host before %files and %post")
+    environment: str = Field("", description="%environment: sourced by login shells")
+    notices: tuple[str, ...] = Field((), description="what was ignored, for the build log")
+    lines: dict[str, int] = Field(default_factory=dict, description="section -> its line")
+
+    def where(self, section: str) -> str:
+        """`file.def:LINE` of a section, for error messages."""
+        line = self.lines.get(section)
+        return f"{self.definition}:{line}" if line else str(self.definition)
 
 
 Recipe: TypeAlias = Annotated[
-    ImportRecipe | MmdebstrapRecipe | DnfRecipe, Field(discriminator="builder")
+    ImportRecipe | MmdebstrapRecipe | DnfRecipe | DefRecipe, Field(discriminator="builder")
 ]
-BUILDERS = ("import", "mmdebstrap", "dnf")
+# what a TOML recipe's `builder` may say (a .def file is recognised by its name)
+BUILDERS = ("import", "mmdebstrap", "dnf", "def", "apptainer", "singularity")

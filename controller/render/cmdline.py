@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -43,10 +44,18 @@ _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 # Boot files as the TFTP root serves them: <tftp_root>/netroot/<label> links to
 # the active version's boot/ directory (the store swaps that link).
 TFTP_DIR = "netroot"
+# Menus name each version's files through <tftp_root>/netroot/_versions/<label>/<version>
+# (a link to that version's boot/, kept by controller.bootfiles): the menu alone
+# switches a node to a new version, so a node that read the old menu just
+# before an activation still gets the kernel and initramfs that match it.
+# Labels cannot start with "_", so the name never clashes with a label's link.
+TFTP_VERSIONS_DIR = f"{TFTP_DIR}/_versions"
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
 
 DEBUG_ARGS = ("rd.debug", "console=ttyS0,115200")
+
+NfsServer = Literal["ganesha", "kernel"]
 
 
 def is_host(host: str) -> bool:
@@ -146,9 +155,16 @@ def _split_cmdline(text: str, source: str, field: str) -> tuple[str, ...]:
     return words
 
 
-def _nfs_path(config: Config, label: str) -> str:
-    if config.nfs.server == "ganesha":
-        return f"/{label}"  # Ganesha serves each label under its own pseudo path
+def version_boot_dir(label: str, version: str) -> str:
+    """The version's boot files, relative to the TFTP root."""
+    return f"{TFTP_VERSIONS_DIR}/{label}/{version}"
+
+
+def _nfs_path(config: Config, label: str, version: str, nfs: NfsServer | None) -> str:
+    if (nfs or config.nfs.server) == "ganesha":
+        # Ganesha exports every version under its own pseudo path (ganesha.py),
+        # so the command line pins the version the menu names.
+        return f"/{label}/{version}"
     path = str(config.export_link(label))
     if not PATH_RE.fullmatch(path):
         field = f"labels.{label}.export_path" if config.label(label).export_path else "export_root"
@@ -177,8 +193,13 @@ def boot_target(
     server: str | None = None,
     mqtt_host: str | None = None,
     mqtt_port: int | None = None,
+    nfs: NfsServer | None = None,
 ) -> BootTarget:
-    """Build the BootTarget of a label's version; raise if there is nothing valid to serve."""
+    """Build the BootTarget of a label's version; raise if there is nothing valid to serve.
+
+    server, mqtt_host, mqtt_port and nfs (the NFS server kind) override the
+    config, for a test VM that reaches everything through forwarded ports.
+    """
     label_config = config.label(label)
     if not version:
         raise StoreError(f"label {label!r} has no version to serve: build and activate one first")
@@ -193,12 +214,12 @@ def boot_target(
         if not NAME_RE.fullmatch(name):
             problem = f"invalid configuration tree name {name!r}"
             raise ConfigError(source, f"labels.{label}.rootovlcfg", problem, NAME_ALLOWED)
-    boot_dir = f"{TFTP_DIR}/{label}"
+    boot_dir = version_boot_dir(label, version)
     return BootTarget(
         label=label,
         version=version,
         server=node_server,
-        nfs_path=_nfs_path(config, label),
+        nfs_path=_nfs_path(config, label, version, nfs),
         rw=label_config.rw,
         debug=label_config.debug,
         extra_cmdline=extra,

@@ -5,23 +5,31 @@ from __future__ import annotations
 import ipaddress
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import model_validator
 
 from controller.config import LABEL_ALLOWED, LABEL_RE, Config, Model
 from controller.errors import ConfigError
-from controller.render.cmdline import GENERATED, PATH_ALLOWED, PATH_RE
+from controller.render.cmdline import (
+    GENERATED,
+    PATH_ALLOWED,
+    PATH_RE,
+    VERSION_ALLOWED,
+    VERSION_RE,
+)
 
 CLIENTS_ALLOWED = "networks like 10.0.2.0/24, or '*' written explicitly"
 FSID_LIMIT = 2**31 - 1  # fsid= is a 32-bit field; stay positive for every tool that prints it
 
 
 class ExportSpec(Model):
-    """One label's export: the link that points at its active version's rootfs."""
+    """One export: a label's link (kernel server), or one version's rootfs (Ganesha)."""
 
     label: str
     path: str
     rw: bool = False
+    version: str | None = None
 
     @model_validator(mode="after")
     def _safe(self) -> ExportSpec:
@@ -29,6 +37,8 @@ class ExportSpec(Model):
             raise ValueError(f"invalid label {self.label!r} (allowed: {LABEL_ALLOWED})")
         if not PATH_RE.fullmatch(self.path):
             raise ValueError(f"invalid export path {self.path!r} (allowed: {PATH_ALLOWED})")
+        if self.version is not None and not VERSION_RE.fullmatch(self.version):
+            raise ValueError(f"invalid version id {self.version!r} (allowed: {VERSION_ALLOWED})")
         return self
 
 
@@ -66,14 +76,23 @@ def fsid_for(label: str) -> int:
     return zlib.crc32(label.encode()) % FSID_LIMIT + 1
 
 
-def assign_ids(labels: Iterable[str], first: Callable[[str], int], limit: int) -> dict[str, int]:
-    """Ids in 1..limit, each label's `first` choice unless an earlier label (by name) took it."""
+def assign_ids(
+    labels: Iterable[str],
+    first: Callable[[str], int],
+    limit: int,
+    *,
+    order: Callable[[str], Any] | None = None,
+) -> dict[str, int]:
+    """Ids in 1..limit, each label's `first` choice unless an earlier label took it.
+
+    Earlier means by name, or by `order` when given.
+    """
     # The id must not change while a node holds file handles from it, so it
     # derives from the name alone; the rare clash moves the later name to the
     # next free id, which is just as stable while both labels exist.
     taken: dict[int, str] = {}
     ids: dict[str, int] = {}
-    for label in sorted(set(labels)):
+    for label in sorted(set(labels), key=order):
         candidate = first(label)
         while candidate in taken:
             candidate = candidate % limit + 1

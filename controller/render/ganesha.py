@@ -1,11 +1,15 @@
-"""NFS-Ganesha configuration: NFSv4 over TCP only, one EXPORT block per label.
+"""NFS-Ganesha configuration: NFSv4 over TCP only, one EXPORT block per version.
 
 Two facts about Ganesha 4.3's VFS FSAL shape what callers pass in (checked on
 this machine): an export Path that is a symlink fails with ELOOP, so each
-spec's path must be the active version's real rootfs directory, not the
-export link; and a reload (SIGHUP) that changes the Path of an existing
-Export_Id is refused and drops that export, so activation must restart
-ganesha.nfsd (or remove and re-add the export) rather than reload it.
+spec's path must be a version's real rootfs directory, not the export link;
+and a reload (SIGHUP) that changes the Path of an existing Export_Id is
+refused and drops that export. So every version still in the store is its
+own export, `/<label>/<version>`, whose Export_Id and Path never change: a
+reload only adds the new version's export and drops pruned ones (checked
+too), and a node keeps the export of the version it booted for as long as
+that version exists. The kernel command line pins the version; the boot
+menu, replaced atomically at activation, is the switch point.
 """
 
 from __future__ import annotations
@@ -31,9 +35,27 @@ def export_ids(labels: Iterable[str]) -> dict[str, int]:
     return assign_ids(labels, export_id_for, EXPORT_ID_LIMIT)
 
 
-def pseudo_path(label: str) -> str:
-    """Where the label appears in Ganesha's NFSv4 namespace (the path in `root=nfs4:`)."""
-    return f"/{label}"
+def export_key(spec: ExportSpec) -> str:
+    """What an Export_Id derives from: `label`, or `label/version` for a version's export."""
+    return spec.label if spec.version is None else f"{spec.label}/{spec.version}"
+
+
+def _older_first(key: str) -> tuple[str, str]:
+    # Version ids start with their build time: on a (rare) hash clash the
+    # newer version moves, so an export a node may be using keeps its id.
+    return (key.partition("/")[2], key)
+
+
+def spec_export_ids(specs: Iterable[ExportSpec]) -> dict[str, int]:
+    """Export_Id per export_key; a clash moves the newer version to the next free id."""
+    return assign_ids(
+        (export_key(spec) for spec in specs), export_id_for, EXPORT_ID_LIMIT, order=_older_first
+    )
+
+
+def pseudo_path(label: str, version: str | None = None) -> str:
+    """Where an export appears in Ganesha's NFSv4 namespace (the path in `root=nfs4:`)."""
+    return f"/{label}" if version is None else f"/{label}/{version}"
 
 
 def _export_block(spec: ExportSpec, export_id: int, clients: str, insecure: bool) -> list[str]:
@@ -42,7 +64,7 @@ def _export_block(spec: ExportSpec, export_id: int, clients: str, insecure: bool
         "EXPORT {",
         f"    Export_Id = {export_id};",
         f"    Path = {spec.path};",
-        f"    Pseudo = {pseudo_path(spec.label)};",
+        f"    Pseudo = {pseudo_path(spec.label, spec.version)};",
         "    Protocols = 4;",
         "    Transports = TCP;",
         # Nobody gets in by default; the CLIENT block grants the networks.
@@ -86,8 +108,11 @@ def render_ganesha(
         raise ConfigError(
             "ganesha", "RecoveryRoot", f"invalid path {recovery_root!r}", PATH_ALLOWED
         )
-    specs = sorted(specs, key=lambda spec: spec.label)
-    ids = export_ids(spec.label for spec in specs)
+    specs = sorted(specs, key=export_key)
+    keys = [export_key(spec) for spec in specs]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("ganesha", "EXPORT", "an export is given twice", "one per version")
+    ids = spec_export_ids(specs)
     lines = [
         f"# {GENERATED}",
         "NFS_CORE_PARAM {",
@@ -111,6 +136,6 @@ def render_ganesha(
     ]
     for spec in specs:
         lines.append("")
-        lines += _export_block(spec, ids[spec.label], networks, insecure)
+        lines += _export_block(spec, ids[export_key(spec)], networks, insecure)
     lines += ["", "LOG { Default_Log_Level = EVENT; }"]
     return "\n".join(lines) + "\n"

@@ -57,7 +57,7 @@ def test_mount_plan_is_argv_lists() -> None:
         ["mount", "--rbind", "/sys", "/img/sys"],
         ["mount", "--rbind", "/dev", "/img/dev"],
         ["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs", "/img/run"],
-        ["mount", "--bind", "/etc/resolv.conf", "/img/etc/resolv.conf"],
+        ["mount", "--bind", "-o", "ro", "/etc/resolv.conf", "/img/etc/resolv.conf"],
     ]
     argv = chroot.chroot_argv(Path("/img"), ["/bin/sh", "-c", "true"], resolv_conf=None)
     assert argv[:8] == ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
@@ -160,3 +160,10 @@ def test_merge_upper_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
     assert not (root / "etc" / "deleted").exists()
     assert sorted(p.name for p in (root / "dir" / "sub").iterdir()) == ["fresh"]
     assert (root / "dir" / "kept").read_text() == "k"
+
+
+def test_post_script_cannot_write_the_hosts_resolv_conf(tiny_root: Path) -> None:
+    before = Path("/etc/resolv.conf").read_bytes()
+    with pytest.raises(ProcessError, match="Read-only file system"):
+        chroot.run(tiny_root, ["/bin/sh", "-c", "echo nameserver 203.0.113.1 > /etc/resolv.conf"])
+    assert Path("/etc/resolv.conf").read_bytes() == before

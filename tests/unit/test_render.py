@@ -63,7 +63,7 @@ def label_config(**fields: Any) -> Config:
 def test_overlay_cmdline_golden() -> None:
     target = boot_target(make_config(), "debian12", V1)
     assert kernel_cmdline(target) == (
-        "root=nfs4:10.0.2.2:/debian12 ro rd.neednet=1 ip=dhcp rootovl"
+        f"root=nfs4:10.0.2.2:/debian12/{V1} ro rd.neednet=1 ip=dhcp rootovl"
         f" netroot.label=debian12 netroot.version={V1} netroot.mqtt=10.0.2.2:1883"
     )
 
@@ -71,7 +71,7 @@ def test_overlay_cmdline_golden() -> None:
 def test_rw_cmdline_drops_rootovl_and_mounts_rw() -> None:
     target = boot_target(make_config(), "rocky9", V2)
     assert kernel_cmdline(target) == (
-        "root=nfs4:10.0.2.2:/rocky9 rw rd.neednet=1 ip=dhcp"
+        f"root=nfs4:10.0.2.2:/rocky9/{V2} rw rd.neednet=1 ip=dhcp"
         f" netroot.label=rocky9 netroot.version={V2} netroot.mqtt=10.0.2.2:1883"
     )
 
@@ -83,7 +83,7 @@ def test_debug_rootovlcfg_and_extra_arguments_in_order() -> None:
         extra_cmdline="  quiet systemd.unit=multi-user.target ",
     )
     assert kernel_cmdline(boot_target(config, "debian12", V1)) == (
-        "root=nfs4:10.0.2.2:/debian12 ro rd.neednet=1 ip=dhcp rootovl rootovlcfg=gpu,ib"
+        f"root=nfs4:10.0.2.2:/debian12/{V1} ro rd.neednet=1 ip=dhcp rootovl rootovlcfg=gpu,ib"
         " rd.debug console=ttyS0,115200 quiet systemd.unit=multi-user.target"
         f" netroot.label=debian12 netroot.version={V1} netroot.mqtt=10.0.2.2:1883"
     )
@@ -110,13 +110,13 @@ def test_without_a_broker_no_mqtt_argument() -> None:
 def test_overrides_for_a_test_vm() -> None:
     target = boot_target(make_config(), "debian12", V1, server="10.0.2.100", mqtt_port=1884)
     cmdline = kernel_cmdline(target)
-    assert cmdline.startswith("root=nfs4:10.0.2.100:/debian12 ")
+    assert cmdline.startswith(f"root=nfs4:10.0.2.100:/debian12/{V1} ")
     assert cmdline.endswith(" netroot.mqtt=10.0.2.100:1884")
 
 
 def test_ipv6_server_is_bracketed() -> None:
     cmdline = kernel_cmdline(boot_target(make_config(server="fd00::2"), "debian12", V1))
-    assert cmdline.startswith("root=nfs4:[fd00::2]:/debian12 ")
+    assert cmdline.startswith(f"root=nfs4:[fd00::2]:/debian12/{V1} ")
     assert cmdline.endswith(" netroot.mqtt=[fd00::2]:1883")
 
 
@@ -177,11 +177,11 @@ def targets() -> list[BootTarget]:
 
 
 DEBIAN_CMDLINE = (
-    "root=nfs4:10.0.2.2:/debian12 ro rd.neednet=1 ip=dhcp rootovl"
+    f"root=nfs4:10.0.2.2:/debian12/{V1} ro rd.neednet=1 ip=dhcp rootovl"
     f" netroot.label=debian12 netroot.version={V1} netroot.mqtt=10.0.2.2:1883"
 )
 ROCKY_CMDLINE = (
-    "root=nfs4:10.0.2.2:/rocky9 rw rd.neednet=1 ip=dhcp"
+    f"root=nfs4:10.0.2.2:/rocky9/{V2} rw rd.neednet=1 ip=dhcp"
     f" netroot.label=rocky9 netroot.version={V2} netroot.mqtt=10.0.2.2:1883"
 )
 
@@ -198,14 +198,14 @@ TIMEOUT 0
 
 LABEL debian12
   # version {V1}
-  KERNEL netroot/debian12/vmlinuz
-  INITRD netroot/debian12/initrd.img
+  KERNEL netroot/_versions/debian12/{V1}/vmlinuz
+  INITRD netroot/_versions/debian12/{V1}/initrd.img
   APPEND {DEBIAN_CMDLINE}
 
 LABEL rocky9
   # version {V2}
-  KERNEL netroot/rocky9/vmlinuz
-  INITRD netroot/rocky9/initrd.img
+  KERNEL netroot/_versions/rocky9/{V2}/vmlinuz
+  INITRD netroot/_versions/rocky9/{V2}/initrd.img
   APPEND {ROCKY_CMDLINE}
 """
     )
@@ -218,8 +218,8 @@ def test_ipxe_script_golden() -> None:
 #!ipxe
 {NOTE}
 # debian12 version {V1}
-kernel /netroot/debian12/vmlinuz initrd=initrd.img {DEBIAN_CMDLINE}
-initrd /netroot/debian12/initrd.img
+kernel /netroot/_versions/debian12/{V1}/vmlinuz initrd=initrd.img {DEBIAN_CMDLINE}
+initrd /netroot/_versions/debian12/{V1}/initrd.img
 boot
 """
     )
@@ -248,13 +248,13 @@ set default=rocky9
 set timeout=0
 
 menuentry 'debian12 {V1}' --id debian12 {{
-\tlinux /netroot/debian12/vmlinuz {DEBIAN_CMDLINE}
-\tinitrd /netroot/debian12/initrd.img
+\tlinux /netroot/_versions/debian12/{V1}/vmlinuz {DEBIAN_CMDLINE}
+\tinitrd /netroot/_versions/debian12/{V1}/initrd.img
 }}
 
 menuentry 'rocky9 {V2}' --id rocky9 {{
-\tlinux /netroot/rocky9/vmlinuz {ROCKY_CMDLINE}
-\tinitrd /netroot/rocky9/initrd.img
+\tlinux /netroot/_versions/rocky9/{V2}/vmlinuz {ROCKY_CMDLINE}
+\tinitrd /netroot/_versions/rocky9/{V2}/initrd.img
 }}
 """
     )

@@ -1,0 +1,160 @@
+"""Node-report ingest: reports through a real mosquitto into the controller's database.
+
+Phase 1 (`--reports`, default 5,000 new nodes): reports per second the
+controller stores, against a plain `mosquitto_sub` draining the same stream
+in the same run (target: at least 0.5 x the baseline).
+Phase 2 (`--storm`, default 10,000 new nodes): a boot storm; every node must
+be stored (none lost), with p50/p99 latency from publish to stored state.
+
+The controller runs as `netroot serve` (a real process, real broker, real
+SQLite); the reports are published at QoS 1 by one paho client as fast as
+the broker takes them. Prints figures and ratios, asserts nothing timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, Workspace, make_root_tree
+
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+import paho.mqtt.client as paho
+from test_daemon_harness import Broker, Controller, report, wait_for
+
+from controller.db import Database
+
+
+def mac_of(i: int, phase: int) -> str:
+    """A distinct unicast MAC per node and phase."""
+    return f"52:54:{phase:02x}:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+
+
+def baseline(broker: Broker, count: int) -> subprocess.Popen[str]:
+    """mosquitto_sub draining the report stream: one receive timestamp and topic per line."""
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+         "-t", "netroot/node/+/report", "-C", str(count), "-F", "%U %t"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # subscribed before the first publish
+    return sub
+
+
+def publish_all(broker: Broker, payloads: list[tuple[str, bytes]]) -> dict[str, float]:
+    """Publish at QoS 1 as fast as possible; returns the publish time of each topic."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-agents")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    sent: dict[str, float] = {}
+    infos = []
+    for topic, payload in payloads:
+        sent[topic] = time.time()
+        infos.append(client.publish(topic, payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+    return sent
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def phase(ws: Workspace, broker: Broker, count: int, number: int, version: str) -> dict[str, float]:
+    """Publish `count` boot reports of new nodes; returns the figures."""
+    macs = [mac_of(i, number) for i in range(count)]
+    payloads = [
+        (f"netroot/node/{mac}/report", json.dumps(report(mac, version=version)).encode())
+        for mac in macs
+    ]
+    sub = baseline(broker, count)
+    sent = publish_all(broker, payloads)
+    t0 = min(sent.values())
+    out, _ = sub.communicate(timeout=600)
+    received = {}
+    for line in out.splitlines():
+        stamp, topic = line.split(" ", 1)
+        received.setdefault(topic, float(stamp))
+    db = Database(ws.state / "netroot.db", readonly=True)
+    wanted = set(macs)
+
+    def stored() -> dict[str, float] | None:
+        done = {m: t for m, t in db.node_updated_at().items() if m in wanted}
+        return done if len(done) == count else None
+
+    try:
+        stored_at = wait_for(stored, f"{count} nodes stored", timeout=600)
+    except AssertionError:
+        stored_at = {m: t for m, t in db.node_updated_at().items() if m in wanted}
+    db.close()
+    lat = [stored_at[m] - sent[f"netroot/node/{m}/report"] for m in stored_at]
+    base_lat = [received[t] - sent[t] for t in received]
+    controller_s = max(stored_at.values()) - t0 if stored_at else float("inf")
+    baseline_s = max(received.values()) - t0
+    return {
+        "count": count,
+        "stored": len(stored_at),
+        "publish_s": max(sent.values()) - t0,
+        "controller_s": controller_s,
+        "baseline_s": baseline_s,
+        "p50": statistics.median(lat) if lat else float("nan"),
+        "p99": percentile(lat, 0.99) if lat else float("nan"),
+        "base_p50": statistics.median(base_lat),
+        "base_p99": percentile(base_lat, 0.99),
+    }
+
+
+def show(name: str, r: dict[str, float]) -> None:
+    ctl_rate = r["stored"] / r["controller_s"]
+    base_rate = r["count"] / r["baseline_s"]
+    print(f"{name}: {int(r['count'])} reports published in {r['publish_s']:.2f} s")
+    print(f"  controller: {int(r['stored'])}/{int(r['count'])} stored in "
+          f"{r['controller_s']:.2f} s = {ctl_rate:,.0f} reports/s; "
+          f"latency p50 {r['p50'] * 1e3:.0f} ms, p99 {r['p99'] * 1e3:.0f} ms")
+    print(f"  mosquitto_sub: drained in {r['baseline_s']:.2f} s = {base_rate:,.0f} reports/s; "
+          f"latency p50 {r['base_p50'] * 1e3:.0f} ms, p99 {r['base_p99'] * 1e3:.0f} ms")
+    print(f"  ratio controller/mosquitto_sub: {ctl_rate / base_rate:.2f} (target >= 0.5); "
+          f"lost: {int(r['count'] - r['stored'])}")
+
+
+def main() -> None:
+    """Run both phases against one broker and one controller."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reports", type=int, default=5_000)
+    parser.add_argument("--storm", type=int, default=10_000)
+    parser.add_argument("--dir", type=Path, default=None, help="work directory (default: /var/tmp)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir or "/var/tmp", prefix="netroot-bench-") as tmp:
+        root = Path(tmp)
+        broker = Broker(root / "broker").start()
+        ws = Workspace(root / "ws", extra_config=broker.mqtt_config())
+        make_root_tree(ws.tree)
+        ws.write()
+        ws.run("build", "demo", "--activate")
+        version = ws.active() or ""
+        controller = Controller(ws).start()
+        try:
+            show("ingest", phase(ws, broker, args.reports, 1, version))
+            show("boot storm", phase(ws, broker, args.storm, 2, version))
+            pending = ws.json("status")["outbox"]["pending"]
+            print(f"  outbox after the storm: {pending} event(s) still being published")
+            controller.stop()
+        finally:
+            controller.cleanup()
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""serve, status, nodes, events, schema, hook."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import faulthandler
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller import log as logsetup
+from controller.cli.output import emit_json, table
+from controller.config import Config, load_config
+from controller.daemon import serve
+from controller.daemon.lock import holder_pid, lock_path
+from controller.daemon.spool import DhcpRecord, write_record
+from controller.db import Database, db_path
+from controller.errors import NetrootError
+from controller.events import CONTROLLER_EVENT_MODELS, Envelope, Topics, json_schemas
+from controller.mqtt import BrokerLink, Message
+
+DHCP_IGNORED = ("del", "init", "tftp", "arp", "arp-del", "relay-snoop")
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the daemon commands."""
+    p = sub.add_parser(
+        "serve", parents=[common], help="run the controller daemon (systemd: Type=notify)"
+    )
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("status", parents=[common], help="daemon, labels, builds, nodes, outbox")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("nodes", parents=[common], help="known nodes and their state")
+    p.add_argument("--stale", action="store_true", help="only nodes that must remount or reboot")
+    p.set_defaults(handler=cmd_nodes)
+
+    p = sub.add_parser("events", parents=[common], help="the live event stream from the broker")
+    p.add_argument("--state", action="store_true", help="also retained image and node states")
+    p.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    p.add_argument("--timeout", type=float, metavar="S", help="exit after S seconds")
+    p.set_defaults(handler=cmd_events)
+
+    p = sub.add_parser("schema", parents=[common], help="JSON Schema of every event payload")
+    p.add_argument("--output", metavar="DIR", help="write one NAME.schema.json file per schema")
+    p.set_defaults(handler=cmd_schema)
+
+    p = sub.add_parser("hook", parents=[common], help="hooks run by other programs")
+    hooks = p.add_subparsers(dest="hook", metavar="HOOK", required=True)
+    h = hooks.add_parser(
+        "dhcp",
+        parents=[common],
+        help="dnsmasq --dhcp-script: queue a lease for the daemon",
+        description="Called by dnsmasq as `ACTION MAC IP [HOSTNAME]`; add and old leases "
+        "are queued in <state_dir>/spool for the daemon, other actions ignored.",
+    )
+    h.add_argument("action")
+    h.add_argument("mac", nargs="?")
+    h.add_argument("ip", nargs="?")
+    h.add_argument("hostname", nargs="?")
+    h.add_argument(
+        "--firmware",
+        action="store_true",
+        help="the request came from PXE/UEFI firmware (default: from DNSMASQ_VENDOR_CLASS)",
+    )
+    h.set_defaults(handler=cmd_hook_dhcp)
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    if args.config:
+        return Path(args.config)
+    env = os.environ.get("NETROOT_CONFIG")
+    return Path(env) if env else None
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(_config_path(args))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the daemon in the foreground until SIGTERM."""
+    path = _config_path(args)
+    config = load_config(path)
+    logsetup.configure(json=args.json, level=logging.DEBUG if args.verbose else logging.INFO)
+    # `kill -USR1` dumps every thread's stack to stderr: a stuck daemon explains itself.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        asyncio.run(serve(config, path.resolve() if path else None))
+    except ExceptionGroup as group:
+        for exc in _leaves(group):
+            print(f"netroot: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
+def _open_db(config: Config) -> Database | None:
+    path = db_path(config)
+    if not path.exists():
+        return None
+    return Database(path, readonly=True)
+
+
+def _stamp(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What the daemon knows: labels, last builds, node counts, undelivered events."""
+    config = _config(args)
+    pid = holder_pid(lock_path(config.state_dir))
+    report: dict[str, Any] = {"daemon": {"running": pid is not None, "pid": pid}}
+    db = _open_db(config)
+    if db is None:
+        report.update(labels={}, nodes={}, outbox={"pending": 0, "dropped": 0})
+    else:
+        with db:
+            report.update(_status(config, db))
+    if args.json:
+        emit_json(report)
+        return 0
+    running = f"running (pid {pid})" if pid is not None else "not running"
+    print(f"daemon: {running}; state {config.state_dir}")
+    rows = []
+    for label, info in report["labels"].items():
+        build = info["last_build"] or {}
+        last = f"{build.get('state', '-')} {build.get('version') or build.get('step') or ''}"
+        rows.append([label, info["active"] or "-", info["activated_at"] or "-", last.strip()])
+    if rows:
+        table(["LABEL", "ACTIVE", "ACTIVATED (UTC)", "LAST BUILD"], rows)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(report["nodes"].items())) or "none"
+    print(f"nodes: {counts}")
+    outbox = report["outbox"]
+    print(f"outbox: {outbox['pending']} undelivered, {outbox['dropped']} dropped at the bound")
+    return 0
+
+
+def _status(config: Config, db: Database) -> dict[str, Any]:
+    labels: dict[str, Any] = {}
+    rows = db.labels()
+    for label in sorted(set(config.labels) | set(rows)):
+        row = rows.get(label)
+        builds = db.builds(label=label, limit=1)
+        last = builds[-1] if builds else None
+        labels[label] = {
+            "active": row.active if row else None,
+            "previous": row.previous if row else None,
+            "activated_at": _stamp(row.activated_at) if row and row.activated_at else None,
+            "last_build": None
+            if last is None
+            else {
+                "build_id": last.build_id,
+                "state": last.state,
+                "kind": last.kind,
+                "version": last.version,
+                "step": last.step,
+                "error": last.error,
+                "queued_at": _stamp(last.queued_at),
+                "finished_at": _stamp(last.finished_at) if last.finished_at else None,
+            },
+        }
+    counts: dict[str, int] = {}
+    for node in db.nodes():
+        counts[node.state] = counts.get(node.state, 0) + 1
+    return {
+        "labels": labels,
+        "nodes": counts,
+        "outbox": {"pending": db.outbox_pending, "dropped": db.outbox_dropped()},
+    }
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """Nodes and their state; --stale: those that must remount or reboot."""
+    config = _config(args)
+    db = _open_db(config)
+    nodes = []
+    if db is not None:
+        with db:
+            nodes = [n for n in db.nodes() if not args.stale or n.state == "stale"]
+    if args.json:
+        emit_json([n.model_dump(mode="json") for n in nodes])
+        return 0
+    if not nodes:
+        print("no stale nodes" if args.stale else "no nodes known yet")
+        return 0
+    rows = [
+        [
+            n.mac,
+            n.state,
+            n.action or "",
+            n.label or "-",
+            n.version or "-",
+            n.active_version or "-",
+            str(n.ip) if n.ip else "-",
+            n.last_seen.strftime("%Y-%m-%d %H:%M:%S") if n.last_seen else "-",
+            n.reason,
+        ]
+        for n in nodes
+    ]
+    headers = ["MAC", "STATE", "ACTION", "LABEL", "VERSION", "ACTIVE", "IP", "LAST SEEN", "REASON"]
+    table(headers, rows)
+    return 0
+
+
+def describe(message: Message) -> str:
+    """One readable line for an event, or the raw message if it is not one."""
+    try:
+        event = Envelope.model_validate_json(message.payload)
+    except ValueError:
+        return f"{message.topic} {message.payload[:200]!r}"
+    kind = event.type.removeprefix("org.netroot.")
+    data = {k: v for k, v in event.data.items() if k not in ("label", "mac", "log_tail")}
+    fields = " ".join(f"{k}={v}" for k, v in data.items() if v not in (None, "", [], {}))
+    stamp = event.time.astimezone(UTC).strftime("%H:%M:%S")
+    tail = event.data.get("log_tail")
+    text = f"{stamp} {kind:<24} {event.subject or '-'} {fields}".rstrip()
+    return f"{text}\n{_indent(tail)}" if tail else text
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines()[-10:])
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Print events as they arrive, until Ctrl-C, --count or --timeout."""
+    config = _config(args)
+    if not config.mqtt.enabled:
+        raise NetrootError(f"{config.source}: mqtt is disabled; there is no event stream")
+    prefix = config.mqtt.topic_prefix
+    subs = [f"{prefix}/events/#", Topics(prefix).controller_status()]
+    if args.state:
+        subs.append(f"{prefix}/state/#")
+    client_id = f"netroot-events-{uuid.uuid4().hex[:12]}"
+    link = BrokerLink(config.mqtt, client_id=client_id, subscriptions=subs)
+    with contextlib.suppress(TimeoutError):
+        asyncio.run(_stream(link, args))
+    return 0
+
+
+async def _stream(link: BrokerLink, args: argparse.Namespace) -> None:
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    async with link:
+        runner = asyncio.create_task(link.run(), name="mqtt")
+        try:
+            async with asyncio.timeout_at(_loop_deadline(deadline)):
+                seen = 0
+                while not args.count or seen < args.count:
+                    message = await link.inbox.get()
+                    seen += 1
+                    if args.json:
+                        print(message.payload.decode(errors="replace"), flush=True)
+                    else:
+                        print(describe(message), flush=True)
+        finally:
+            await link.close()
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+
+def _loop_deadline(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    loop = asyncio.get_running_loop()
+    return loop.time() + max(0.0, deadline - time.monotonic())
+
+
+def all_schemas() -> dict[str, dict[str, Any]]:
+    """Section 6 schemas plus the controller's own events."""
+    schemas = json_schemas()
+    schemas.update({m.event_type: m.model_json_schema() for m in CONTROLLER_EVENT_MODELS})
+    return schemas
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print (or write) the JSON Schema of every event payload and node message."""
+    schemas = all_schemas()
+    if not args.output:
+        emit_json(schemas)
+        return 0
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in sorted(schemas.items()):
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+    print(f"wrote {len(schemas)} schemas to {out}")
+    return 0
+
+
+def _firmware_from_env() -> bool:
+    vendor = os.environ.get("DNSMASQ_VENDOR_CLASS", "")
+    users = [v for k, v in os.environ.items() if k.startswith("DNSMASQ_USER_CLASS")]
+    return vendor.startswith("PXEClient") or "iPXE" in users
+
+
+def cmd_hook_dhcp(args: argparse.Namespace) -> int:
+    """dnsmasq's --dhcp-script: queue add/old leases for the daemon."""
+    if args.action in DHCP_IGNORED:
+        return 0
+    if args.action not in ("add", "old"):
+        raise NetrootError(f"hook dhcp: unknown action {args.action!r} (expected add or old)")
+    if not args.mac or not args.ip:
+        raise NetrootError("hook dhcp: usage: hook dhcp add|old MAC IP [HOSTNAME]")
+    try:
+        record = DhcpRecord(
+            action=args.action,
+            mac=args.mac,
+            ip=args.ip,
+            hostname=args.hostname or None,
+            firmware=args.firmware or _firmware_from_env(),
+            at=datetime.now(UTC),
+        )
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        problem = str(err["msg"]).removeprefix("Value error, ")
+        raise NetrootError(f"hook dhcp: {where}: {problem}") from None
+    path = write_record(_config(args), record)
+    if args.json:
+        emit_json({"queued": str(path)})
+    return 0

@@ -1,0 +1,90 @@
+"""shell: a shell inside a label's image (a new version on exit, or --live in place)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from controller import activation, shell
+from controller.cli.output import Progress, emit_json
+from controller.config import check_label, load_config
+from controller.errors import NetrootError
+from controller.layout import label_paths
+from controller.locking import label_lock
+from controller.recovery import recover_label
+
+REMOUNT_WARNING = (
+    "netroot: warning: {label} {version} was changed in place while it is served; running "
+    "nodes may hold stale file handles and need `mount -o remount /`"
+)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the shell command."""
+    p = sub.add_parser(
+        "shell",
+        parents=[common],
+        help="a shell inside the active version; changes become a new version",
+        description="Open a shell in a copy-on-write clone of the label's active version. "
+        "On exit with changes, they become a new version (activated with --activate). "
+        "--live edits the active version in place instead, as the original tool did.",
+    )
+    p.add_argument("label")
+    p.add_argument("--live", action="store_true",
+                   help="edit the active, served tree in place (recorded; nodes may need to "
+                   "remount /)")
+    p.add_argument("--activate", action="store_true",
+                   help="activate the new version the session produced")
+    p.add_argument("-c", "--command", metavar="CMD",
+                   help="run CMD with /bin/sh -c instead of an interactive shell")
+    p.set_defaults(handler=cmd_shell)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    """Run the session under the label's lock and report what it did."""
+    config = load_config(Path(args.config) if args.config else None)
+    check_label(args.label)
+    config.label(args.label)
+    if args.command is None and not sys.stdin.isatty():
+        raise NetrootError("no terminal for an interactive shell; give --command CMD")
+    paths = label_paths(config, args.label)
+    progress = Progress(quiet=args.json)
+
+    def waiting() -> None:
+        print(f"netroot: waiting for another build or activation of {args.label}...",
+              file=sys.stderr)
+
+    with label_lock(paths, on_wait=waiting):
+        recover_label(config, args.label, activation.placeholder_menu)
+        outcome = shell.open_shell(config, args.label, live=args.live, activate=args.activate,
+                                   command=args.command, progress=progress)
+    if args.json:
+        emit_json({"label": outcome.label, "parent": outcome.parent, "live": outcome.live,
+                   "status": outcome.status, "changed": list(outcome.changed),
+                   "version": outcome.version, "activated": outcome.activated,
+                   "live_edits": outcome.live_edits, "stdout": outcome.stdout,
+                   "stderr": outcome.stderr})
+    else:
+        sys.stdout.write(outcome.stdout)
+        sys.stderr.write(outcome.stderr)
+        _report(outcome)
+    if outcome.live and outcome.changed:
+        print(REMOUNT_WARNING.format(label=outcome.label, version=outcome.parent),
+              file=sys.stderr)
+    return 0
+
+
+def _report(outcome: shell.Outcome) -> None:
+    shown = ", ".join(outcome.changed[:5]) + (" ..." if len(outcome.changed) > 5 else "")
+    if not outcome.changed:
+        print(f"{outcome.label}: no changes; {outcome.parent} stays as it was")
+    elif outcome.live:
+        print(f"{outcome.label} {outcome.parent}: {len(outcome.changed)} paths changed in place "
+              f"({shown}); live edit #{outcome.live_edits} recorded")
+    else:
+        print(f"{outcome.label}: new version {outcome.version} from {outcome.parent}, "
+              f"{len(outcome.changed)} paths changed ({shown})")
+        if outcome.activated:
+            print(f"activated {outcome.label} {outcome.version} (was {outcome.parent})")

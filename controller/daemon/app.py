@@ -1,0 +1,326 @@
+"""`netroot serve`: recovery, then one TaskGroup of named components until SIGTERM.
+
+Signals only set events. SIGTERM (or SIGINT) starts a bounded, ordered
+shutdown: stop taking triggers, cancel builds (their process groups die),
+publish what the outbox still holds, say offline, disconnect. SIGHUP reloads
+the config; a bad one is reported and the running one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+from controller import __version__
+from controller.config import Config, load_config
+from controller.daemon.context import Context
+from controller.daemon.emit import Emitter
+from controller.daemon.images import ImageBook
+from controller.daemon.lock import exclusive, holder_pid, lock_path
+from controller.daemon.nodebook import NodeBook
+from controller.daemon.notify import Watchdog, reloading, sd_notify
+from controller.daemon.publisher import NodeTracker, Publisher
+from controller.daemon.scheduler import BuildScheduler
+from controller.daemon.spool import SpoolListener
+from controller.db import Database, db_path
+from controller.debounce import Batch, affected_labels
+from controller.errors import NetrootError
+from controller.events import ConfigRejected, ConfigReloaded, Topics
+from controller.log import get_logger
+from controller.mqtt import BrokerLink, Message
+from controller.recovery import recover
+from controller.watch import Watcher, recipe_dependencies, watch_specs
+
+log = get_logger("daemon")
+
+SHUTDOWN_S = 25.0  # within systemd's TimeoutStopSec
+FLUSH_S = 5.0
+
+
+class Component(Protocol):
+    """A long-lived part of the daemon."""
+
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def run(self) -> None:
+        """Work until cancelled."""
+
+
+@contextlib.contextmanager
+def daemon_lock(state_dir: Path) -> Iterator[None]:
+    """One daemon per state directory; the lock file names its pid."""
+    path = lock_path(state_dir)
+    with exclusive(path) as held:
+        if not held:
+            pid = holder_pid(path)
+            raise NetrootError(f"another `netroot serve` (pid {pid}) already uses {state_dir}")
+        yield
+
+
+class Reloader:
+    """Waits for SIGHUP and reloads the config."""
+
+    name = "reloader"
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.requested = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def run(self) -> None:
+        """Reload once per burst of SIGHUPs."""
+        while True:
+            await self.requested.wait()
+            self.requested.clear()
+            await self.daemon.reload("SIGHUP")
+
+
+class Daemon:
+    """Owns the components and their order of start and stop."""
+
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.stop = asyncio.Event()
+        self.stopping = False
+        self.reloader = Reloader(self)
+
+    async def run(self) -> None:
+        """Recover, serve until told to stop, shut down in order."""
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        with daemon_lock(config.state_dir):
+            log.info("starting", version=__version__, config=config.source, pid=os.getpid())
+            results = await asyncio.to_thread(recover, config)
+            log.info(
+                "recovered",
+                labels={r.label: r.active for r in results},
+                removed=sum(len(r.removed) for r in results),
+            )
+            with Database(db_path(config), outbox_limit=config.mqtt.outbox_limit) as db:
+                await self._serve(db)
+
+    def _context(self, db: Database) -> Context:
+        emitter = Emitter(Topics(self.config.mqtt.topic_prefix))
+        nodes = NodeBook(db, emitter, self.config)
+        images = ImageBook(db, emitter, nodes)
+        return Context(self.config, self.config_path, db, emitter, nodes, images)
+
+    def _link(self, ctx: Context) -> BrokerLink | None:
+        mqtt = ctx.config.mqtt
+        if not mqtt.enabled:
+            log.warning("mqtt disabled: events stay in the outbox and the log")
+            return None
+        return BrokerLink(
+            mqtt,
+            client_id=f"netroot-controller-{socket.gethostname()}"[:64],
+            subscriptions=[ctx.emitter.topics.node_reports()],
+            will=ctx.emitter.status("offline"),
+            hello=ctx.emitter.status("online"),
+            # A persistent session: the broker keeps node reports for us while we restart.
+            clean_session=False,
+        )
+
+    async def _serve(self, db: Database) -> None:
+        self.ctx = ctx = self._context(db)
+        self.scheduler = BuildScheduler(ctx)
+        self.scheduler.requeue_interrupted()
+        self.scheduler.reconcile_all()  # a crash between the store's commit and ours
+        log.info(
+            "state loaded",
+            nodes=len(ctx.nodes.nodes),
+            outbox_pending=db.outbox_pending,
+            queued_builds=len(db.builds(states=["queued"])),
+        )
+        self.link = self._link(ctx)
+        inbox: asyncio.Queue[Message] = self.link.inbox if self.link else asyncio.Queue()
+        self.tracker = NodeTracker(inbox, ctx.nodes)
+        self.publisher = Publisher(db, self.link, ingest_idle=self.tracker.idle)
+        db.on_outbox = self.publisher.notify
+        self.spool = SpoolListener(ctx.config, db, ctx.nodes)
+        self.watcher = Watcher(
+            watch_specs(ctx.config, self.config_path),
+            self.on_batch,
+            quiet=ctx.config.debounce_quiet,
+            max_latency=ctx.config.debounce_max_latency,
+        )
+        ctx.config.overlays_dir.mkdir(parents=True, exist_ok=True)
+        components: list[Component] = [
+            *([self.link] if self.link is not None else []),
+            self.publisher,
+            self.tracker,
+            self.spool,
+            self.scheduler,
+            self.watcher,
+            self.reloader,
+            Watchdog(),
+        ]
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reloader.requested.set)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for component in components:
+                    await stack.enter_async_context(component)
+                async with asyncio.TaskGroup() as group:
+                    tasks = {
+                        c.name: group.create_task(self._supervised(c), name=c.name)
+                        for c in components
+                    }
+                    group.create_task(self._lifecycle(tasks), name="lifecycle")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("stopped", outbox_pending=db.outbox_pending)
+
+    async def _supervised(self, component: Component) -> None:
+        try:
+            await component.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("component crashed", component=component.name)
+            raise
+        if not self.stopping:
+            # A component that returns on its own is a dead task nobody would notice.
+            raise RuntimeError(f"component {component.name} stopped unexpectedly")
+
+    async def _lifecycle(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        if self.link is not None:
+            ready = asyncio.ensure_future(self.link.attempted.wait())
+            stop = asyncio.ensure_future(self.stop.wait())
+            await asyncio.wait({ready, stop}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            stop.cancel()
+        sd_notify(f"READY=1\nSTATUS=serving {len(self.ctx.config.labels)} label(s)")
+        log.info("ready", broker=self.link is not None and self.link.connected)
+        await self.stop.wait()
+        self.stopping = True
+        sd_notify("STOPPING=1")
+        log.info("stopping")
+        finished = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_S):
+                await self._shutdown(tasks)
+                finished = True
+        if not finished:
+            log.error("shutdown took too long; cancelling what is left")
+            for task in tasks.values():
+                task.cancel()
+
+    async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        for name in ("watcher", "spool", "reloader"):  # no new triggers
+            await _cancel(tasks[name])
+        await _cancel(tasks["scheduler"])  # running builds are killed and recorded
+        try:
+            async with asyncio.timeout(FLUSH_S):
+                await self.publisher.flush()
+        except TimeoutError:
+            log.warning("outbox not flushed in time", pending=self.ctx.db.outbox_pending)
+        await _cancel(tasks["publisher"])
+        if self.link is not None:
+            await self.link.close(self.ctx.emitter.status("offline"))
+            await asyncio.wait([tasks["mqtt"]])
+        self.tracker.drain()  # reports the broker delivered before we left
+        await _cancel(tasks["tracker"])
+        await _cancel(tasks["watchdog"])
+
+    async def on_batch(self, batch: Batch) -> None:
+        """Settled edits: reload the config if it changed, queue the builds they call for."""
+        paths = list(batch)
+        config_file = self.config_path
+        if config_file is not None and config_file in paths and not await self.reload("edited"):
+            paths.remove(config_file)  # the edit was refused: nothing changed
+        config = self.ctx.config
+        deps = await asyncio.to_thread(recipe_dependencies, config)
+        labels = affected_labels(paths, config, config_file=config_file, recipe_deps=deps)
+        names = [str(p) for p in paths]
+        reason = f"edit of {names[0]}" if len(names) == 1 else f"edits of {len(names)} paths"
+        for label, kind in labels.items():
+            self.scheduler.request(label, kind, reason, names)
+
+    async def reload(self, why: str) -> bool:
+        """Load the config again; keep the running one if the new one is invalid."""
+        reloading()
+        source = str(self.config_path) if self.config_path else self.ctx.config.source
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+            _check_reloadable(self.ctx.config, new)
+        except NetrootError as exc:
+            self._rejected(why, source, str(exc))
+            return False
+        self._apply(new)
+        with self.ctx.db.transaction() as tx:
+            reloaded = ConfigReloaded(source=source[-1024:], labels=tuple(sorted(new.labels)))
+            self.ctx.emitter.controller(tx, reloaded)
+        log.info("config reloaded", why=why, labels=sorted(new.labels))
+        sd_notify("READY=1")
+        return True
+
+    def _rejected(self, why: str, source: str, error: str) -> None:
+        log.error("config rejected; keeping the running one", why=why, error=error)
+        with self.ctx.db.transaction() as tx:
+            rejected = ConfigRejected(source=source[-1024:], error=error[:1024])
+            self.ctx.emitter.controller(tx, rejected)
+        sd_notify("READY=1")
+
+    def _apply(self, new: Config) -> None:
+        ctx = self.ctx
+        ctx.config = new
+        ctx.nodes.config = new
+        ctx.emitter.topics = Topics(new.mqtt.topic_prefix)
+        ctx.db.outbox_limit = new.mqtt.outbox_limit
+        new.overlays_dir.mkdir(parents=True, exist_ok=True)
+        self.watcher.reconfigure(
+            watch_specs(new, self.config_path),
+            quiet=new.debounce_quiet,
+            max_latency=new.debounce_max_latency,
+        )
+        if self.link is not None:
+            self.link.will = ctx.emitter.status("offline")
+            self.link.hello = ctx.emitter.status("online")
+            self.link.reconfigure(new.mqtt, [ctx.emitter.topics.node_reports()])
+
+
+def _check_reloadable(old: Config, new: Config) -> None:
+    if new.state_dir != old.state_dir:
+        raise NetrootError(f"state_dir cannot change while serving ({old.state_dir}); restart")
+    if new.mqtt.enabled != old.mqtt.enabled:
+        raise NetrootError("mqtt.enabled cannot change while serving; restart")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def serve(config: Config, config_path: Path | None) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    await Daemon(config, config_path).run()

@@ -1,0 +1,50 @@
+"""The daemon's lock file: one `netroot serve` per state directory, and who holds it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_NAME = "daemon.lock"
+
+
+def lock_path(state_dir: Path) -> Path:
+    """<state_dir>/daemon.lock."""
+    return state_dir / LOCK_NAME
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[bool]:
+    """Try to hold the lock for the block; yields False if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield True
+    finally:
+        os.close(fd)  # the kernel drops the lock with the descriptor, even on SIGKILL
+
+
+def holder_pid(path: Path) -> int | None:
+    """The pid of the running daemon, or None when no daemon holds the lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        return None  # we got the lock: nobody serves
+    finally:
+        os.close(fd)

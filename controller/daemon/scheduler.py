@@ -1,0 +1,238 @@
+"""The build scheduler: one build per label at a time, a bounded number of labels at once.
+
+Requests are rows in the builds table (state `queued`, at most one per label),
+so an edit that arrives while the label builds merges into exactly one
+follow-up, and a queue survives a restart. Each build is a child process
+(`netroot build LABEL --json`), so cancelling it (SIGTERM of the daemon)
+kills the whole build process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import controller
+from controller import proc
+from controller.build import new_build_id
+from controller.daemon.context import Context
+from controller.daemon.images import summary
+from controller.db import BuildRow
+from controller.errors import NetrootError, ProcessError
+from controller.events import BuildFailed, BuildKind, BuildStarted, BuildSucceeded
+from controller.log import get_logger
+from controller.manifest import Manifest
+
+log = get_logger("scheduler")
+
+RECONCILE_S = 2.0  # how soon a `netroot activate`, `rollback` or `gc` by hand is announced
+_STEP_FAILED = re.compile(r"build step '([^']+)' failed: (.*)")
+MAX_ERROR = 1024
+MAX_TAIL = 16384
+
+
+def child_env() -> dict[str, str]:
+    """Extra environment of a child `netroot`: the package must import from a checkout too."""
+    return {"PYTHONPATH": str(Path(controller.__file__).resolve().parent.parent)}
+
+
+def netroot_argv(ctx: Context, *args: str) -> list[str]:
+    """argv of a child `netroot` command on the daemon's config file."""
+    config = ["--config", str(ctx.config_path)] if ctx.config_path else []
+    return [sys.executable, "-m", "controller", *config, "--json", *args]
+
+
+def failure(stderr_tail: str) -> tuple[str, str]:
+    """(step, one-line error) from what a failed `netroot build` printed."""
+    for line in reversed(stderr_tail.splitlines()):
+        match = _STEP_FAILED.search(line)
+        if match:
+            return match.group(1), line.removeprefix("netroot: error: ")[:MAX_ERROR]
+    lines = [ln for ln in stderr_tail.splitlines() if ln.startswith("netroot: error: ")]
+    last = lines[-1] if lines else (stderr_tail.strip().splitlines() or ["failed"])[-1]
+    return "build", last.removeprefix("netroot: error: ")[:MAX_ERROR]
+
+
+class BuildScheduler:
+    """Runs queued builds, activates per policy, and keeps the database in step with the store."""
+
+    name = "scheduler"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.running: dict[str, str] = {}  # label -> build id
+        self._wake = asyncio.Event()
+        self.builds_started = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def request(self, label: str, kind: BuildKind, reason: str, paths: Iterable[str] = ()) -> None:
+        """Queue a build (merged into the label's queued one, if any)."""
+        if label not in self.ctx.config.labels:
+            log.warning("not building an unconfigured label", label=label)
+            return
+        with self.ctx.db.transaction() as tx:
+            build_id = tx.queue_build(new_build_id(), label, kind, reason, paths)
+        log.info("build queued", label=label, kind=kind, build_id=build_id, reason=reason)
+        self._wake.set()
+
+    def requeue_interrupted(self) -> None:
+        """At start-up: builds a killed daemon left running failed; they run again."""
+        for row in self.ctx.db.builds(states=["running"]):
+            self._interrupted(row, "the controller stopped during the build")
+
+    def _interrupted(self, row: BuildRow, error: str) -> None:
+        duration = max(0.0, time.time() - (row.started_at or row.queued_at))
+        with self.ctx.db.transaction() as tx:
+            tx.finish_build(row.build_id, "interrupted", step="interrupted", error=error)
+            failed = BuildFailed(
+                label=row.label,
+                build_id=row.build_id,
+                kind=row.kind,
+                step="interrupted",
+                error=f"{error}; it runs again when the controller starts",
+                duration_s=duration,
+            )
+            self.ctx.emitter.image(tx, failed)
+            tx.queue_build(new_build_id(), row.label, row.kind, "interrupted build", row.paths)
+        log.warning("build interrupted, queued again", label=row.label, build_id=row.build_id)
+
+    async def run(self) -> None:
+        """Start what may start; reconcile with the store when idle."""
+        loop = asyncio.get_running_loop()
+        next_reconcile = loop.time()
+        async with asyncio.TaskGroup() as builds:
+            while True:
+                self._wake.clear()
+                self._start(builds)
+                if loop.time() >= next_reconcile:
+                    self.reconcile_all()
+                    next_reconcile = loop.time() + RECONCILE_S
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), next_reconcile - loop.time())
+
+    def reconcile_all(self) -> None:
+        """Announce what changed in the store of every label (activations by hand, gc)."""
+        for label in sorted(self.ctx.config.labels):
+            self.reconcile(label)
+
+    def reconcile(self, label: str) -> None:
+        """Announce what changed in the label's store."""
+        try:
+            self.ctx.images.reconcile(self.ctx.config, label)
+        except (NetrootError, OSError) as exc:
+            log.warning("cannot read the store", label=label, error=str(exc))
+
+    def _start(self, builds: asyncio.TaskGroup) -> None:
+        for row in self.ctx.db.builds(states=["queued"]):
+            if row.label in self.running:
+                continue  # the follow-up waits for the running build
+            if len(self.running) >= self.ctx.config.max_parallel_builds:
+                return
+            if row.label not in self.ctx.config.labels:
+                with self.ctx.db.transaction() as tx:
+                    tx.finish_build(row.build_id, "failed", step="queue", error="label removed")
+                continue
+            self.running[row.label] = row.build_id
+            self.builds_started += 1
+            builds.create_task(self._build(row), name=f"build-{row.label}")
+
+    async def _build(self, row: BuildRow) -> None:
+        try:
+            manifest = await self._run_build(row)
+            if manifest is not None:
+                await self._after_success(row.label, manifest)
+        finally:
+            self.running.pop(row.label, None)
+            self._wake.set()
+
+    async def _run_build(self, row: BuildRow) -> Manifest | None:
+        ctx = self.ctx
+        with ctx.db.transaction() as tx:
+            tx.start_build(row.build_id)
+            paths = tuple(p[-1024:] for p in row.paths)
+            started = BuildStarted(
+                label=row.label,
+                build_id=row.build_id,
+                kind=row.kind,
+                reason=row.reason[:1024],
+                paths=paths,
+            )
+            ctx.emitter.image(tx, started)
+        args = ["build", row.label, *(["--overlays-only"] if row.kind == "overlay" else [])]
+        t0 = time.monotonic()
+        try:
+            done = await proc.arun(netroot_argv(ctx, *args), env=child_env())
+            manifest = Manifest.model_validate(json.loads(done.stdout)["version"])
+        except asyncio.CancelledError:
+            self._interrupted(row, "the controller stopped during the build")
+            raise
+        except ProcessError as exc:
+            step, error = failure(exc.stderr_tail)
+            self._failed(row, step, error, exc.stderr_tail, time.monotonic() - t0)
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            error = f"unreadable build output: {exc}"
+            self._failed(row, "output", error, "", time.monotonic() - t0)
+            return None
+        duration = time.monotonic() - t0
+        with ctx.db.transaction() as tx:
+            tx.finish_build(row.build_id, "succeeded", version=manifest.version)
+            tx.record_version(row.label, summary(manifest, row.kind))
+            succeeded = BuildSucceeded(
+                label=row.label,
+                build_id=row.build_id,
+                kind=row.kind,
+                version=manifest.version,
+                duration_s=duration,
+            )
+            ctx.emitter.image(tx, succeeded)
+        return manifest
+
+    def _failed(self, row: BuildRow, step: str, error: str, tail: str, duration: float) -> None:
+        with self.ctx.db.transaction() as tx:
+            tx.finish_build(row.build_id, "failed", step=step, error=error)
+            failed = BuildFailed(
+                label=row.label,
+                build_id=row.build_id,
+                kind=row.kind,
+                step=step[:128],
+                error=error[:MAX_ERROR],
+                log_tail=tail[-MAX_TAIL:],
+                duration_s=duration,
+            )
+            self.ctx.emitter.image(tx, failed)
+        log.error("build failed; the active version stays", label=row.label, step=step)
+
+    async def _after_success(self, label: str, manifest: Manifest) -> None:
+        config = self.ctx.config
+        if label in config.labels and config.labels[label].activation == "auto":
+            argv = netroot_argv(self.ctx, "activate", label, manifest.version)
+            done = await proc.arun(argv, env=child_env(), check=False)
+            if done.returncode != 0:
+                log.error(
+                    "activation failed; the active version stays",
+                    label=label,
+                    version=manifest.version,
+                    error=proc.tail(done.stderr, 5),
+                )
+        else:
+            log.info("built; activation is manual", label=label, version=manifest.version)
+        self.reconcile(label)

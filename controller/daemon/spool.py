@@ -1,0 +1,155 @@
+"""The durable queue between the DHCP hook and the daemon: one JSON file per lease.
+
+`netroot hook dhcp` (run by dnsmasq for every lease) writes a record with
+write-temp-then-rename into `<state_dir>/spool/`; the daemon's listener
+applies records oldest first and deletes each only after the transaction
+holding its effects committed. The hook never talks to the daemon directly,
+so it works while the daemon restarts. (In-place edits by `netroot shell
+--live` are found in each version's live-edits log instead, see images.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+from pydantic import AwareDatetime, Field, IPvAnyAddress, ValidationError
+
+from controller import fsops
+from controller.config import Config, Model
+from controller.daemon.nodebook import NodeBook
+from controller.db import Database, Tx
+from controller.events import Mac
+from controller.log import get_logger
+from controller.nodes import DhcpLease
+
+log = get_logger("spool")
+
+POLL_S = 0.25
+MAX_RECORD_BYTES = 4096
+BATCH = 500
+
+
+class DhcpRecord(Model):
+    """A lease dnsmasq handed out (its --dhcp-script `add` or `old`)."""
+
+    kind: Literal["dhcp"] = "dhcp"  # room for other record kinds
+    action: Literal["add", "old"]
+    mac: Mac
+    ip: IPvAnyAddress
+    hostname: str | None = Field(None, max_length=255)
+    firmware: bool = Field(description="asked by PXE/UEFI firmware or iPXE: a boot starts")
+    at: AwareDatetime
+
+
+def spool_dir(config: Config) -> Path:
+    """<state_dir>/spool."""
+    return config.state_dir / "spool"
+
+
+def write_record(config: Config, record: DhcpRecord) -> Path:
+    """Queue a record for the daemon (atomic: the daemon never sees half a file)."""
+    directory = spool_dir(config)
+    # Names sort by time, so the listener applies records in the order they came.
+    path = directory / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+    fsops.write_atomic(path, record.model_dump_json().encode(), mode=0o640)
+    return path
+
+
+def now() -> datetime:
+    """The time a hook stamps on its record."""
+    return datetime.now(UTC)
+
+
+class SpoolListener:
+    """The DHCP-hook listener component: applies spooled records to node states."""
+
+    name = "spool"
+
+    def __init__(self, config: Config, db: Database, nodes: NodeBook) -> None:
+        self.directory = spool_dir(config)
+        self.rejected_dir = self.directory / "rejected"
+        self.db = db
+        self.nodes = nodes
+        self.applied = 0
+
+    async def __aenter__(self) -> Self:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def run(self) -> None:
+        """Poll the spool directory; a hook's record is applied within POLL_S."""
+        while True:
+            self.drain()
+            await asyncio.sleep(POLL_S)
+
+    def drain(self) -> int:
+        """Apply every record present (in batches); returns how many were applied."""
+        total = 0
+        while True:
+            names = sorted(n for n in os.listdir(self.directory) if n.endswith(".json"))
+            if not names:
+                return total
+            total += self._apply(names[:BATCH])
+
+    def _apply(self, names: list[str]) -> int:
+        done: list[Path] = []
+        with self.db.transaction() as tx:
+            for name in names:
+                path = self.directory / name
+                record = self._load(path)
+                if record is None:
+                    continue
+                try:
+                    self._record(tx, record)
+                except ValueError as exc:
+                    self._reject(path, f"cannot apply: {exc}")
+                    continue
+                done.append(path)
+        for path in done:
+            path.unlink(missing_ok=True)
+        self.applied += len(done)
+        return len(names)
+
+    def _record(self, tx: Tx, record: DhcpRecord) -> None:
+        lease = DhcpLease(
+            at=record.at, ip=record.ip, firmware=record.firmware, hostname=record.hostname
+        )
+        self.nodes.apply(tx, record.mac, lease)
+
+    def _reject(self, path: Path, reason: str) -> None:
+        log.warning("rejected spool record", file=path.name, reason=reason)
+        self.rejected_dir.mkdir(exist_ok=True)
+        os.replace(path, self.rejected_dir / path.name)
+
+    def _load(self, path: Path) -> DhcpRecord | None:
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_RECORD_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._reject(path, str(exc))
+            return None
+        if len(data) > MAX_RECORD_BYTES:
+            self._reject(path, f"larger than {MAX_RECORD_BYTES} bytes")
+            return None
+        try:
+            return DhcpRecord.model_validate_json(data)
+        except ValidationError as exc:
+            self._reject(path, str(exc.errors(include_url=False)[0]["msg"]))
+            return None

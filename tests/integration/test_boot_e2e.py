@@ -1,0 +1,359 @@
+"""The issue's acceptance, for real: build debian12, serve it, PXE-boot it in qemu.
+
+An MQTT broker started here receives the node agent's reports. The first VM
+must report the right label, version and MAC with `/` an overlay over the
+read-only NFS root; after an overlay edit is activated a second VM reports
+the new version while the first, still on the old one, answers a `report`
+command and still reads its tree. Also: rootovlcfg, UEFI with OVMF and
+GRUB, and that Ctrl-C and timeouts leave nothing running.
+
+The image is built cold into a temporary state directory; set
+NETROOT_TEST_BOOT_STATE to a directory to keep the store (and its build
+caches) between runs. A TCG boot takes 75 s on an idle machine, several
+minutes on a busy one: the waits below are generous on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from controller.events import NodeReport, parse_node_message
+
+REPO = Path(__file__).resolve().parents[2]
+BOOT_WAIT = 1500  # seconds for a VM to report, on a loaded machine
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(7200)]
+
+MAC1, MAC2, MAC3, MAC4 = (f"52:54:00:7e:57:0{i}" for i in range(1, 5))
+MARKER = "etc/netroot-rootovlcfg-marker"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Reports:
+    """Every message on netroot/node/+/report, collected by a mosquitto_sub started here."""
+
+    def __init__(self, port: int) -> None:
+        argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
+                "-t", "netroot/node/+/report", "-v"]  # fmt: skip
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        self.reports: list[NodeReport] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            topic, _, payload = line.rstrip("\n").partition(" ")
+            self.reports.append(parse_node_message(topic, payload.encode()))
+
+    def wait(self, mac: str, kind: str = "boot", count: int = 1, within: float = BOOT_WAIT,
+             vm: Vm | None = None) -> NodeReport:
+        """The count-th report of that kind from mac."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            found = [r for r in list(self.reports) if r.mac == mac and r.kind == kind]
+            if len(found) >= count:
+                return found[count - 1]
+            if vm is not None and vm.process.poll() is not None:
+                raise AssertionError(f"netroot boot exited early:\n{vm.output()}")
+            time.sleep(0.5)
+        raise AssertionError(f"no {kind} report #{count} from {mac} within {within} s")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self.thread.join(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@dataclass
+class Vm:
+    """A running `netroot --json boot ...`, its output collected."""
+
+    process: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def milestones(self) -> dict[str, float]:
+        found = {}
+        for line in list(self.lines):
+            if line.startswith("{") and '"milestone"' in line:
+                data = json.loads(line)
+                found.setdefault(data["milestone"], data["at"])
+        return found
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stop it as a user would; returns its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(120)
+        finally:
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+
+
+@dataclass
+class Lab:
+    root: Path
+    state: Path
+    broker_port: int
+    key: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "netroot.toml"
+
+    @property
+    def overlays(self) -> Path:
+        return self.root / "overlays"
+
+    def netroot(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "controller", "--config", str(self.config), *args],
+            cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def build(self, label: str) -> str:
+        done = self.netroot("--json", "build", label, "--activate")
+        assert done.returncode == 0, done.stderr[-4000:]
+        version: str = json.loads(done.stdout)["version"]["version"]
+        return version
+
+    def boot(self, label: str, mac: str, *extra: str) -> Vm:
+        argv = [sys.executable, "-m", "controller", "--config", str(self.config), "--json",
+                "boot", label, "--headless", "--mac", mac, *extra]  # fmt: skip
+        process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        vm = Vm(process)
+
+        def read(stream: IO[str]) -> None:
+            for line in stream:
+                vm.lines.append(line.rstrip("\n"))
+
+        assert process.stdout is not None
+        threading.Thread(target=read, args=(process.stdout,), daemon=True).start()
+        return vm
+
+    def ssh(self, port: int, command: str) -> str:
+        argv = ["ssh", "-p", str(port), "-i", str(self.key), "-o", "BatchMode=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "ConnectTimeout=30", "-o", "LogLevel=ERROR", "root@127.0.0.1", command]
+        for _attempt in range(20):  # sshd may still be starting after the report
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                  check=False)  # fmt: skip
+            if done.returncode != 255:
+                assert done.returncode == 0, done.stderr
+                return done.stdout
+            time.sleep(5)
+        raise AssertionError(f"ssh to port {port} failed: {done.stderr}")
+
+    def running(self) -> list[str]:
+        """Processes whose command line names this lab's state directory."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(self.state) in cmdline and "pytest" not in cmdline:
+                found.append(f"{entry.name}: {cmdline[:200]}")
+        return found
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    for tool in ("mosquitto", "qemu-system-x86_64", "ganesha.nfsd", "mmdebstrap", "socat"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run .ci/setup")
+    port = free_port()
+    conf = tmp_path_factory.mktemp("broker") / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    process = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    yield port
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, broker: int) -> Lab:
+    root = tmp_path_factory.mktemp("bootlab")
+    kept = os.environ.get("NETROOT_TEST_BOOT_STATE")
+    state = Path(kept) if kept else root / "state"
+    key = root / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                   timeout=60)  # fmt: skip
+    lab = Lab(root, state, broker, key)
+    ssh_dir = lab.overlays / "common" / "root" / ".ssh"
+    ssh_dir.mkdir(parents=True, mode=0o700)
+    (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    site = lab.overlays / "common" / "etc" / "rootovl" / "site"
+    (site / MARKER).parent.mkdir(parents=True)
+    (site / MARKER).write_text("added by rootovlcfg=site\n")
+    recipe = REPO / "recipes" / "debian12.toml"
+    lab.config.write_text(f"""
+state_dir = "{state}"
+recipes_dir = "{REPO / 'recipes'}"
+base_dir = "{REPO / 'base'}"
+overlays_dir = "{lab.overlays}"
+export_root = "{root / 'export'}"
+tftp_root = "{root / 'tftp'}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker}
+
+[labels.debian12]
+recipe = "{recipe}"
+
+[labels.site]
+recipe = "{recipe}"
+rootovlcfg = ["site"]
+""")
+    return lab
+
+
+@pytest.fixture(scope="module")
+def reports(broker: int) -> Iterator[Reports]:
+    subscriber = Reports(broker)
+    time.sleep(0.5)
+    yield subscriber
+    subscriber.close()
+
+
+def test_boot_report_activation_and_the_old_node_keeps_working(lab: Lab, reports: Reports) -> None:
+    v1 = lab.build("debian12")
+    ssh1, ssh2 = free_port(), free_port()
+    vm1 = lab.boot("debian12", MAC1, "--ssh-port", str(ssh1), "--timeout", "5400")
+    vm2: Vm | None = None
+    try:
+        first = reports.wait(MAC1, vm=vm1)
+        assert (first.label, first.version, first.mac) == ("debian12", v1, MAC1)
+        assert first.root is not None and first.root.fstype == "overlay"
+        # the tmpfs overlay's lower layer: this version's read-only NFS export
+        assert first.root.lower == f"nfs4:10.0.2.100:/debian12/{v1}:ro"
+        seen = vm1.milestones()
+        for name in ("pxe", "kernel", "nfs-root", "switch-root", "report"):
+            assert name in seen, (name, vm1.output())
+        on_node = lab.ssh(ssh1, f"cat /etc/netroot/version; test -e /{MARKER} || echo no-marker")
+        assert on_node.split() == [v1, "no-marker"]  # booted without rootovlcfg
+
+        # an overlay edit, built and activated while the node runs
+        edit = lab.overlays / "debian12" / "etc" / "netroot-edit"
+        edit.parent.mkdir(parents=True, exist_ok=True)
+        edit.write_text("second version\n")
+        v2 = lab.build("debian12")
+        assert v2 != v1
+        # the first node's NFS server was reloaded with the new export added
+        records = list((lab.state / "run" / "ganesha").glob("*.json"))
+        assert len(records) == 1
+        ganesha = Path(json.loads(records[0].read_text())["config_file"]).read_text()
+        assert f"Pseudo = /debian12/{v1};" in ganesha and f"Pseudo = /debian12/{v2};" in ganesha
+
+        vm2 = lab.boot("debian12", MAC2, "--ssh-port", str(ssh2), "--timeout", "5400")
+        second = reports.wait(MAC2, vm=vm2)
+        assert (second.version, second.mac) == (v2, MAC2)
+        assert second.root is not None
+        assert second.root.lower == f"nfs4:10.0.2.100:/debian12/{v2}:ro"
+        assert lab.ssh(ssh2, "cat /etc/netroot-edit") == "second version\n"
+
+        # the first node, still on the old version, answers a command...
+        subprocess.run(
+            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(lab.broker_port), "-q", "1",
+             "-t", f"netroot/node/{MAC1}/cmd", "-m", '{"command": "report", "id": "t1"}'],
+            check=True, timeout=60,
+        )  # fmt: skip
+        again = reports.wait(MAC1, count=2, within=600)
+        assert (again.version, again.boot_id) == (v1, first.boot_id)
+        # ...and reads its tree: no stale file handle after the activation
+        listing = lab.ssh(ssh1, "cat /etc/netroot/version; ls /usr/lib/x86_64-linux-gnu | wc -l;"
+                                " test -e /etc/netroot-edit || echo no-edit")  # fmt: skip
+        version, count, no_edit = listing.split()
+        assert (version, no_edit) == (v1, "no-edit") and int(count) > 100
+    finally:
+        statuses = [vm.stop() for vm in (vm1, vm2) if vm is not None]
+    assert statuses == [0, 0], vm1.output()
+    assert lab.running() == []
+    assert list((lab.state / "run" / "boot").iterdir()) == []
+
+
+def test_rootovlcfg_tree_is_on_the_node_booted_with_it(lab: Lab, reports: Reports) -> None:
+    version = lab.build("site")
+    port = free_port()
+    vm = lab.boot("site", MAC3, "--direct", "--ssh-port", str(port), "--timeout", "3600")
+    try:
+        report = reports.wait(MAC3, vm=vm)
+        assert (report.label, report.version) == ("site", version)
+        assert lab.ssh(port, f"cat /{MARKER}") == "added by rootovlcfg=site\n"
+    finally:
+        status = vm.stop()
+    assert status == 0
+    assert lab.running() == []
+
+
+def test_uefi_grub_boots_into_the_kernel(lab: Lab) -> None:
+    vm = lab.boot("debian12", MAC4, "--uefi", "--ssh-port", "0", "--timeout", "3600")
+    try:
+        deadline = time.monotonic() + BOOT_WAIT
+        while "kernel" not in vm.milestones() and time.monotonic() < deadline:
+            assert vm.process.poll() is None, vm.output()
+            time.sleep(1)
+        seen = vm.milestones()
+        assert "kernel" in seen, vm.output()
+        assert "pxe" in seen  # iPXE's UEFI driver, then GRUB from the TFTP root
+    finally:
+        status = vm.stop(signal.SIGINT)  # as Ctrl-C
+    assert status == 1  # stopped before the node reported
+    assert lab.running() == []
+
+
+def test_timeout_stops_everything_and_says_why(lab: Lab) -> None:
+    started = time.monotonic()
+    done = lab.netroot("boot", "debian12", "--headless", "--ssh-port", "0", "--timeout", "8",
+                       timeout=300)  # fmt: skip
+    assert time.monotonic() - started < 120
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("netroot: error:")]
+    assert len(errors) == 1 and "timeout after 8 s" in errors[0], done.stderr
+    assert lab.running() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("boot", "nosuch"), "labels.nosuch: no such label"),
+        (("boot", "debian12", "--mac", "52:54:00:zz:00:01"), "--mac:"),
+        (("install", "Bad_Label"), "invalid label name"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(lab: Lab, args: tuple[str, ...], words: str) -> None:
+    done = lab.netroot(*args, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.count("netroot: error:") == 1 and words in done.stderr, done.stderr
+    assert lab.running() == []

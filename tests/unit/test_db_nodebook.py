@@ -1,0 +1,190 @@
+"""Node reports through the node book: validated, applied with their events, or refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from controller import log as logsetup
+from controller.config import parse_config
+from controller.daemon.emit import Emitter
+from controller.daemon.nodebook import NodeBook
+from controller.daemon.scheduler import failure
+from controller.daemon.spool import DhcpRecord, SpoolListener, now, spool_dir, write_record
+from controller.db import Database
+from controller.events import MAX_REPORT_BYTES, Envelope, Topics
+from controller.mqtt import Message, backoff_delay
+
+MAC = "52:54:00:ab:cd:ef"
+OTHER = "52:54:00:ab:cd:00"
+BOOT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+V1 = "20250301T120000.000Z-0000aaaa"
+V2 = "20250302T120000.000Z-0000bbbb"
+
+
+@pytest.fixture(autouse=True)
+def _log_to_current_stderr() -> Iterator[None]:
+    # structlog binds sys.stderr when configured: follow capsys in, and back out.
+    logsetup.configure()
+    yield
+    logsetup.configure()
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> NodeBook:
+    config = parse_config(
+        {"labels": {"demo": {"recipe": "demo.toml", "auto_reboot": True}}},
+        source="test",
+        root=tmp_path,
+    )
+    db = Database(tmp_path / "netroot.db")
+    return NodeBook(db, Emitter(Topics(), source="netroot://test"), config)
+
+
+def report(mac: str = MAC, *, topic_mac: str | None = None, **fields: object) -> Message:
+    body = {"kind": "boot", "mac": mac, "label": "demo", "version": V1, "boot_id": BOOT_ID}
+    body.update(fields)
+    return Message(f"netroot/node/{topic_mac or mac}/report", json.dumps(body).encode())
+
+
+def published(book: NodeBook) -> list[tuple[str, str]]:
+    """(topic, event type or command) of every queued message."""
+    out = []
+    for row in book.db.outbox_head(1000):
+        data = json.loads(row.payload)
+        kind = data.get("type") or data.get("command")
+        out.append((row.topic, str(kind).removeprefix("org.netroot.")))
+    return out
+
+
+def activate(book: NodeBook, version: str) -> None:
+    with book.db.transaction() as tx:
+        book.activation(tx, "demo", version, datetime.now(UTC))
+
+
+def test_a_boot_report_is_stored_and_announced_in_one_transaction(book: NodeBook) -> None:
+    activate(book, V1)
+    assert book.ingest([report()]) == 1
+    stored = book.db.nodes()
+    assert [(n.mac, n.state, n.version) for n in stored] == [(MAC, "up", V1)]
+    assert published(book) == [
+        (f"netroot/events/node/{MAC}", "node.booted"),
+        (f"netroot/events/node/{MAC}", "node.current"),
+        (f"netroot/state/node/{MAC}", "node.state"),
+    ]
+    envelope = Envelope.model_validate_json(book.db.outbox_head(1)[0].payload)
+    assert envelope.subject == MAC
+    assert envelope.source == "netroot://test"
+
+
+def test_activation_makes_running_nodes_stale_and_commands_a_reboot_when_allowed(
+    book: NodeBook,
+) -> None:
+    activate(book, V1)
+    book.ingest([report()])
+    book.db.outbox_delete([r.seq for r in book.db.outbox_head(1000)])
+    activate(book, V2)
+    (state,) = book.db.nodes()
+    assert (state.state, state.action, state.active_version) == ("stale", "reboot", V2)
+    assert published(book) == [
+        (f"netroot/events/node/{MAC}", "node.stale"),
+        (f"netroot/state/node/{MAC}", "node.state"),
+        (f"netroot/node/{MAC}/cmd", "reboot"),  # auto_reboot = true for this label
+    ]
+    command = json.loads(book.db.outbox_head(1000)[-1].payload)
+    assert (command["boot_id"], command["version"]) == (BOOT_ID, V2)
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (Message(f"netroot/node/{MAC}/report", b"\x00garbage"), "invalid JSON"),
+        (Message(f"netroot/node/{MAC}/report", b"[1, 2]"), "not a JSON object"),
+        (Message(f"netroot/node/{MAC}/report", b" " * (MAX_REPORT_BYTES + 1)), "exceeds"),
+        (report(kind="boot", boot_id=None), "needs boot_id"),
+        (report(kind="exec"), "kind"),
+        (report(surprise=1), "surprise"),
+        (report(OTHER, topic_mac=MAC), "does not match"),
+        (Message("netroot/node/not-a-mac/report", b"{}"), "not a MAC"),
+    ],
+)
+def test_bad_messages_are_refused_and_change_nothing(
+    book: NodeBook, message: Message, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logsetup.configure()
+    assert book.ingest([message, report()]) == 1  # the good one in the batch still counts
+    assert book.rejected == 1
+    assert [n.mac for n in book.db.nodes()] == [MAC]
+    err = capsys.readouterr().err
+    assert "rejected node message" in err
+    assert reason in err
+
+
+def test_a_node_cannot_change_another_nodes_state(book: NodeBook) -> None:
+    activate(book, V1)
+    book.ingest([report(OTHER)])
+    before = book.db.nodes()
+    book.ingest([report(OTHER, topic_mac=MAC, kind="offline")])
+    assert book.db.nodes() == before
+    assert book.nodes[OTHER].state == "up"
+
+
+def test_a_will_marks_the_node_lost(book: NodeBook) -> None:
+    activate(book, V1)
+    book.ingest([report()])
+    will_payload = json.dumps({"kind": "offline", "mac": MAC}).encode()
+    will = Message(f"netroot/node/{MAC}/report", will_payload)
+    book.ingest([will])
+    assert book.db.nodes()[0].state == "lost"
+    assert (f"netroot/events/node/{MAC}", "node.lost") in published(book)
+
+
+def test_memory_follows_a_rolled_back_transaction(book: NodeBook) -> None:
+    activate(book, V1)
+    with pytest.raises(RuntimeError), book.db.transaction() as tx:
+        book.activation(tx, "demo", V2, datetime.now(UTC))
+        raise RuntimeError("disk full")
+    assert book.active["demo"] == V1
+
+
+def test_failure_names_the_step_and_the_error() -> None:
+    tail = "netroot: error: build step 'base' failed: mmdebstrap exited with status 1\n"
+    tail = "--- last lines of the build log ---\nE: no network\n" + tail
+    assert failure(tail) == ("base", "build step 'base' failed: mmdebstrap exited with status 1")
+    assert failure("netroot: error: demo.toml: source: not found\n") == (
+        "build",
+        "demo.toml: source: not found",
+    )
+    assert failure("Traceback ...\nKeyError: 'x'") == ("build", "KeyError: 'x'")
+
+
+def test_reconnect_backoff_doubles_to_a_cap_with_jitter() -> None:
+    for attempt in range(30):
+        step = min(30.0, 0.5 * 2**attempt)
+        delays = {backoff_delay(attempt) for _ in range(20)}
+        assert all(step / 2 <= d <= step for d in delays)
+        assert len(delays) > 1  # jittered
+
+
+def test_spooled_leases_are_applied_in_order_and_bad_ones_set_aside(book: NodeBook) -> None:
+    config = book.config
+    first = DhcpRecord(action="add", mac=MAC.upper(), ip="10.0.2.15", firmware=True, at=now())
+    write_record(config, first)
+    write_record(config, DhcpRecord(action="old", mac=MAC, ip="10.0.2.16", firmware=False,
+                                    at=now()))
+    (spool_dir(config) / "00000000000000000001-bad.json").write_text('{"kind": "dhcp"}')
+    (spool_dir(config) / "00000000000000000002-big.json").write_bytes(b" " * 5000)
+    listener = SpoolListener(config, book.db, book)
+    assert listener.drain() == 4
+    assert listener.applied == 2
+    (state,) = book.db.nodes()
+    assert (state.state, str(state.ip)) == ("booting", "10.0.2.16")  # the renewal came last
+    assert sorted(p.name for p in (spool_dir(config) / "rejected").iterdir()) == [
+        "00000000000000000001-bad.json",
+        "00000000000000000002-big.json",
+    ]
+    assert [p.name for p in spool_dir(config).glob("*.json")] == []
