@@ -15,7 +15,7 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeAlias
@@ -135,6 +135,44 @@ def run(
         detail = file_tail(log_file) if log_file is not None else tail(stderr or stdout)
         raise ProcessError(args, proc.returncode, detail)
     return Completed(args, proc.returncode, stdout, stderr)
+
+
+@contextlib.contextmanager
+def background(
+    argv: Sequence[Arg], *, log_file: Path | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A long-running process for the length of a with-block, in its own session.
+
+    Output goes to log_file (or this process's stdout and stderr); on leaving
+    the block the whole process group gets SIGTERM, then SIGKILL after a grace.
+    """
+    args = to_argv(argv)
+    log.debug("background", cmd=shlex.join(args))
+    sink = log_file.open("ab") if log_file is not None else None
+    try:
+        child = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+            env=base_env(env),
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        if sink is not None:
+            sink.close()
+        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+    try:
+        yield child
+    finally:
+        _kill_group(child.pid, signal.SIGTERM)
+        try:
+            child.wait(_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            _kill_group(child.pid, signal.SIGKILL)
+            child.wait()
+        if sink is not None:
+            sink.close()
 
 
 def run_interactive(argv: Sequence[Arg], *, env: Mapping[str, str] | None = None) -> Completed:

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 from controller import __version__
 from controller import log as logsetup
-from controller.cli import boot_cmds, daemon_cmds, output, shell_cmds, store_cmds
+from controller.cli import boot_cmds, daemon_cmds, output, shell_cmds, store_cmds, up_cmds
 from controller.errors import NetrootError
 
 # Each command module adds its subcommands; handlers return an exit status.
-COMMAND_MODULES = [store_cmds, daemon_cmds, boot_cmds, shell_cmds]
+COMMAND_MODULES = [store_cmds, daemon_cmds, boot_cmds, shell_cmds, up_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:
