@@ -350,7 +350,11 @@ def _copy_if_changed(source: Path, dest: Path) -> bool:
 
 
 def install_loaders(
-    tftp_root: Path, *, loaders: Iterable[Loader] = LOADERS, grub_modules: Path = GRUB_MODULE_DIR
+    tftp_root: Path,
+    *,
+    loaders: Iterable[Loader] = LOADERS,
+    grub: bool = True,
+    grub_modules: Path = GRUB_MODULE_DIR,
 ) -> LoaderReport:
     """Copy the loaders of the installed packages into the TFTP root; build GRUB's image."""
     report = LoaderReport()
@@ -361,6 +365,8 @@ def install_loaders(
             continue
         _copy_if_changed(source, tftp_root / loader.dest)
         report.installed.append(loader.dest)
+    if not grub:
+        return report
     if (grub_modules / "normal.mod").is_file():
         dest = tftp_root / GRUB_IMAGE
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -113,9 +113,7 @@ def vm_target(config: Config, label: str, version: str) -> BootTarget:
 
 def prepare_tftp(config: Config, target: BootTarget, tftp_root: Path, *, uefi: bool) -> None:
     """The private TFTP root: loaders, this label's menus and its version links."""
-    report = bootfiles.install_loaders(
-        tftp_root, grub_modules=bootfiles.GRUB_MODULE_DIR if uefi else Path("/nonexistent")
-    )
+    report = bootfiles.install_loaders(tftp_root, grub=uefi)
     needed = [GRUB_BOOTFILE] if uefi else ["pxelinux.0", "ldlinux.c32"]
     missing = [name for name in needed if name not in report.installed]
     if missing:

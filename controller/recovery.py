@@ -51,7 +51,7 @@ def known_labels(config: Config) -> list[str]:
 
 
 def recover(
-    config: Config, render: activation.BootRenderer = activation.placeholder_menu
+    config: Config, render: activation.BootRenderer
 ) -> list[Recovered]:
     """Recover every label; each under its lock so a running build is left alone."""
     results = []

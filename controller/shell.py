@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller import activation, build, fsops, liveedits, proc, store, treeindex
+from controller import activation, bootfiles, build, fsops, liveedits, proc, store, treeindex
 from controller.builders import BuildRequest, Progress, chroot, cow
 from controller.config import Config
 from controller.errors import NetrootError, StoreError
@@ -317,7 +317,8 @@ def _new_version(config: Config, paths: LabelPaths, parent: Manifest, *, command
         if not ok:
             fsops.remove_tree(ctx.staging)
             fsops.remove_tree(paths.staging / f"base-{build_id}")
-    activated = activation.activate(paths, manifest.version) if activate else None
+    render = bootfiles.renderer(config)
+    activated = activation.activate(paths, manifest.version, render) if activate else None
     return Outcome(paths.label, parent.version, tuple(done.changed), live=False,
                    status=done.status, version=manifest.version, activated=activated is not None,
                    stdout=done.stdout, stderr=done.stderr)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller import activation, shell
+from controller import bootfiles, shell
 from controller.cli.output import Progress, emit_json
 from controller.config import check_label, load_config
 from controller.errors import NetrootError
@@ -57,7 +57,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
               file=sys.stderr)
 
     with label_lock(paths, on_wait=waiting):
-        recover_label(config, args.label, activation.placeholder_menu)
+        recover_label(config, args.label, bootfiles.renderer(config))
         outcome = shell.open_shell(config, args.label, live=args.live, activate=args.activate,
                                    command=args.command, progress=progress)
     if args.json:

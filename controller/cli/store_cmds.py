@@ -259,6 +259,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             held = reasons
         else:
             pruned, held = gc.collect(paths, keep, guard)
+            bootfiles.refresh(config, paths)  # pruned versions leave exports and TFTP links
     if args.json:
         emit_json({"label": args.label, "pruned": pruned, "kept": held, "dry_run": args.dry_run})
         return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
-from controller import __version__
+from controller import __version__, bootfiles
 from controller.config import Config, load_config
 from controller.daemon.context import Context
 from controller.daemon.emit import Emitter
@@ -117,7 +117,7 @@ class Daemon:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         with daemon_lock(config.state_dir):
             log.info("starting", version=__version__, config=config.source, pid=os.getpid())
-            results = await asyncio.to_thread(recover, config)
+            results = await asyncio.to_thread(recover, config, bootfiles.renderer(config))
             log.info(
                 "recovered",
                 labels={r.label: r.active for r in results},
