@@ -55,7 +55,8 @@ def repositories(recipe: DnfRecipe, source: str) -> list[Repo]:
     repos: list[Repo] = []
     if recipe.mirror:
         keys = recipe.gpgkeys or tuple(
-            k for k in (distros.gpg_key_url(recipe.info, recipe.suite, recipe.mirror),) if k)
+            k for k in (distros.gpg_key_url(recipe.info, recipe.suite, recipe.mirror),) if k
+        )
         for name, url in distros.repo_urls(recipe.info, recipe.mirror, recipe.components).items():
             repos.append(Repo(name, url, recipe.gpgcheck, " ".join(keys) or None))
     for r in recipe.repositories:
@@ -63,9 +64,12 @@ def repositories(recipe: DnfRecipe, source: str) -> list[Repo]:
         repos.append(Repo(r.name, r.baseurl, check, r.gpgkey))
     for repo in repos:
         if repo.gpgcheck and not repo.gpgkey:
-            raise RecipeError(source, "repositories", f"repository {repo.name!r} is "
-                              "signature-checked but names no key",
-                              "a gpgkey URL (file:// allowed), or gpgcheck = false")
+            raise RecipeError(
+                source,
+                "repositories",
+                f"repository {repo.name!r} is signature-checked but names no key",
+                "a gpgkey URL (file:// allowed), or gpgcheck = false",
+            )
     return repos
 
 
@@ -73,8 +77,13 @@ def repo_file(repos: list[Repo]) -> str:
     """The .repo file (INI) for the repositories."""
     parts = []
     for r in repos:
-        lines = [f"[{r.name}]", f"name={r.name}", f"baseurl={r.baseurl}",
-                 f"gpgcheck={int(r.gpgcheck)}", "enabled=1"]
+        lines = [
+            f"[{r.name}]",
+            f"name={r.name}",
+            f"baseurl={r.baseurl}",
+            f"gpgcheck={int(r.gpgcheck)}",
+            "enabled=1",
+        ]
         if r.gpgkey:
             lines.append(f"gpgkey={r.gpgkey}")
         parts.append("\n".join(lines) + "\n")
@@ -83,38 +92,49 @@ def repo_file(repos: list[Repo]) -> str:
 
 def dnf_conf(recipe: DnfRecipe) -> str:
     """dnf.conf: no weak dependencies, packages kept in the cache, no silent repo skipping."""
-    return ("[main]\n"
-            f"gpgcheck={int(recipe.gpgcheck)}\n"
-            "install_weak_deps=False\n"
-            "keepcache=True\n"
-            "skip_if_unavailable=False\n"
-            f"cachedir={RPM_CACHE}\n")
+    return (
+        "[main]\n"
+        f"gpgcheck={int(recipe.gpgcheck)}\n"
+        "install_weak_deps=False\n"
+        "keepcache=True\n"
+        "skip_if_unavailable=False\n"
+        f"cachedir={RPM_CACHE}\n"
+    )
 
 
 def rpm_macros(recipe: DnfRecipe) -> str:
     """~/.rpmmacros for the run: the image's database location and format, not the host's."""
-    return (f"%_dbpath {distros.rpmdb_path(recipe.info, recipe.suite)}\n"
-            f"%_db_backend {distros.rpmdb_backend(recipe.info, recipe.suite)}\n")
+    return (
+        f"%_dbpath {distros.rpmdb_path(recipe.info, recipe.suite)}\n"
+        f"%_db_backend {distros.rpmdb_backend(recipe.info, recipe.suite)}\n"
+    )
 
 
 def dnf_argv(recipe: DnfRecipe, root: Path, conf_dir: Path, *, host_repos: bool) -> list[str]:
     """The dnf command line for a recipe (pure; golden-tested)."""
     reposdir = ",".join(HOST_REPO_DIRS) if host_repos else os.fspath(conf_dir / "repos.d")
     return [
-        "dnf", f"--installroot={os.fspath(root)}", f"--releasever={recipe.suite}",
-        f"--forcearch={recipe.arch}", f"--config={os.fspath(conf_dir / 'dnf.conf')}",
-        f"--setopt=reposdir={reposdir}", "--noplugins", "--assumeyes",
-        "install", *recipe.package_set,
+        "dnf",
+        f"--installroot={os.fspath(root)}",
+        f"--releasever={recipe.suite}",
+        f"--forcearch={recipe.arch}",
+        f"--config={os.fspath(conf_dir / 'dnf.conf')}",
+        f"--setopt=reposdir={reposdir}",
+        "--noplugins",
+        "--assumeyes",
+        "install",
+        *recipe.package_set,
     ]
 
 
 def namespace_argv(root: Path, rpm_cache: Path, inner: list[str]) -> list[str]:
     """inner in a private mount+PID namespace with the image's API filesystems and cache."""
-    mounts = [*chroot.mount_plan(root, resolv_conf=None),
-              ["mount", "--bind", os.fspath(rpm_cache), f"{os.fspath(root)}{RPM_CACHE}"]]
+    mounts = [
+        *chroot.mount_plan(root, resolv_conf=None),
+        ["mount", "--bind", os.fspath(rpm_cache), f"{os.fspath(root)}{RPM_CACHE}"],
+    ]
     plan = {"mounts": mounts, "exec": inner}
-    return chroot.unshare_argv([sys.executable, "-I", os.fspath(chroot.NSEXEC),
-                                json.dumps(plan)])
+    return chroot.unshare_argv([sys.executable, "-I", os.fspath(chroot.NSEXEC), json.dumps(plan)])
 
 
 def rpm_cache_dir(cache_dir: Path, recipe: DnfRecipe) -> Path:
@@ -135,8 +155,12 @@ def explain_failure(log_tail: str, recipe: DnfRecipe, source: str) -> NetrootErr
     lines = log_tail.splitlines()
     for line in lines:
         if m := _UNKNOWN_PACKAGE.search(line):
-            return RecipeError(source, "packages", f"unknown package {m.group(1)!r} in "
-                               f"{recipe.distro} {recipe.suite} ({', '.join(_repo_names(recipe))})")
+            return RecipeError(
+                source,
+                "packages",
+                f"unknown package {m.group(1)!r} in "
+                f"{recipe.distro} {recipe.suite} ({', '.join(_repo_names(recipe))})",
+            )
     for line in lines:
         if _UNREACHABLE.search(line) or _NO_REPOS.search(line):
             field = "mirror" if recipe.mirror else "repositories"
@@ -163,15 +187,23 @@ class _Reporter:
             self.installed += 1
             if self.installed % 25 == 0:
                 self.say(f"{self.installed} packages installed")
-        elif text.startswith(("Downloading Packages", "Running transaction check",
-                              "Running transaction", "Complete!")):
+        elif text.startswith(
+            (
+                "Downloading Packages",
+                "Running transaction check",
+                "Running transaction",
+                "Complete!",
+            )
+        ):
             self.say(f"dnf: {text.rstrip(':.!')} ({self.installed} installed)")
 
 
 def installed_count(root: Path, recipe: DnfRecipe) -> int:
     """Packages the image's rpm database lists (0 when the host's rpm cannot read it)."""
-    done = proc.run(["rpm", "--root", root, "--dbpath",
-                     distros.rpmdb_path(recipe.info, recipe.suite), "-qa"], check=False)
+    done = proc.run(
+        ["rpm", "--root", root, "--dbpath", distros.rpmdb_path(recipe.info, recipe.suite), "-qa"],
+        check=False,
+    )
     return len(done.stdout.split()) if done.returncode == 0 else 0
 
 
@@ -208,11 +240,9 @@ class DnfBuilder:
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
         """Digest of the merged recipe, the files it copies in, base/ and this backend."""
-        recipe = _own(recipe)
-        base = basetree.digest(basetree.scan(self.base_dir))
-        content = pkgstage.recipe_digest(recipe, str(recipe_path))
-        payload = [self.name, BACKEND_VERSION, content, base]
-        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+        return pkgstage.input_key(
+            self.name, BACKEND_VERSION, _own(recipe), recipe_path, self.base_dir
+        )
 
     def build(self, request: BuildRequest, progress: Progress) -> None:
         """Package stage (cached), then the recipe's customisation, into request.rootfs."""
@@ -223,15 +253,20 @@ class DnfBuilder:
         # pkgstage's key knows mirror and components; the repositories and signature
         # checking decide the tree too, so they ride along in the backend version
         extra = hashlib.sha256(json.dumps([repo_file(repos), recipe.gpgcheck]).encode())
-        key = pkgstage.stage_key(recipe, backend=self.name,
-                                 backend_version=f"{BACKEND_VERSION}+{extra.hexdigest()[:16]}",
-                                 base_digest=base_digest)
+        key = pkgstage.stage_key(
+            recipe,
+            backend=self.name,
+            backend_version=f"{BACKEND_VERSION}+{extra.hexdigest()[:16]}",
+            base_digest=base_digest,
+        )
         cache = pkgstage.StageCache(request.cache_dir)
         stage = None if request.rebuild else cache.lookup(key)
         if stage is not None:
             info = stage.info()
-            message = (f"reusing package stage {key[:12]} ({info.get('packages')} packages, "
-                       f"kernel {info.get('kernel')}): no package downloaded or installed")
+            message = (
+                f"reusing package stage {key[:12]} ({info.get('packages')} packages, "
+                f"kernel {info.get('kernel')}): no package downloaded or installed"
+            )
             progress(message)
             _note(request.log_file, message)
             cache.copy_out(stage, request.rootfs, request.log_file)
@@ -244,23 +279,47 @@ class DnfBuilder:
             (request.rootfs / "etc/hostname").unlink(missing_ok=True)  # the build host's name
             count = installed_count(request.rootfs, recipe)
             progress(f"caching the package stage {key[:12]} ({count} packages)")
-            cache.store(key, request.rootfs, {"packages": count, "kernel": " ".join(kvers),
-                                              "distro": recipe.distro, "suite": recipe.suite,
-                                              "arch": recipe.arch},
-                        request.log_file, request.build_id)
-        customize.customize(request.rootfs, recipe, log_file=request.log_file, source=source,
-                            say=progress, env={"NETROOT_LABEL": request.label,
-                                               "NETROOT_BUILD_ID": request.build_id})
+            cache.store(
+                key,
+                request.rootfs,
+                {
+                    "packages": count,
+                    "kernel": " ".join(kvers),
+                    "distro": recipe.distro,
+                    "suite": recipe.suite,
+                    "arch": recipe.arch,
+                },
+                request.log_file,
+                request.build_id,
+            )
+        customize.customize(
+            request.rootfs,
+            recipe,
+            log_file=request.log_file,
+            source=source,
+            say=progress,
+            env={"NETROOT_LABEL": request.label, "NETROOT_BUILD_ID": request.build_id},
+        )
 
-    def _install(self, request: BuildRequest, recipe: DnfRecipe, repos: list[Repo],
-                 base_tar: Path, progress: Progress) -> None:
+    def _install(
+        self,
+        request: BuildRequest,
+        recipe: DnfRecipe,
+        repos: list[Repo],
+        base_tar: Path,
+        progress: Progress,
+    ) -> None:
         source = str(request.recipe_path)
         host_repos = not repos
         if host_repos and not any(Path(d).is_dir() and os.listdir(d) for d in HOST_REPO_DIRS):
-            raise RecipeError(source, "mirror", "no mirror and no repositories, and this build "
-                              "host has no dnf repositories of its own (/etc/yum.repos.d)",
-                              f"mirror = the root URL of a {recipe.distro} mirror, or "
-                              "[[repositories]] with a baseurl")
+            raise RecipeError(
+                source,
+                "mirror",
+                "no mirror and no repositories, and this build "
+                "host has no dnf repositories of its own (/etc/yum.repos.d)",
+                f"mirror = the root URL of a {recipe.distro} mirror, or "
+                "[[repositories]] with a baseurl",
+            )
         root = request.rootfs
         proc.run(basetree.extract_argv(base_tar, root), log_file=request.log_file)
         for name in (*chroot.MOUNT_POINTS, RPM_CACHE.lstrip("/")):
@@ -269,23 +328,25 @@ class DnfBuilder:
         rpms.mkdir(parents=True, exist_ok=True)
         where = f"{recipe.distro} {recipe.suite} {recipe.arch}"
         names = ", ".join(r.name for r in repos) or "the host's repositories"
-        progress(f"installing {len(recipe.package_set)} requested packages and their "
-                 f"dependencies ({where}, dnf, from {names})")
-        with pkgstage.locked(rpms.with_name(rpms.name + ".lock")), \
-                tempfile.TemporaryDirectory(prefix="netroot-dnf-") as tmp:
+        progress(
+            f"installing {len(recipe.package_set)} requested packages and their "
+            f"dependencies ({where}, dnf, from {names})"
+        )
+        with (
+            pkgstage.locked(rpms.with_name(rpms.name + ".lock")),
+            tempfile.TemporaryDirectory(prefix="netroot-dnf-") as tmp,
+        ):
             conf = Path(tmp)
             (conf / "repos.d").mkdir()
             (conf / "dnf.conf").write_text(dnf_conf(recipe))
             (conf / "repos.d" / "netroot.repo").write_text(repo_file(repos))
             (conf / ".rpmmacros").write_text(rpm_macros(recipe))
-            argv = namespace_argv(root, rpms,
-                                  dnf_argv(recipe, root, conf, host_repos=host_repos))
+            argv = namespace_argv(root, rpms, dnf_argv(recipe, root, conf, host_repos=host_repos))
             try:
                 with following(request.log_file, _Reporter(progress)):
                     proc.run(argv, env={"HOME": os.fspath(conf)}, log_file=request.log_file)
             except ProcessError:
-                explained = explain_failure(proc.file_tail(request.log_file, 200), recipe,
-                                            source)
+                explained = explain_failure(proc.file_tail(request.log_file, 200), recipe, source)
                 if explained is not None:
                     raise explained from None
                 raise

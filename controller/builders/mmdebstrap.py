@@ -11,8 +11,6 @@ runs once afterwards, inside the image, for the image's kernel.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -43,16 +41,21 @@ CUSTOMIZE_CACHE_HOOK = f'umount "$1{APT_ARCHIVES}"'
 def mmdebstrap_argv(recipe: PackageRecipe, target: Path) -> list[str]:
     """The mmdebstrap command line for a recipe (pure; golden-tested)."""
     argv = [
-        "mmdebstrap", "--mode=root", "--variant=apt", "--verbose",
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=apt",
+        "--verbose",
         f"--architectures={recipe.arch}",
         f"--components={','.join(recipe.components)}",
         f"--include={','.join(recipe.package_set)}",
         f"--hook-dir={MERGED_USR_HOOKS}",
-        "--skip=download/empty", "--skip=essential/unlink",
+        "--skip=download/empty",
+        "--skip=essential/unlink",
         f"--setup-hook={SETUP_CACHE_HOOK}",
         f"--setup-hook={SETUP_BASE_HOOK}",
         f"--customize-hook={CUSTOMIZE_CACHE_HOOK}",
-        recipe.suite, os.fspath(target),
+        recipe.suite,
+        os.fspath(target),
     ]
     if recipe.mirror:
         argv.append(recipe.mirror)
@@ -61,8 +64,11 @@ def mmdebstrap_argv(recipe: PackageRecipe, target: Path) -> list[str]:
 
 def mmdebstrap_env(deb_cache: Path, base_tar: Path) -> dict[str, str]:
     """Environment for the run: hook inputs, and no initramfs from the kernel's postinst."""
-    return {"NETROOT_DEB_CACHE": os.fspath(deb_cache), "NETROOT_BASE_TAR": os.fspath(base_tar),
-            "INITRD": "No"}
+    return {
+        "NETROOT_DEB_CACHE": os.fspath(deb_cache),
+        "NETROOT_BASE_TAR": os.fspath(base_tar),
+        "INITRD": "No",
+    }
 
 
 def deb_cache_dir(cache_dir: Path, recipe: PackageRecipe) -> Path:
@@ -86,8 +92,12 @@ def explain_failure(log_tail: str, recipe: PackageRecipe, source: str) -> Netroo
     for line in log_tail.splitlines():
         if m := _UNKNOWN_PACKAGE.search(line):
             name = next(g for g in m.groups() if g)
-            return RecipeError(source, "packages", f"unknown package {name!r} in "
-                               f"{recipe.distro} {recipe.suite} ({','.join(recipe.components)})")
+            return RecipeError(
+                source,
+                "packages",
+                f"unknown package {name!r} in "
+                f"{recipe.distro} {recipe.suite} ({','.join(recipe.components)})",
+            )
     for line in log_tail.splitlines():
         if _UNREACHABLE.search(line):
             mirror = recipe.mirror or "mmdebstrap's default mirror"
@@ -95,10 +105,18 @@ def explain_failure(log_tail: str, recipe: PackageRecipe, source: str) -> Netroo
     return None
 
 
-_STAGES = ("downloading packages", "extracting archives", "installing essential packages",
-           "installing remaining packages", "cleaning package lists", "success in")
-_INDEX_FILES = re.compile(r" (InRelease|Release|Release\.gpg|Packages|Translation-\S+|Sources)"
-                          r"( \[|$)")
+_STAGES = (
+    "downloading packages",
+    "extracting archives",
+    "installing essential packages",
+    "installing remaining packages",
+    "cleaning package lists",
+    "success in",
+)
+_INDEX_FILES = re.compile(
+    r" (InRelease|Release|Release\.gpg|Packages|Translation-\S+|Sources)"
+    r"( \[|$)"
+)
 
 
 class _Reporter:
@@ -118,8 +136,10 @@ class _Reporter:
             if self.set_up % 25 == 0:
                 self.say(f"{self.set_up} packages set up")
         elif line.startswith("I: ") and line[3:].startswith(_STAGES):
-            self.say(f"{line[3:].rstrip('.')} ({self.fetched} downloaded, "
-                     f"{self.unpacked} unpacked, {self.set_up} set up)")
+            self.say(
+                f"{line[3:].rstrip('.')} ({self.fetched} downloaded, "
+                f"{self.unpacked} unpacked, {self.set_up} set up)"
+            )
 
 
 def installed_count(root: Path) -> int:
@@ -140,25 +160,26 @@ class MmdebstrapBuilder:
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
         """Digest of the merged recipe, the files it copies in, base/ and this backend."""
-        recipe = _own(recipe)
-        base = basetree.digest(basetree.scan(self.base_dir))
-        content = pkgstage.recipe_digest(recipe, str(recipe_path))
-        payload = [self.name, BACKEND_VERSION, content, base]
-        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+        return pkgstage.input_key(
+            self.name, BACKEND_VERSION, _own(recipe), recipe_path, self.base_dir
+        )
 
     def build(self, request: BuildRequest, progress: Progress) -> None:
         """Package stage (cached), then the recipe's customisation, into request.rootfs."""
         recipe = _own(request.recipe)
         source = str(request.recipe_path)
         base_digest, base_tar = basetree.materialise(request.base_dir, request.cache_dir)
-        key = pkgstage.stage_key(recipe, backend=self.name, backend_version=BACKEND_VERSION,
-                                 base_digest=base_digest)
+        key = pkgstage.stage_key(
+            recipe, backend=self.name, backend_version=BACKEND_VERSION, base_digest=base_digest
+        )
         cache = pkgstage.StageCache(request.cache_dir)
         stage = None if request.rebuild else cache.lookup(key)
         if stage is not None:
             info = stage.info()
-            message = (f"reusing package stage {key[:12]} ({info.get('packages')} packages, "
-                       f"kernel {info.get('kernel')}): no package downloaded or installed")
+            message = (
+                f"reusing package stage {key[:12]} ({info.get('packages')} packages, "
+                f"kernel {info.get('kernel')}): no package downloaded or installed"
+            )
             progress(message)
             _note(request.log_file, message)
             cache.copy_out(stage, request.rootfs, request.log_file)
@@ -168,21 +189,38 @@ class MmdebstrapBuilder:
             (request.rootfs / "etc/hostname").unlink(missing_ok=True)  # the build host's name
             count = installed_count(request.rootfs)
             progress(f"caching the package stage {key[:12]} ({count} packages)")
-            cache.store(key, request.rootfs, {"packages": count, "kernel": " ".join(kvers),
-                                              "distro": recipe.distro, "suite": recipe.suite,
-                                              "arch": recipe.arch},
-                        request.log_file, request.build_id)
-        customize.customize(request.rootfs, recipe, log_file=request.log_file, source=source,
-                            say=progress, env={"NETROOT_LABEL": request.label,
-                                               "NETROOT_BUILD_ID": request.build_id})
+            cache.store(
+                key,
+                request.rootfs,
+                {
+                    "packages": count,
+                    "kernel": " ".join(kvers),
+                    "distro": recipe.distro,
+                    "suite": recipe.suite,
+                    "arch": recipe.arch,
+                },
+                request.log_file,
+                request.build_id,
+            )
+        customize.customize(
+            request.rootfs,
+            recipe,
+            log_file=request.log_file,
+            source=source,
+            say=progress,
+            env={"NETROOT_LABEL": request.label, "NETROOT_BUILD_ID": request.build_id},
+        )
 
-    def _install(self, request: BuildRequest, recipe: MmdebstrapRecipe, base_tar: Path,
-                 progress: Progress) -> None:
+    def _install(
+        self, request: BuildRequest, recipe: MmdebstrapRecipe, base_tar: Path, progress: Progress
+    ) -> None:
         debs = deb_cache_dir(request.cache_dir, recipe)
         debs.mkdir(parents=True, exist_ok=True)
         suite = f"{recipe.distro} {recipe.suite} {recipe.arch}"
-        progress(f"installing {len(recipe.package_set)} requested packages and their "
-                 f"dependencies ({suite}, mmdebstrap)")
+        progress(
+            f"installing {len(recipe.package_set)} requested packages and their "
+            f"dependencies ({suite}, mmdebstrap)"
+        )
         with pkgstage.locked(debs.with_name(debs.name + ".lock")):
             before = {p.name for p in debs.glob("*.deb")}
             argv = chroot.unshare_argv(mmdebstrap_argv(recipe, request.rootfs))
@@ -190,15 +228,18 @@ class MmdebstrapBuilder:
                 with following(request.log_file, _Reporter(progress)):
                     proc.run(argv, env=mmdebstrap_env(debs, base_tar), log_file=request.log_file)
             except ProcessError:
-                explained = explain_failure(proc.file_tail(request.log_file, 200), recipe,
-                                            str(request.recipe_path))
+                explained = explain_failure(
+                    proc.file_tail(request.log_file, 200), recipe, str(request.recipe_path)
+                )
                 if explained is not None:
                     raise explained from None
                 raise
             fetched = len({p.name for p in debs.glob("*.deb")} - before)
         count = installed_count(request.rootfs)
-        progress(f"{count} packages installed: {fetched} downloaded, "
-                 f"{max(count - fetched, 0)} from the package cache")
+        progress(
+            f"{count} packages installed: {fetched} downloaded, "
+            f"{max(count - fetched, 0)} from the package cache"
+        )
 
 
 def _own(recipe: Recipe) -> MmdebstrapRecipe:
@@ -210,4 +251,3 @@ def _own(recipe: Recipe) -> MmdebstrapRecipe:
 def _note(log_file: Path, message: str) -> None:
     with log_file.open("a") as f:
         f.write(f"netroot: {message}\n")
-

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from controller import fsops, proc
+from controller.builders import basetree
 from controller.errors import RecipeError
 from controller.recipes import PackageRecipe
 
@@ -38,10 +39,15 @@ def stage_key(
 ) -> str:
     """Digest of every input that decides the package-stage tree."""
     fields = {
-        "backend": backend, "backend_version": backend_version,
-        "distro": recipe.distro, "release": recipe.suite, "arch": recipe.arch,
-        "mirror": recipe.mirror, "components": list(recipe.components),
-        "packages": list(recipe.package_set), "base": base_digest,
+        "backend": backend,
+        "backend_version": backend_version,
+        "distro": recipe.distro,
+        "release": recipe.suite,
+        "arch": recipe.arch,
+        "mirror": recipe.mirror,
+        "components": list(recipe.components),
+        "packages": list(recipe.package_set),
+        "base": base_digest,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -96,8 +102,9 @@ class StageCache:
         with locked(self.top / ".lock", shared=True):  # no store replaces it meanwhile
             clone_into(stage.rootfs, rootfs, log_file)
 
-    def store(self, key: str, rootfs: Path, info: dict[str, object], log_file: Path,
-              token: str) -> Stage:
+    def store(
+        self, key: str, rootfs: Path, info: dict[str, object], log_file: Path, token: str
+    ) -> Stage:
         """Copy a freshly installed tree into the cache, completing it atomically."""
         stage = Stage(self.top / key[:32], key)
         with locked(self.top / ".lock"):
@@ -155,3 +162,14 @@ def recipe_digest(recipe: PackageRecipe, source: str) -> str:
         files.append(path_digest(copy.src))
     payload = json.dumps([recipe.model_dump(mode="json"), files], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def input_key(
+    backend: str, backend_version: str, recipe: PackageRecipe, recipe_path: Path, base_dir: Path
+) -> str:
+    """A package backend's input key: the merged recipe, the files it copies in, base/
+    and the backend itself."""
+    base = basetree.digest(basetree.scan(base_dir))
+    content = recipe_digest(recipe, str(recipe_path))
+    payload = [backend, backend_version, content, base]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
