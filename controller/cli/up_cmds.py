@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,8 @@ from controller import proc
 from controller.config import Config, check_label, load_config
 from controller.errors import NetrootError
 
+# the daemon's "ready" log line, console or JSON rendering
+READY = re.compile(r'\]\s+ready\s|"event": "ready"')
 BROKER_CONF = """\
 # written by `netroot up`: a loopback broker for this run only
 listener {port} 127.0.0.1
@@ -58,6 +62,17 @@ def _wait_listening(host: str, port: int, within_s: float) -> None:
         time.sleep(0.1)
 
 
+def _wait_ready(serve: subprocess.Popen[bytes], log_file: Path, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if serve.poll() is not None:
+            raise NetrootError(f"the controller stopped: {proc.file_tail(log_file, 3)}")
+        if log_file.exists() and READY.search(log_file.read_text(errors="replace")):
+            return
+        time.sleep(0.2)
+    raise NetrootError(f"the controller was not ready within {within_s:.0f} s (log: {log_file})")
+
+
 def _say(message: str) -> None:
     print(f"netroot up: {message}", file=sys.stderr, flush=True)
 
@@ -93,10 +108,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if config.mqtt.enabled:
             _start_broker(stack, config, run_dir)
-        stack.enter_context(
-            proc.background(_netroot(args, "serve"), log_file=run_dir / "serve.log")
-        )
-        _say(f"controller started (log: {run_dir / 'serve.log'})")
+        serve_log = run_dir / "serve.log"
+        serve_log.unlink(missing_ok=True)
+        serve = stack.enter_context(proc.background(_netroot(args, "serve"), log_file=serve_log))
+        # Build only once the controller is ready, so it sees and announces the activation.
+        _wait_ready(serve, serve_log, within_s=120)
+        _say(f"controller ready (log: {serve_log})")
         if config.mqtt.enabled:
             stack.enter_context(proc.background(_netroot(args, "events")))  # printed live
         build = proc.run_interactive(_netroot(args, "build", args.label, "--activate"))
