@@ -19,19 +19,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller import fsops, nfs, proc, store
-from controller.activation import BootRenderer
-from controller.config import Config
+from controller.activation import (
+    BootRenderer,
+    Prepared,
+    Step,
+    check_link_slot,
+    publish_boot_files,
+)
+from controller.config import TFTP_VERSIONS_DIR, Config, load_config
 from controller.errors import StoreError
 from controller.layout import TMP_MARK, LabelPaths, label_paths
 from controller.log import get_logger
-from controller.render import BootTarget, boot_target, render_all, render_pxelinux
-from controller.render.cmdline import (
-    INITRD_NAME,
-    KERNEL_NAME,
-    TFTP_DIR,
-    TFTP_VERSIONS_DIR,
-    version_boot_dir,
+from controller.render import (
+    BootTarget,
+    ExportSpec,
+    boot_target,
+    export_specs,
+    render_all,
+    render_exports,
+    render_ganesha,
+    render_pxelinux,
 )
+from controller.render.cmdline import INITRD_NAME, KERNEL_NAME, TFTP_DIR, version_boot_dir
 from controller.render.grub import GRUB_DIR
 from controller.render.ipxe import IPXE_DIR
 from controller.render.pxelinux import PXELINUX_DIR
@@ -54,7 +63,7 @@ class BootPlan:
     """Everything one TFTP root should hold, computed before anything is written."""
 
     files: dict[str, str]  # path relative to the TFTP root -> text
-    links: dict[str, Path]  # netroot/_versions/<label>/<version> -> the version's boot/
+    links: dict[str, Path]  # netroot/_versions/<label>/<version>/ holds the files of boot/
     default: str
     skipped: tuple[str, ...] = ()  # why an override or label was left out
 
@@ -106,7 +115,7 @@ def check_boot_files(paths: LabelPaths, version: str) -> Path:
 
 
 def version_links(config: Config, labels: Iterable[str]) -> dict[str, Path]:
-    """A link per version still in the store, so a node keeps the files of the menu it read."""
+    """Boot files per version still in the store, so a node keeps the files of the menu it read."""
     links: dict[str, Path] = {}
     for label in labels:
         paths = label_paths(config, label)
@@ -135,7 +144,12 @@ def plan_boot(
 
 
 def plan_tftp_root(
-    config: Config, tftp_root: Path, *, require: bool = True, default: str | None = None
+    config: Config,
+    tftp_root: Path,
+    *,
+    require: bool = True,
+    default: str | None = None,
+    pending: Mapping[str, str] | None = None,
 ) -> BootPlan:
     """The plan for a TFTP root from the store: each served label's active version.
 
@@ -144,13 +158,15 @@ def plan_tftp_root(
     when nothing is served. require=False (activation) leaves such a label
     out, so one broken label never blocks another's activation, and with
     nothing to serve the plan is empty: writing it removes the menus.
+    pending names versions about to become active (an activation plans
+    before its commit).
     """
     targets: list[BootTarget] = []
     skipped: list[str] = []
     labels = served_labels(config, tftp_root)
     for label in labels:
         paths = label_paths(config, label)
-        active = store.active_version(paths)
+        active = (pending or {}).get(label) or store.active_version(paths)
         if active is None:
             continue
         try:
@@ -173,9 +189,7 @@ def plan_tftp_root(
     if not served and not require:
         return BootPlan({}, version_links(config, labels), "", tuple(skipped))
     if default is not None and default not in served:
-        raise StoreError(
-            f"label {default!r} has no version to serve: build and activate one first"
-        )
+        raise StoreError(f"label {default!r} has no version to serve: build and activate one first")
     default = choose_default(served, default or read_default_choice(tftp_root))
     return plan_boot(
         targets, version_links(config, labels), default=default, macs=macs, skipped=skipped
@@ -211,21 +225,6 @@ def _sweep(directory: Path, keep: set[str], owned: re.Pattern[str] | None) -> li
     return removed
 
 
-def _point(link: Path, target: Path) -> bool:
-    try:
-        if os.readlink(link) == os.fspath(target):
-            return False
-    except FileNotFoundError:
-        # A new name: symlink(2) itself makes it appear whole.
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(target, link)
-        return True
-    except OSError:
-        pass
-    fsops.swap_symlink(link, target, durable=False)
-    return True
-
-
 def _prune_links(root: Path, links: Mapping[str, Path]) -> list[str]:
     removed: list[str] = []
     versions_dir = root / TFTP_VERSIONS_DIR
@@ -238,22 +237,28 @@ def _prune_links(root: Path, links: Mapping[str, Path]) -> list[str]:
         for name in sorted(os.listdir(label_dir)):
             rel = f"{TFTP_VERSIONS_DIR}/{label}/{name}"
             if rel not in links:
-                (label_dir / name).unlink(missing_ok=True)
+                fsops.remove_tree(label_dir / name)
                 removed.append(rel)
         with contextlib.suppress(OSError):
             label_dir.rmdir()  # only when empty
     return removed
 
 
-def write_plan(tftp_root: Path, plan: BootPlan) -> Written:
-    """Links first, menus last (the switch point); stale overrides and links removed."""
+def stage_plan(tftp_root: Path, plan: BootPlan, prepared: Prepared) -> Written:
+    """Stage the plan into prepared: links first, menus last (the switch point).
+
+    Caller holds the TFTP root's lock until prepared is published or
+    discarded. Written fills in as prepared publishes.
+    """
     done = Written()
-    for rel, target in sorted(plan.links.items()):
-        if _point(tftp_root / rel, target):
-            done.written.append(rel)
     for directory in _OWNED:
-        # Leftover temporaries go first; stale per-MAC files once the rest is written.
+        # Leftover temporaries of an interrupted render go before anything is staged.
         done.removed += _sweep(tftp_root / directory, set(), None)
+    for rel, boot in sorted(plan.links.items()):
+        # New names for committed versions, whole by rename: nothing names them
+        # before the menus do.
+        if publish_boot_files(boot, tftp_root / rel):
+            done.written.append(rel)
     for rel, text in sorted(plan.files.items()):
         path = tftp_root / rel
         data = text.encode()
@@ -263,12 +268,30 @@ def write_plan(tftp_root: Path, plan: BootPlan) -> Written:
         except OSError:
             pass
         # Not fsynced: recovery renders every menu again after a crash.
-        fsops.write_atomic(path, data, durable=False)
+        prepared.menus.append(Step(fsops.stage_file(path, data, durable=False), path))
         done.written.append(rel)
-    for directory, owned in _OWNED.items():
-        keep = {Path(rel).name for rel in plan.files if Path(rel).parent.as_posix() == directory}
-        done.removed += _sweep(tftp_root / directory, keep, owned)
-    done.removed += _prune_links(tftp_root, plan.links)
+
+    def sweep() -> None:
+        for directory, owned in _OWNED.items():
+            keep = {Path(r).name for r in plan.files if Path(r).parent.as_posix() == directory}
+            done.removed += _sweep(tftp_root / directory, keep, owned)
+        done.removed += _prune_links(tftp_root, plan.links)
+        for reason in plan.skipped:
+            log.warning("boot override skipped", tftp_root=str(tftp_root), reason=reason)
+
+    prepared.sweep.append(sweep)
+    return done
+
+
+def write_plan(tftp_root: Path, plan: BootPlan) -> Written:
+    """Links first, menus last (the switch point); stale overrides and links removed."""
+    prepared = Prepared()
+    try:
+        done = stage_plan(tftp_root, plan, prepared)
+    except BaseException:
+        prepared.discard()
+        raise
+    prepared.publish()
     return done
 
 
@@ -279,8 +302,6 @@ def render_tftp_root(
     with tftp_lock(tftp_root):
         plan = plan_tftp_root(config, tftp_root, require=require)
         written = write_plan(tftp_root, plan)
-    for reason in plan.skipped:
-        log.warning("boot override skipped", tftp_root=str(tftp_root), reason=reason)
     return plan, written
 
 
@@ -379,18 +400,79 @@ def install_loaders(
     return report
 
 
+# The longest version id there is (ids have one fixed width): what validate renders.
+SAMPLE_VERSION = "20991231T235959.999Z-ffffffff"
+
+
+def check_servable(config: Config) -> None:
+    """Render what an activation of each label would, so what validate accepts activates.
+
+    Boot targets (host names, kernel arguments, the command line's length),
+    the exports of both NFS servers and the paths the links go to; raises
+    the ConfigError or StoreError an activation would, naming file and field.
+    """
+    labels = sorted(config.labels)
+    specs = []
+    for label in labels:
+        boot_target(config, label, SAMPLE_VERSION)
+        paths = label_paths(config, label)
+        field = f"labels.{label}.export_path" if config.label(label).export_path else "export_root"
+        check_link_slot(paths.export_link, field)
+        field = f"labels.{label}.tftp_root" if config.label(label).tftp_root else "tftp_root"
+        check_link_slot(paths.tftp_link, field)
+        rootfs = Path(os.path.realpath(paths.images)) / SAMPLE_VERSION / "rootfs"
+        specs.append(ExportSpec(label=label, path=str(rootfs), version=SAMPLE_VERSION))
+    nfs_config = config.nfs
+    render_exports(
+        export_specs(config, labels), clients=nfs_config.clients, insecure=nfs_config.insecure
+    )
+    render_ganesha(
+        specs,
+        clients=nfs_config.clients,
+        insecure=nfs_config.insecure,
+        bind_addr=nfs.SYSTEM_BIND,
+        port=nfs_config.port,
+        recovery_root=nfs.SYSTEM_RECOVERY,
+    )
+
+
+def load_servable(path: Path | None) -> Config:
+    """load_config, then check_servable: the config the daemon may switch to."""
+    config = load_config(path)
+    check_servable(config)
+    return config
+
+
+def prepare(config: Config, paths: LabelPaths, version: str | None) -> Prepared:
+    """Stage NFS exports and the label's TFTP root as they are with version active.
+
+    Nothing is switched until the result is published: a bad config or a
+    full disk fails here, before an activation commits.
+    """
+    prepared = Prepared()
+    pending = {paths.label: version} if version else {}
+    try:
+        # A node may read the new menu as soon as it is renamed into place:
+        # its export is published (and reloaded) first.
+        nfs.prepare(config, prepared, pending)
+        prepared.held.enter_context(tftp_lock(paths.tftp_root))
+        plan = plan_tftp_root(config, paths.tftp_root, require=False, pending=pending)
+        stage_plan(paths.tftp_root, plan, prepared)
+    except BaseException:
+        prepared.discard()
+        raise
+    return prepared
+
+
 def refresh(config: Config, paths: LabelPaths) -> None:
-    """Re-apply NFS exports, then the label's TFTP root (after an activation or a gc)."""
-    # A node may read the new menu as soon as it is written: its export must
-    # already be there.
-    nfs.apply(config)
-    render_tftp_root(config, paths.tftp_root, require=False)
+    """Re-apply NFS exports, then the label's TFTP root (after a gc)."""
+    prepare(config, paths, None).publish()
 
 
 def renderer(config: Config) -> BootRenderer:
-    """The activation callback (activation.BootRenderer): refresh with this config."""
+    """The activation callback (activation.BootRenderer) with this config."""
 
-    def render(paths: LabelPaths, version: str) -> None:
-        refresh(config, paths)
+    def render(paths: LabelPaths, version: str) -> Prepared:
+        return prepare(config, paths, version)
 
     return render

@@ -5,8 +5,12 @@ boots over user-mode networking with `restrict=on`, its built-in TFTP
 serving a private TFTP root rendered for the guest's view of the world (NFS
 and MQTT at GUEST_SERVER, forwarded to loopback). Milestones are reported
 as the serial console shows them, the agent's report as the broker
-receives it. Everything started is stopped on exit, Ctrl-C, SIGTERM or
-timeout (each server is a task whose cancellation kills and reaps it).
+receives it. A VM that shows no new milestone for a while (bootvm_milestones
+sets the bound, wider under TCG) or a fatal console line is stopped and the
+console tail reported; a KVM guest chosen by `--accel auto` that shows none
+at all is booted again under TCG. Everything started is stopped on exit,
+Ctrl-C, SIGTERM, SIGHUP or timeout (each server is a task whose cancellation
+kills and reaps it).
 """
 
 from __future__ import annotations
@@ -14,18 +18,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Final, TypeVar
 
-from controller import bootfiles, bootvm_console, events, proc, store
-from controller.bootvm_milestones import Hit, Watcher
+from controller import bootfiles, bootvm_accel, bootvm_console, events, nfs, proc, store
+from controller.bootvm_milestones import (
+    KVM_FIRST_MILESTONE_SECONDS,
+    STALL_SECONDS,
+    Hit,
+    Watcher,
+    console_tail,
+    progress_verdict,
+)
 from controller.bootvm_servers import Background, lab_ganesha, new_run_dir
 from controller.config import Config
 from controller.errors import NetrootError
@@ -36,10 +48,11 @@ from controller.qemu import (
     GUEST_SERVER,
     OVMF_CODE,
     OVMF_VARS,
+    Accel,
+    AccelRequest,
     DirectKernel,
     Forward,
     VmSpec,
-    choose_accel,
     mosquitto_sub_argv,
     qemu_argv,
 )
@@ -48,6 +61,10 @@ from controller.render.cmdline import INITRD_NAME, KERNEL_NAME
 
 CONSOLE_ARG = "console=ttyS0,115200"
 GRUB_BOOTFILE = bootfiles.GRUB_IMAGE
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
+FATAL_GRACE_SECONDS = 2.0  # after a fatal console line: the lines that explain it
+TAIL_LINES = 20
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -63,8 +80,10 @@ class BootOptions:
     ssh_port: int | None = 2222
     mac: str | None = None
     memory_mb: int = 1024
-    accel: Literal["auto", "tcg", "kvm"] = "auto"
+    accel: AccelRequest = "auto"
     stop_after_report: bool = False
+    stall: float | None = None  # seconds without a new milestone (None: by accel; 0: no bound)
+    ssh_key: str | None = None  # an ssh public key line root accepts on this VM only
 
 
 @dataclass
@@ -78,6 +97,8 @@ class BootOutcome:
     report: events.NodeReport | None = None
     ended: str = ""  # why the VM was stopped
     serial_log: Path | None = None
+    accel: Accel | None = None  # what the last VM ran under
+    console_tail: list[str] = field(default_factory=list)
 
     @property
     def booted(self) -> bool:
@@ -86,6 +107,14 @@ class BootOutcome:
 
 
 Emit = Callable[[Hit], None]
+Say = Callable[[str], None]
+
+
+class _Stopped(Exception):
+    """A stop signal arrived before the VM ran."""
+
+
+FALL_BACK: Final = "fall back to TCG"
 
 
 def random_mac() -> str:
@@ -93,7 +122,23 @@ def random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
-def vm_target(config: Config, label: str, version: str) -> BootTarget:
+_SSH_KEY_TYPE = re.compile(r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-[a-z0-9@.-]+)")
+_SSH_KEY_BLOB = re.compile(r"[A-Za-z0-9+/]+=*")
+
+
+def ssh_key_word(public_key: str, source: str) -> str:
+    """`netroot.ssh_key=TYPE:BASE64` for an OpenSSH public key line: the node agent's
+    netroot-node-keys adds it to root's authorized_keys (kernel command line words
+    cannot hold the spaces of the usual form)."""
+    fields = public_key.split()
+    if len(fields) < 2 or not _SSH_KEY_TYPE.fullmatch(fields[0]):
+        raise NetrootError(f"{source}: not an ssh public key (TYPE BASE64 [COMMENT])")
+    if not _SSH_KEY_BLOB.fullmatch(fields[1]):
+        raise NetrootError(f"{source}: the key is not base64")
+    return f"netroot.ssh_key={fields[0]}:{fields[1]}"
+
+
+def vm_target(config: Config, label: str, version: str, ssh_key: str | None = None) -> BootTarget:
     """The boot target as the guest sees it: everything at GUEST_SERVER, a serial console."""
     target = boot_target(
         config,
@@ -108,6 +153,8 @@ def vm_target(config: Config, label: str, version: str) -> BootTarget:
     # Milestones are read from the serial console (debug mode already adds it).
     if not target.debug and not any(word.startswith("console=ttyS0") for word in extra):
         extra = (*extra, CONSOLE_ARG)
+    if ssh_key is not None:  # this VM's own menu: never the version's files
+        extra = (*extra, ssh_key_word(ssh_key, "--ssh-key"))
     return target.model_copy(update={"extra_cmdline": extra})
 
 
@@ -126,8 +173,14 @@ def prepare_tftp(config: Config, target: BootTarget, tftp_root: Path, *, uefi: b
 
 
 def _vm_spec(
-    config: Config, options: BootOptions, target: BootTarget, run_dir: Path, *, mac: str,
-    nfs_port: int
+    config: Config,
+    options: BootOptions,
+    target: BootTarget,
+    run_dir: Path,
+    *,
+    mac: str,
+    nfs_port: int,
+    accel: Accel,
 ) -> VmSpec:
     forwards = [Forward(GUEST_NFS_PORT, "127.0.0.1", nfs_port)]
     if config.mqtt.enabled:
@@ -152,7 +205,7 @@ def _vm_spec(
         direct=direct,
         ssh_port=options.ssh_port,
         memory_mb=options.memory_mb,
-        accel=choose_accel(options.accel),
+        accel=accel,
         uefi_vars=uefi_vars,
         uefi_code=OVMF_CODE,
         extra=config.label(options.label).extra_qemu,
@@ -170,7 +223,13 @@ def _keep_log(config: Config, run_dir: Path) -> Path | None:
     return dest
 
 
-async def run_boot(config: Config, options: BootOptions, emit: Emit) -> BootOutcome:
+def _quiet(_message: str) -> None:
+    return None
+
+
+async def run_boot(
+    config: Config, options: BootOptions, emit: Emit, say: Say = _quiet
+) -> BootOutcome:
     """Boot the label's active version; returns when the VM stops or is stopped."""
     config.label(options.label)
     paths = label_paths(config, options.label)
@@ -182,15 +241,17 @@ async def run_boot(config: Config, options: BootOptions, emit: Emit) -> BootOutc
     bootfiles.check_boot_files(paths, version)
     if options.uefi and not OVMF_CODE.is_file():
         raise NetrootError(f"UEFI boot needs {OVMF_CODE} (Debian package ovmf)")
-    target = vm_target(config, options.label, version)
+    target = vm_target(config, options.label, version, options.ssh_key)
     outcome = BootOutcome(options.label, version, options.mac or random_mac())
     run_dir = new_run_dir(config, options.label)
     try:
         if not options.direct:
             prepare_tftp(config, target, run_dir / "tftp", uefi=options.uefi)
-        session = _Session(config, options, target, run_dir, outcome, emit)
+        session = _Session(config, options, target, run_dir, outcome, emit, say)
         await session.supervise()
     finally:
+        text = proc.file_tail(run_dir / "serial.log", 10 * TAIL_LINES)
+        outcome.console_tail = console_tail(text, TAIL_LINES)
         outcome.serial_log = _keep_log(config, run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
     return outcome
@@ -198,7 +259,7 @@ async def run_boot(config: Config, options: BootOptions, emit: Emit) -> BootOutc
 
 @dataclass
 class _Session:
-    """One VM and the servers and watchers around it."""
+    """One VM (two, after a fall-back to TCG) and the servers and watchers around it."""
 
     config: Config
     options: BootOptions
@@ -206,9 +267,13 @@ class _Session:
     run_dir: Path
     outcome: BootOutcome
     emit: Emit
+    say: Say
     watcher: Watcher = field(default_factory=Watcher)
     started: float = 0.0
+    first_started: float = 0.0  # the first VM's start: --timeout counts from it
     reported: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    fell_back: str = ""  # why the KVM guest was given up, when it ended by itself
 
     def record(self, hit: Hit) -> None:
         """Keep and show a milestone."""
@@ -216,35 +281,127 @@ class _Session:
         self.emit(hit)
 
     async def supervise(self) -> None:
-        """Ganesha, then qemu and the watchers, until the first reason to stop."""
-        stop = asyncio.Event()
+        """Accelerator, Ganesha, then qemu and the watchers, until the first reason to stop."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)  # signals only set an event
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.stop.set)  # signals only set an event
         tasks: list[asyncio.Task[None]] = []
         try:
-            async with lab_ganesha(self.config, self.options.label, self.run_dir) as lab:
-                spec = _vm_spec(self.config, self.options, self.target, self.run_dir,
-                                mac=self.outcome.mac, nfs_port=lab.port)  # fmt: skip
-                self.started = time.monotonic()
-                async with Background("qemu", qemu_argv(spec)) as vm:
-                    tasks.append(asyncio.create_task(self.tail_serial(spec.serial_log),
-                                                     name="serial"))  # fmt: skip
-                    if self.config.mqtt.enabled:
-                        tasks.append(asyncio.create_task(self.watch_reports(), name="mqtt"))
-                    if self.options.console:
-                        attach = bootvm_console.attach(spec.console_socket, stop)
-                        tasks.append(asyncio.create_task(attach, name="console"))
-                    self.outcome.ended = await _until_done(vm, stop, self.reported, self.options)
-                    await asyncio.sleep(0.3)  # the console's last lines
+            paths = label_paths(self.config, self.options.label)
+            kernel = paths.boot(self.target.version) / KERNEL_NAME
+            accel = await self._unless_stopped(bootvm_accel.choose_accel(
+                self.config, self.options.accel, kernel, self.run_dir, self.say))  # fmt: skip
+            async with contextlib.AsyncExitStack() as stack:
+                lab = await self._unless_stopped(stack.enter_async_context(
+                    lab_ganesha(self.config, self.options.label, self.run_dir)))  # fmt: skip
+                if self.config.mqtt.enabled:
+                    tasks.append(asyncio.create_task(self.watch_reports(), name="mqtt"))
+                ended = await self.run_vm(lab, accel)
+                if ended == FALL_BACK:
+                    why = self.fell_back or (f"the KVM guest showed no boot milestone within"
+                                             f" {KVM_FIRST_MILESTONE_SECONDS:.0f} s")  # fmt: skip
+                    self.say(f"{why}: stopped it, booting again under TCG")
+                    bootvm_accel.remember_kvm_hangs(self.config, why)
+                    ended = await self.run_vm(lab, "tcg")
+                self.outcome.ended = ended
+        except _Stopped:
+            self.outcome.ended = "stopped (signal)"
         finally:
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
+
+    async def _unless_stopped(self, work: Awaitable[_T]) -> _T:
+        """work's result, or _Stopped (work cancelled, so what it started is stopped)."""
+        job = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({job, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not job.done():
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        if job.cancelled():
+            raise _Stopped
+        return job.result()
+
+    async def run_vm(self, lab: nfs.LabGanesha, accel: Accel) -> str:
+        """One qemu until it ends or is stopped: why it ended, or FALL_BACK."""
+        if self.stop.is_set():
+            raise _Stopped
+        spec = _vm_spec(self.config, self.options, self.target, self.run_dir,
+                        mac=self.outcome.mac, nfs_port=lab.port, accel=accel)  # fmt: skip
+        spec.serial_log.unlink(missing_ok=True)
+        self.watcher = Watcher()
+        self.outcome.accel = accel
+        self.started = time.monotonic()
+        self.first_started = self.first_started or self.started
+        tasks: list[asyncio.Task[None]] = []
+        async with Background("qemu", qemu_argv(spec)) as vm:
+            try:
+                tasks.append(asyncio.create_task(self.tail_serial(spec.serial_log),
+                                                 name="serial"))  # fmt: skip
+                if self.options.console:
+                    attach = bootvm_console.attach(spec.console_socket, self.stop)
+                    tasks.append(asyncio.create_task(attach, name="console"))
+                ended = await self.until_done(vm, accel)
+                if ended != FALL_BACK:
+                    await asyncio.sleep(0.3)  # the console's last lines
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        return ended
+
+    def stall_bound(self, accel: Accel) -> float | None:
+        """Seconds without a new milestone before the VM is given up."""
+        if self.options.stall is None:
+            return STALL_SECONDS[accel]
+        return self.options.stall or None
+
+    async def until_done(self, vm: Background, accel: Accel) -> str:  # noqa: PLR0911
+        """Why this VM ended: a signal, its exit, the report, a failure, no progress, timeout."""
+        if vm.task is None:
+            return "the VM did not start"
+        stall = self.stall_bound(accel)
+        timeout = self.options.timeout
+        while True:
+            if self.stop.is_set():
+                return "stopped (signal)"
+            now = time.monotonic() - self.started
+            verdict = progress_verdict(
+                accel=accel,
+                auto=self.options.accel == "auto",
+                booted=self.watcher.booted or self.reported.is_set(),
+                last_milestone_at=self.watcher.last_at(),
+                now=now,
+                stall_s=stall,
+                exited=vm.exited,
+            )
+            if verdict == "fall-back":
+                self.fell_back = f"the KVM guest stopped ({vm.outcome()})" if vm.exited else ""
+                return FALL_BACK
+            if vm.exited:
+                return f"the VM stopped ({vm.outcome()})"
+            if self.options.stop_after_report and self.reported.is_set():
+                return "the agent reported"
+            fatal = self.watcher.fatal()
+            if fatal is not None and now - fatal.at >= FATAL_GRACE_SECONDS:
+                return f"the guest failed: {fatal.text}"
+            if verdict == "stalled":
+                return (f"no progress: no new boot milestone within {stall:.0f} s under"
+                        f" {accel.upper()} (last: {self.watcher.last()})")  # fmt: skip
+            if timeout is not None and time.monotonic() - self.first_started >= timeout:
+                return f"timeout after {timeout:.0f} s"
+            await asyncio.sleep(0.25)
 
     async def tail_serial(self, path: Path) -> None:
         """Milestones from the console log as it grows (shown too, unless headless or attached)."""
@@ -297,34 +454,6 @@ class _Session:
         if hit is not None:
             self.record(hit)
         self.reported.set()
-
-
-async def _until_done(
-    vm: Background, stop: asyncio.Event, reported: asyncio.Event, options: BootOptions
-) -> str:
-    if vm.task is None:
-        return "the VM did not start"
-    waiters: dict[asyncio.Future[Any], str] = {
-        asyncio.ensure_future(stop.wait()): "stopped (signal)",
-        vm.task: "the VM stopped",
-    }
-    if options.stop_after_report:
-        waiters[asyncio.ensure_future(reported.wait())] = "the agent reported"
-    try:
-        done, _pending = await asyncio.wait(
-            waiters, timeout=options.timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for fut in waiters:
-            if fut is not vm.task and not fut.done():
-                fut.cancel()
-    if not done:
-        return f"timeout after {options.timeout:.0f} s"
-    first = next(fut for fut in waiters if fut in done)
-    reason = waiters[first]
-    if first is vm.task:
-        reason += f" ({vm.outcome()})"
-    return reason
 
 
 def serial_log_hint(outcome: BootOutcome) -> str:

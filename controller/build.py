@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from controller import failpoints, fsops, store, treeindex
+from controller import failpoints, fsops, initramfs, liveedits, secretscan, store, treeindex
 from controller.builders import Builder, BuildRequest, builder_for
 from controller.config import Config
 from controller.errors import BuildError, NetrootError, VerifyError
@@ -55,6 +57,8 @@ class BuildContext:
     builder: Builder = field(init=False)
     overlays_only: bool = False
     insecure_test_password: bool = False
+    force: bool = False  # a new version even if identical to the active one
+    unchanged: str = ""  # the active version this build turned out identical to
     base_key: str = ""
     base_digest: str = ""
     reused_base: bool = False
@@ -110,7 +114,7 @@ def step_resolve(ctx: BuildContext) -> None:
 def step_stage(ctx: BuildContext) -> None:
     """Create the staging directory on the store's filesystem, and the build log."""
     ctx.log_file.parent.mkdir(parents=True, exist_ok=True)
-    ctx.log_file.touch()
+    ctx.log_file.touch(mode=0o600)  # build output may quote secrets of the image
     (ctx.staging / "boot").mkdir(parents=True)
     ctx.rootfs.mkdir()
 
@@ -159,8 +163,22 @@ def _snapshot_base(ctx: BuildContext, cached: Path) -> None:
     os.rename(tmp, cached)
 
 
+def strip_host_keys(ctx: BuildContext) -> None:
+    """ssh host keys made by the package scripts: each node makes its own at boot
+    (base/ netroot-hostkeys.service); baked in, every node would share one private key
+    readable by the whole subnet."""
+    keys = [path for path in ctx.index if secretscan.is_host_key(path)]
+    with ImageRoot(ctx.rootfs, ctx.image_name) as image:
+        for path in keys:
+            image.remove(path)
+            del ctx.index[path]
+    if keys:
+        ctx.say(f"removed {len(keys)} ssh host key file(s): nodes make their own at boot")
+
+
 def step_overlays(ctx: BuildContext) -> None:
     """Apply overlays/common and overlays/<label> (or the label's list) over the base."""
+    strip_host_keys(ctx)
     dirs = [ctx.config.overlays_dir / name for name in ctx.config.overlay_names(ctx.label)]
     ctx.overlay_items = scan_overlays(dirs)
     ctx.overlay_digest = overlay_digest(ctx.overlay_items)
@@ -196,12 +214,21 @@ def _find_kernel(ctx: BuildContext) -> tuple[str, str, str]:
     return kernel.lstrip("/"), initrd.lstrip("/"), kver
 
 
+BOOT_MODE = 0o644  # TFTP and HTTP servers read them as their own unprivileged users
+
+
 def _boot_artifact(ctx: BuildContext, source: str, name: str) -> BootArtifact:
     src = ctx.rootfs / source
     if src.is_symlink() or not src.is_file():
         raise VerifyError(f"{ctx.label}: {source} is not a regular file in the image")
     dst = ctx.staging / "boot" / name
-    fsops.link_or_copy(src, dst)
+    if src.stat().st_mode & 0o7777 == BOOT_MODE:
+        fsops.link_or_copy(src, dst)
+    else:
+        # dracut writes 0600; a copy gets the servers' mode without touching the
+        # image's inode (shared with the cached base and other versions)
+        shutil.copyfile(src, dst)
+        dst.chmod(BOOT_MODE)
     return BootArtifact(
         name=name, source=source, size=dst.stat().st_size, sha256=treeindex.file_sha256(dst)
     )
@@ -212,7 +239,22 @@ def step_boot(ctx: BuildContext) -> None:
     kernel, initrd, ctx.kernel_version = _find_kernel(ctx)
     ctx.kernel = _boot_artifact(ctx, kernel, KERNEL_NAME)
     ctx.initrd = _boot_artifact(ctx, initrd, INITRD_NAME)
+    _check_initrd(ctx, initrd)
     ctx.say(f"kernel {ctx.kernel_version}")
+
+
+def _check_initrd(ctx: BuildContext, source: str) -> None:
+    """Anyone on the boot network can fetch the initramfs: refuse one carrying a secret."""
+    listing = initramfs.read(ctx.staging / "boot" / INITRD_NAME)
+    found = secretscan.scan_members(listing.members)
+    if found:
+        shown = ", ".join(f"/{f.path} ({f.why})" for f in found[:5])
+        raise VerifyError(
+            f"{ctx.label}: the initramfs /{source} carries secrets served to anyone over"
+            f" TFTP: {shown}; keep them out of dracut's install_items"
+        )
+    if listing.unreadable:
+        ctx.say(f"initramfs not checked for secrets: {listing.unreadable}")
 
 
 def _boot_artifacts(ctx: BuildContext) -> tuple[BootArtifact, BootArtifact]:
@@ -233,6 +275,8 @@ def step_version(ctx: BuildContext) -> None:
     # their digests names the content without rendering the index twice.
     parts = (ctx.base_digest, ctx.overlay_digest, _boot_digest(ctx))
     content = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    if not ctx.force and _same_as_active(ctx, content):
+        raise _Unchanged
     ctx.version = new_version_id(datetime.now(UTC), content)
     with ImageRoot(ctx.rootfs, ctx.image_name) as image:
         image.ensure_dir("etc/netroot", mode=0o755, uid=0, gid=0)
@@ -241,11 +285,30 @@ def step_version(ctx: BuildContext) -> None:
         record_parents(image, path, ctx.index)
 
 
+class _Unchanged(Exception):
+    """The build's content is the active version's: no new version is made."""
+
+
+def _same_as_active(ctx: BuildContext, content: str) -> bool:
+    """The active version has this content (its id's hash, overlays and boot files) and
+    was never edited in place."""
+    active = store.active_version(ctx.paths)
+    if active is None or not active.endswith(f"-{content[:8]}"):
+        return False
+    manifest = store.read_manifest(ctx.paths, active)
+    if (manifest.overlay_digest, manifest.boot_digest) != (ctx.overlay_digest, _boot_digest(ctx)):
+        return False
+    if liveedits.count(ctx.paths, active) != 0:
+        return False
+    ctx.unchanged = active
+    return True
+
+
 def step_manifest(ctx: BuildContext) -> None:
     """Write files.idx and manifest.json into the staged version."""
     kernel, initrd = _boot_artifacts(ctx)
     index_bytes = treeindex.render(ctx.index)
-    fsops.write_atomic(ctx.staging / store.INDEX_NAME, index_bytes)
+    fsops.write_atomic(ctx.staging / store.INDEX_NAME, index_bytes, 0o600)  # hashes of secrets
     count, size = treeindex.totals(ctx.index)
     ctx.manifest = Manifest(
         version=ctx.version,
@@ -264,6 +327,7 @@ def step_manifest(ctx: BuildContext) -> None:
         tree_digest=treeindex.digest(index_bytes),
         file_count=count,
         size_bytes=size,
+        build_id=ctx.build_id,
     )
     fsops.write_atomic(
         ctx.staging / "manifest.json", ctx.manifest.model_dump_json(indent=2).encode() + b"\n"
@@ -306,6 +370,11 @@ def finish_version(ctx: BuildContext) -> Manifest:
     return _manifest(ctx)
 
 
+def build_log(config: Config, label: str, build_id: str) -> Path:
+    """Where a build writes its log: the build id names the file."""
+    return config.state_dir / "logs" / label / f"{build_id}.log"
+
+
 def new_build_id() -> str:
     """A build id: sortable start time plus randomness."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -319,15 +388,20 @@ def run_build(
     rebuild: bool = False,
     overlays_only: bool = False,
     insecure_test_password: bool = False,
+    build_id: str | None = None,
+    force: bool = False,
 ) -> Manifest:
     """Run every step; on failure remove the staging tree and raise BuildError.
+
+    A build identical to the active version (unless force) makes no version: the
+    active version's manifest is returned (its id is the active one's).
 
     The caller holds the label lock. Nothing outside staging changes until the
     final rename, so a failed or killed build leaves the store as it was.
     """
     paths = label_paths(config, label)
-    build_id = new_build_id()
-    log_file = config.state_dir / "logs" / label / f"{build_id}.log"
+    build_id = build_id or new_build_id()
+    log_file = build_log(config, label, build_id)
     ctx = BuildContext(
         config=config,
         label=label,
@@ -336,6 +410,7 @@ def run_build(
         rebuild=rebuild,
         overlays_only=overlays_only,
         insecure_test_password=insecure_test_password,
+        force=force,
         progress=progress,
         log_file=log_file,
     )
@@ -347,6 +422,11 @@ def run_build(
         t0 = time.monotonic()
         try:
             step(ctx)
+        except _Unchanged:
+            fsops.remove_tree(ctx.staging)
+            bound.info("build unchanged", version=ctx.unchanged)
+            progress(name, f"unchanged: identical to the active version {ctx.unchanged}")
+            return store.read_manifest(paths, ctx.unchanged)
         except NetrootError as exc:
             _fail(ctx, name, exc)
             if isinstance(exc, BuildError):
@@ -377,8 +457,9 @@ def _manifest(ctx: BuildContext) -> Manifest:
 
 def _fail(ctx: BuildContext, step: str, exc: BaseException) -> None:
     log.error("build failed", label=ctx.label, build_id=ctx.build_id, step=step, error=str(exc))
+    # A full disk must not hide the step's own error nor keep its staging.
     if ctx.log_file.exists():  # steps before `stage` leave no trace on disk
-        with ctx.log_file.open("a") as f:
+        with contextlib.suppress(OSError), ctx.log_file.open("a") as f:
             f.write(f"netroot: step {step} failed: {exc}\n")
     fsops.remove_tree(ctx.staging)
     fsops.remove_tree(ctx.paths.staging / f"base-{ctx.build_id}")

@@ -15,7 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from controller.errors import ConfigError
 
@@ -25,6 +33,39 @@ MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 MAC_ALLOWED = "six lowercase hex pairs joined by colons, like aa:bb:cc:dd:ee:ff"
 CHECKOUT = Path(__file__).resolve().parent.parent
 BUILTIN = "built-in defaults"
+
+
+HOST_ALLOWED = "an IPv4 or IPv6 address or a host name"
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
+CLIENTS_ALLOWED = "networks like 10.0.2.0/24, or '*' written explicitly"
+# <tftp_root>/TFTP_LINK_DIR/<label> links to the active version's boot files,
+# which live in TFTP_VERSIONS_DIR/<label>/<version>/ (controller.activation).
+# Labels cannot start with "_", so the name never clashes with a label's link.
+TFTP_LINK_DIR = "netroot"
+TFTP_VERSIONS_DIR = f"{TFTP_LINK_DIR}/_versions"
+
+
+def is_host(host: str) -> bool:
+    """True for an IP address or a DNS host name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return len(host) <= 253 and _HOSTNAME_RE.fullmatch(host) is not None
+    return True
+
+
+def client_network_problem(net: str) -> str | None:
+    """Why net cannot be an NFS client list entry, or None when it can."""
+    if net == "*":
+        return None  # the world, allowed only when written explicitly
+    try:
+        network = ipaddress.ip_network(net, strict=False)
+    except ValueError:
+        return f"{net!r} is not a network like 10.0.0.0/16 or '*'"
+    if network.prefixlen == 0:
+        # The README promises no world export unless '*' is listed.
+        return f"{net!r} is the whole world: write '*' to export to every client"
+    return None
 
 
 def check_label(name: str, source: str = "label", field: str = "label") -> str:
@@ -48,11 +89,20 @@ def _split_args(value: Any) -> Any:
 ArgList = Annotated[tuple[str, ...], BeforeValidator(_split_args)]
 
 
+def _host(value: str) -> str:
+    if not is_host(value):
+        raise ValueError(f"invalid host {value!r} (allowed: {HOST_ALLOWED})")
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
+
+
 class MqttConfig(Model):
     """Broker connection for events; disabled means events stay in the outbox and the log."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     topic_prefix: str = Field("netroot", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     username: str | None = None
@@ -63,6 +113,9 @@ class MqttConfig(Model):
     key_file: Path | None = None
     keepalive: int = Field(30, ge=5, le=3600)
     outbox_limit: int = Field(100_000, ge=100)
+    status_interval: float = Field(
+        30.0, ge=0.5, le=3600, description="seconds between refreshes of the retained status"
+    )
 
 
 class NfsConfig(Model):
@@ -86,13 +139,13 @@ class NfsConfig(Model):
     @field_validator("clients")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Both servers read an export without a client list as open to everyone.
+        if not value:
+            raise ValueError(f"no client network configured (allowed: {CLIENTS_ALLOWED})")
         for net in value:
-            if net == "*":
-                continue  # allowed only when written explicitly
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{net!r} is not a network like 10.0.0.0/16 or '*'") from exc
+            problem = client_network_problem(net)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
 
@@ -159,7 +212,7 @@ class Config(Model):
     base_dir: Path = Path("base")
     export_root: Path = Path("var/export")
     tftp_root: Path = Path("var/tftp")
-    server: str = "10.0.2.2"
+    server: Host = "10.0.2.2"
     mqtt: MqttConfig = MqttConfig()
     nfs: NfsConfig = NfsConfig()
     labels: dict[str, LabelConfig] = Field(default_factory=dict)
@@ -242,24 +295,75 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
 
 
 def _resolve(data: dict[str, Any], root: Path) -> dict[str, Any]:
-    """Make top-level path keys absolute relative to root (the config file's directory)."""
+    """Make path keys absolute relative to root (the config file's directory).
+
+    Top-level paths and each label's export_path and tftp_root; a value of
+    the wrong type is left for validation to report.
+    """
     out = dict(data)
     for key, field in Config.model_fields.items():
         if field.annotation is Path:
-            out[key] = root / Path(out.get(key, field.default))
+            value = out.get(key, field.default)
+            if isinstance(value, (str, Path)):
+                out[key] = root / Path(value)
+    labels = out.get("labels")
+    if isinstance(labels, dict):
+        resolved = {}
+        for name, table in labels.items():
+            if isinstance(table, dict):
+                paths = {
+                    key: root / Path(table[key])
+                    for key in ("export_path", "tftp_root")
+                    if isinstance(table.get(key), str)
+                }
+                resolved[name] = {**table, **paths}
+            else:
+                resolved[name] = table
+        out["labels"] = resolved
     return out
 
 
 def parse_config(data: dict[str, Any], *, source: str, root: Path) -> Config:
     """Validate a config mapping; paths resolved against root."""
-    for name in data.get("labels", {}) or {}:
-        check_label(name, source, f"labels.{name}")
+    labels = data.get("labels")
+    for name in labels if isinstance(labels, dict) else ():
+        check_label(str(name), source, f"labels.{name}")
     try:
         config = Config.model_validate({**_resolve(data, root), "source": source})
     except ValidationError as exc:
         raise _first_error(exc, source, Config) from None
+    except RecursionError:
+        raise ConfigError(source, "", "values nested too deeply") from None
     _check_nodes(config)
+    _check_link_paths(config)
     return config
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def _check_link_paths(config: Config) -> None:
+    """Export links never share a path with each other or with the TFTP side.
+
+    An export link inside a TFTP root's link directory would be overwritten
+    by the TFTP link of the same name (and served over TFTP).
+    """
+    tftp_dirs = {config.label_tftp_root(name) / TFTP_LINK_DIR for name in config.labels}
+    owners: dict[Path, str] = {}
+    for name in sorted(config.labels):
+        field = f"labels.{name}.export_path" if config.labels[name].export_path else "export_root"
+        link = Path(os.path.normpath(config.export_link(name)))
+        for tftp_dir in sorted(tftp_dirs):
+            if _inside(link, Path(os.path.normpath(tftp_dir))) or _inside(
+                Path(os.path.normpath(tftp_dir)), link
+            ):
+                problem = f"export link {link} overlaps the TFTP link directory {tftp_dir}"
+                raise ConfigError(config.source, field, problem, "a path outside every tftp_root")
+        if link in owners:
+            problem = f"export link {link} is also the export link of label {owners[link]!r}"
+            raise ConfigError(config.source, field, problem, "one export path per label")
+        owners[link] = name
 
 
 def _check_nodes(config: Config) -> None:
@@ -288,4 +392,10 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(str(path), "", f"cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "", f"invalid TOML: {exc}") from None
-    return parse_config(data, source=str(path), root=path.resolve().parent)
+    except RecursionError:
+        raise ConfigError(str(path), "", "invalid TOML: nested too deeply") from None
+    try:
+        return parse_config(data, source=str(path), root=path.resolve().parent)
+    except (TypeError, ValueError, RecursionError) as exc:
+        # Last line of defence: whatever a hostile file does, one line naming it.
+        raise ConfigError(str(path), "", f"invalid config: {exc}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -87,6 +88,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_topic ON outbox (retain, topic, seq);
+CREATE TABLE IF NOT EXISTS history_announced (
+    label TEXT PRIMARY KEY,
+    entries INTEGER NOT NULL
+);
 """
 
 
@@ -193,6 +198,35 @@ class Tx:
             )
             self._nodes.clear()
 
+    def begin_build(
+        self, build_id: str, label: str, kind: str, reason: str, paths: Iterable[str] = ()
+    ) -> BuildRow:
+        """A build starts running: the row the daemon queued under this id, or a new one."""
+        updated = self.conn.execute(
+            "UPDATE builds SET state = 'running', started_at = ? "
+            "WHERE build_id = ? AND state IN ('queued', 'running')",
+            (self.now, build_id),
+        ).rowcount
+        if not updated:
+            self.conn.execute(
+                "INSERT INTO builds (build_id, label, kind, reason, paths, state, queued_at, "
+                "started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                (build_id, label, kind, reason, _paths_json(paths), self.now, self.now),
+            )
+        row = self.conn.execute(
+            f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?",  # noqa: S608
+            (build_id,),
+        ).fetchone()
+        return _build_row(row)
+
+    def set_announced(self, label: str, entries: int) -> None:
+        """The first `entries` lines of the label's history have been announced."""
+        self.conn.execute(
+            "INSERT INTO history_announced (label, entries) VALUES (?, ?) "
+            "ON CONFLICT (label) DO UPDATE SET entries = excluded.entries",
+            (label, entries),
+        )
+
     def queue_build(
         self, build_id: str, label: str, kind: str, reason: str, paths: Iterable[str]
     ) -> str:
@@ -261,14 +295,21 @@ class Tx:
             [(self.now, label, v) for v in versions],
         )
 
-    def set_label(self, label: str, active: str | None, previous: str | None) -> None:
-        """The label's active version as published."""
+    def set_label(
+        self,
+        label: str,
+        active: str | None,
+        previous: str | None,
+        *,
+        activated_at: float | None = None,
+    ) -> None:
+        """The label's active version as published (activated_at: when, default now)."""
         self.conn.execute(
             "INSERT INTO labels (label, active, previous, activated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (label) DO UPDATE SET active = excluded.active, "
             "previous = excluded.previous, activated_at = CASE WHEN labels.active IS "
             "excluded.active THEN labels.activated_at ELSE excluded.activated_at END",
-            (label, active, previous, self.now),
+            (label, active, previous, self.now if activated_at is None else activated_at),
         )
 
 
@@ -300,12 +341,17 @@ _BUILD_COLUMNS = (
 )
 
 
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+def _connect(path: Path, *, readonly: bool, immutable: bool = False) -> sqlite3.Connection:
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            query = "mode=ro&immutable=1" if immutable else "mode=ro"
+            conn = sqlite3.connect(f"file:{path}?{query}", uri=True, isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Root only: SQLite gives its -wal and -shm files the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
             conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 10000")
     except sqlite3.Error as exc:
@@ -322,16 +368,22 @@ class Database:
         *,
         outbox_limit: int = 100_000,
         readonly: bool = False,
+        immutable: bool = False,
         on_outbox: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.outbox_limit = outbox_limit
         self.on_outbox = on_outbox
-        self._conn = _connect(path, readonly=readonly)
+        self._conn = _connect(path, readonly=readonly, immutable=immutable)
         self._in_tx = False
-        if not readonly:
-            self._setup()
-        self._outbox_count = self._count_outbox()
+        try:
+            if not readonly:
+                self._setup()
+            self._outbox_count = self._count_outbox()
+        except sqlite3.Error as exc:
+            # A corrupt file (or a full disk): one line naming it, no traceback.
+            self._conn.close()
+            raise DatabaseError(f"{path}: cannot open the state database: {exc}") from None
 
     def _setup(self) -> None:
         # WAL: readers (the CLI) never block the daemon. synchronous=NORMAL: a
@@ -419,11 +471,19 @@ class Database:
         )
         return dropped
 
+    def refresh_outbox_count(self) -> int:
+        """Count again: other processes (the CLI) add to the outbox too."""
+        self._outbox_count = self._count_outbox()
+        return self._outbox_count
+
     def outbox_head(self, limit: int) -> list[OutboxRow]:
         """The oldest messages waiting, in the order they must be published."""
         rows = self._conn.execute(
             "SELECT seq, topic, payload, qos, retain FROM outbox ORDER BY seq LIMIT ?", (limit,)
         ).fetchall()
+        if len(rows) > self._outbox_count or not rows:
+            # The CLI added rows this process did not count (or the count is stale).
+            self._outbox_count = len(rows) if len(rows) < limit else self._count_outbox()
         return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
 
     def outbox_delete(self, seqs: Sequence[int]) -> None:
@@ -439,7 +499,7 @@ class Database:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        self._outbox_count -= deleted
+        self._outbox_count = max(0, self._outbox_count - deleted)
 
     @property
     def outbox_pending(self) -> int:
@@ -487,6 +547,21 @@ class Database:
         ).fetchall()
         return [_build_row(r) for r in reversed(rows)]
 
+    def build(self, build_id: str) -> BuildRow | None:
+        """One build by id."""
+        row = self._conn.execute(
+            f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?",  # noqa: S608
+            (build_id,),
+        ).fetchone()
+        return None if row is None else _build_row(row)
+
+    def announced(self, label: str) -> int | None:
+        """How many history lines of the label were announced (None: never looked at)."""
+        row = self._conn.execute(
+            "SELECT entries FROM history_announced WHERE label = ?", (label,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def labels(self) -> dict[str, LabelRow]:
         """Published active versions, by label."""
         rows = self._conn.execute("SELECT label, active, previous, activated_at FROM labels")
@@ -501,7 +576,6 @@ class Database:
         ).fetchall()
         summaries = [VersionSummary.model_validate_json(r[0]) for r in rows]
         return {s.version: s for s in summaries}
-
 
     def live_edits(self, label: str) -> dict[str, int]:
         """Announced in-place edits per version of the label."""
@@ -520,7 +594,15 @@ class NodeGuard:
 
     def versions_in_use(self, label: str) -> set[str]:
         """Versions of the label run by nodes that are not lost."""
-        db = Database(self.path, readonly=True)
+        try:
+            db = Database(self.path, readonly=True)
+        except DatabaseError:
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise
+            # An empty or no WAL: the file itself has every commit. Read as
+            # immutable, SQLite creates no -shm, which a full disk refuses.
+            db = Database(self.path, readonly=True, immutable=True)
         try:
             return versions_in_use(db.nodes(label=label), label)
         except sqlite3.Error as exc:

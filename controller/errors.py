@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import PurePath
 
 
 class NetrootError(Exception):
@@ -62,5 +63,19 @@ class ProcessError(NetrootError):
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr_tail = stderr_tail
-        last = stderr_tail.strip().splitlines()[-1:] or [""]
-        super().__init__(f"{argv[0]} exited with status {returncode}: {last[0]}".rstrip(": "))
+        # The last line that says something: a full disk cuts later messages to "cp: ".
+        said = [
+            line.strip()
+            for line in stderr_tail.splitlines()
+            if line.strip().rstrip(":").strip() not in ("", PurePath(str(argv[0])).name)
+        ]
+        last = said[-1] if said else ""
+        super().__init__(f"{argv[0]} exited with status {returncode}: {last}".rstrip(": "))
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an error: an OSError names its file, as `path: reason`."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        return f"{where}: {exc.strerror}" if where else exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

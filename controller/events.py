@@ -27,12 +27,20 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from controller.config import LABEL_RE, Model
 from controller.errors import NetrootError
 
 SPECVERSION: Final = "1.0"
 TYPE_PREFIX = "org.netroot."
+CONTENT_TYPE: Final = "application/cloudevents+json"  # MQTT 5 content type of an envelope
+# A node command the broker still holds after this is dropped (MQTT 5 expiry):
+# a reboot meant for an old boot must not run when the node reconnects later.
+COMMAND_EXPIRY_S: Final = 300
+JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+# Schema ids are URNs: names, not addresses; `netroot schema` is where the text is.
+SCHEMA_ID_PREFIX: Final = "urn:netroot:schema:"
 DEFAULT_PREFIX = "netroot"
 # A report is a few hundred bytes; the cap keeps a hostile or broken node from
 # making the controller parse megabytes per message.
@@ -68,6 +76,20 @@ VersionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+:-]{0,127}$"
 # /proc/sys/kernel/random/boot_id: a lowercase UUID.
 BootId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")]
 ShortText = Annotated[str, Field(max_length=1024)]
+# pydantic documents IPvAnyAddress with its own format name, which strict
+# validators refuse; these are the standard JSON Schema formats.
+IpAddress = Annotated[
+    IPvAnyAddress,
+    WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
+]
+BuildId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="names the build log: <state_dir>/logs/<label>/<build_id>.log",
+    ),
+]
+ActivationReason = Literal["auto", "cli", "rollback", "canary"]
 BuildKind = Literal["full", "overlay"]
 NodePhase = Literal["unknown", "dhcp", "booting", "up", "stale", "lost"]
 StaleAction = Literal["reboot", "remount"]
@@ -77,6 +99,19 @@ class Payload(Model):
     """Base of every model that travels as the `data` of an envelope."""
 
     event_type: ClassVar[str]
+    # Fields are only ever added; a breaking change is a new event type
+    # (`...activated.v2`) with its own schema, never a new meaning of the old one.
+    schema_version: ClassVar[int] = 1
+
+    @classmethod
+    def schema_id(cls) -> str:
+        """The `$id` of this payload's JSON Schema, named by each event's `dataschema`."""
+        return schema_id(cls.event_type, cls.schema_version)
+
+
+def schema_id(name: str, version: int = 1) -> str:
+    """A versioned schema id, such as urn:netroot:schema:org.netroot.image.activated:1."""
+    return f"{SCHEMA_ID_PREFIX}{name}:{version}"
 
 
 # --- image events -------------------------------------------------------------
@@ -92,7 +127,7 @@ class BuildStarted(ImageEventData):
     """A build of the label began."""
 
     event_type: ClassVar[str] = TYPE_PREFIX + "image.build.started"
-    build_id: str = Field(min_length=1, max_length=128)
+    build_id: BuildId
     kind: BuildKind = Field(description="full rebuild, or overlay-only clone of the active version")
     reason: ShortText = Field("", description="what triggered the build (an edit, the CLI...)")
     paths: tuple[ShortText, ...] = Field((), max_length=100, description="changed files, if any")
@@ -102,17 +137,22 @@ class BuildSucceeded(ImageEventData):
     """A build produced a complete, verified version."""
 
     event_type: ClassVar[str] = TYPE_PREFIX + "image.build.succeeded"
-    build_id: str = Field(min_length=1, max_length=128)
+    build_id: BuildId
     kind: BuildKind
     version: VersionId
     duration_s: float = Field(ge=0)
+    adopted: bool = Field(
+        False,
+        description="the build committed while no controller watched it (a killed daemon); "
+        "announced when the controller found it",
+    )
 
 
 class BuildFailed(ImageEventData):
     """A build failed; the active version is untouched."""
 
     event_type: ClassVar[str] = TYPE_PREFIX + "image.build.failed"
-    build_id: str = Field(min_length=1, max_length=128)
+    build_id: BuildId
     kind: BuildKind
     step: str = Field(max_length=128, description="the build step that failed")
     error: ShortText
@@ -127,6 +167,13 @@ class Activated(ImageEventData):
     version: VersionId
     previous: VersionId | None = None
     kernel: str | None = Field(None, max_length=256)
+    build_id: BuildId | None = Field(None, description="the build that made the version")
+    reason: ActivationReason = Field(
+        "cli",
+        description="auto: the controller activated its own build (activation = auto); "
+        "cli: `netroot activate` or `build --activate` by hand; rollback and canary are "
+        "reserved (a rollback is announced as image.rolled_back)",
+    )
 
 
 class RolledBack(ImageEventData):
@@ -135,6 +182,7 @@ class RolledBack(ImageEventData):
     event_type: ClassVar[str] = TYPE_PREFIX + "image.rolled_back"
     version: VersionId = Field(description="the version now active")
     previous: VersionId = Field(description="the version rolled back from")
+    build_id: BuildId | None = Field(None, description="the build that made the version")
 
 
 class Pruned(ImageEventData):
@@ -187,7 +235,7 @@ class NodeState(Payload):
     active_version: VersionId | None = Field(None, description="the label's active version")
     action: StaleAction | None = Field(None, description="what clears a stale node")
     reason: ShortText = ""
-    ip: IPvAnyAddress | None = None
+    ip: IpAddress | None = None
     kernel: str | None = Field(None, max_length=256)
     boot_id: BootId | None = None
     root: RootMount | None = None
@@ -214,7 +262,7 @@ class NodeDhcp(NodeEventData):
     """The DHCP server leased an address to the node."""
 
     event_type: ClassVar[str] = TYPE_PREFIX + "node.dhcp"
-    ip: IPvAnyAddress
+    ip: IpAddress
     firmware: bool = Field(description="requested by PXE/UEFI firmware: a boot is starting")
     hostname: str | None = Field(None, max_length=255)
 
@@ -225,7 +273,7 @@ class NodeBooted(NodeEventData):
     event_type: ClassVar[str] = TYPE_PREFIX + "node.booted"
     boot_id: BootId
     kernel: str | None = Field(None, max_length=256)
-    ip: IPvAnyAddress | None = None
+    ip: IpAddress | None = None
     root: RootMount | None = None
 
 
@@ -266,12 +314,65 @@ class NodeCurrent(NodeEventData):
 
 
 class ControllerStatus(Payload):
-    """Retained controller presence; the offline form is also the MQTT will."""
+    """Retained controller presence and health; the offline form is also the MQTT will.
+
+    Every publication is a new event (its own `id` and `time`). While online it
+    is refreshed every `heartbeat_s` seconds; a status older than about twice
+    that means the controller is stuck or cut off even if it still says online.
+    A will (`will` true) is published by the broker after it lost the
+    controller: the controller cannot know that moment, so a will has no
+    `since` and no counters, and its envelope `time` is when the will was set
+    (the start of that connection), not when the controller went away.
+    """
 
     event_type: ClassVar[str] = TYPE_PREFIX + "controller.status"
     status: Literal["online", "offline"]
     netroot_version: str = Field("", max_length=64)
-    since: AwareDatetime | None = None
+    since: AwareDatetime | None = Field(
+        None, description="when the controller entered this status; absent in a will"
+    )
+    will: bool = Field(
+        False, description="published by the broker on the controller's behalf (MQTT will)"
+    )
+    started_at: AwareDatetime | None = Field(
+        None, description="when this controller process started"
+    )
+    broker_connected: bool | None = Field(
+        None, description="the controller's broker link is up (false in its goodbye and its will)"
+    )
+    connections: int | None = Field(
+        None, ge=0, description="broker connections made since start (more than 1: reconnects)"
+    )
+    outbox_pending: int | None = Field(None, ge=0, description="events not yet acknowledged")
+    outbox_dropped: int | None = Field(None, ge=0, description="events dropped at the bound")
+    queued_builds: int | None = Field(None, ge=0, description="builds waiting to start")
+    running_builds: tuple[Label, ...] = Field((), description="labels building now")
+    heartbeat_s: float | None = Field(
+        None, gt=0, description="while online, the next status comes within this many seconds"
+    )
+
+
+class LabelCounts(Model):
+    """One label in the index: its active version and how many nodes are in each state."""
+
+    active: VersionId | None = None
+    nodes: dict[NodePhase, int] = Field(default_factory=dict)
+
+
+class StateIndex(Payload):
+    """Retained: every label and how many nodes of each state it has.
+
+    A subscriber joining late reads this, then `state/image/+` and
+    `state/node/+` (retained), and knows the whole state; `node_count` tells it
+    how many node states to expect.
+    """
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "state.index"
+    labels: dict[Label, LabelCounts] = Field(default_factory=dict)
+    unlabelled: dict[NodePhase, int] = Field(
+        default_factory=dict, description="nodes that never reported a label, by state"
+    )
+    node_count: int = Field(ge=0, description="retained node states published")
 
 
 class ConfigReloaded(Payload):
@@ -307,11 +408,14 @@ class NodeReport(Model):
     label: Label | None = None
     version: VersionId | None = Field(None, description="read from the mounted root")
     kernel: str | None = Field(None, max_length=256)
-    ip: IPvAnyAddress | None = None
+    ip: IpAddress | None = None
     boot_id: BootId | None = Field(None, description="/proc/sys/kernel/random/boot_id")
     root: RootMount | None = None
     ok: bool | None = Field(None, description="remount_result: whether the remount worked")
     error: ShortText = Field("", description="remount_result: why it failed")
+    detail: ShortText = Field(
+        "", description="remount_result: what the agent did and read back after the remount"
+    )
     stale_handle: bool = Field(False, description="heartbeat: / answered ESTALE")
 
     @model_validator(mode="after")
@@ -351,6 +455,7 @@ PAYLOAD_MODELS: tuple[type[Payload], ...] = (
     NodeCurrent,
     NodeState,
     ControllerStatus,
+    StateIndex,
 )
 # Events about the controller itself, beyond the table of DESIGN.md section 6
 # (published on Topics.controller_events).
@@ -368,11 +473,21 @@ class Envelope(Model):
 
     specversion: Literal["1.0"] = SPECVERSION
     id: str = Field(min_length=1, max_length=128)
-    source: str = Field(min_length=1, max_length=1024)
-    type: str = Field(pattern=r"^org\.netroot(\.[a-z_]+)+$")
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        json_schema_extra={"format": "uri-reference"},
+        description="netroot://<host> of the controller",
+    )
+    type: str = Field(pattern=r"^org\.netroot(\.[a-z0-9_]+)+$")
     time: AwareDatetime
-    subject: str | None = None
+    # CloudEvents attributes are never null: an absent subject is left out.
+    subject: Annotated[str, Field(min_length=1)] | SkipJsonSchema[None] = None
     datacontenttype: Literal["application/json"] = "application/json"
+    dataschema: (
+        Annotated[str, Field(pattern=f"^{SCHEMA_ID_PREFIX}", json_schema_extra={"format": "uri"})]
+        | SkipJsonSchema[None]
+    ) = Field(None, description="the $id of the data's schema in `netroot schema`")
     data: dict[str, Any]
 
     def to_json(self) -> bytes:
@@ -414,6 +529,7 @@ def envelope(
         type=event_type,
         time=now,
         subject=subject,
+        dataschema=model.schema_id(),
         data=data.model_dump(mode="json"),
     )
 
@@ -439,7 +555,8 @@ def envelope_json(
         f'{{"specversion":"{SPECVERSION}","id":{quoted(event_id or fast_uuid4())},'
         f'"source":{quoted(source)},"type":{quoted(data.event_type)},'
         f'"time":"{now.isoformat().replace("+00:00", "Z")}",{subject_field}'
-        f'"datacontenttype":"application/json","data":{data.model_dump_json()}}}'
+        f'"datacontenttype":"application/json","dataschema":"{data.schema_id()}",'
+        f'"data":{data.model_dump_json()}}}'
     ).encode()
 
 
@@ -455,12 +572,38 @@ def fast_uuid4() -> str:
 _ids = random.Random()  # noqa: S311 (uniqueness, not secrecy)
 
 
+# What a subscriber may rely on in every envelope (CloudEvents' required four,
+# plus what netroot always sends).
+ENVELOPE_REQUIRED = (
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+)
+
+
+def _identified(name: str, schema: dict[str, Any], version: int = 1) -> dict[str, Any]:
+    return {"$schema": JSON_SCHEMA_DIALECT, "$id": schema_id(name, version), **schema}
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every payload (keyed by event type), the envelope and the node messages."""
-    schemas = {m.event_type: m.model_json_schema() for m in PAYLOAD_MODELS}
-    schemas["envelope"] = Envelope.model_json_schema()
-    schemas["node.report"] = NodeReport.model_json_schema()
-    schemas["node.command"] = NodeCommand.model_json_schema()
+    schemas = {
+        m.event_type: _identified(m.event_type, m.model_json_schema(), m.schema_version)
+        for m in (*PAYLOAD_MODELS, *CONTROLLER_EVENT_MODELS)
+    }
+    envelope_schema = Envelope.model_json_schema()
+    envelope_schema["required"] = list(ENVELOPE_REQUIRED)
+    for prop in envelope_schema["properties"].values():
+        if prop.get("default", "") is None:
+            del prop["default"]  # never null: absent instead
+    schemas["envelope"] = _identified("envelope", envelope_schema)
+    schemas["node.report"] = _identified("node.report", NodeReport.model_json_schema())
+    schemas["node.command"] = _identified("node.command", NodeCommand.model_json_schema())
     return schemas
 
 
@@ -487,6 +630,10 @@ class Topics:
     def controller_status(self) -> str:
         """Retained online/offline, also the controller's will."""
         return f"{self.prefix}/controller/status"
+
+    def state_index(self) -> str:
+        """Retained index of labels and node counts, for late subscribers."""
+        return f"{self.prefix}/state/index"
 
     def controller_events(self) -> str:
         """Events about the controller itself (configuration reloaded or rejected)."""

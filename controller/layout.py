@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller.config import Config
+from controller.config import TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config
 
 VERSION_RE = re.compile(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}")
 TMP_MARK = ".tmp-"
@@ -31,7 +31,7 @@ class LabelPaths:
     label: str
     images: Path  # <state_dir>/images/<label>
     export_link: Path  # <export_root>/<label> -> <version>/rootfs
-    tftp_link: Path  # <tftp_root>/netroot/<label> -> <version>/boot
+    tftp_link: Path  # <tftp_root>/netroot/<label> -> _versions/<label>/<version>
     tftp_root: Path
     bases: Path  # <state_dir>/cache/bases/<label>: pre-overlay base trees
 
@@ -64,6 +64,10 @@ class LabelPaths:
         """Directory name of a cached base tree."""
         return base_key[:32]
 
+    def tftp_version(self, version: str) -> Path:
+        """The version's kernel and initramfs in the TFTP root (hard links or copies)."""
+        return self.tftp_root / TFTP_VERSIONS_DIR / self.label / version
+
     def version(self, version: str) -> Path:
         """Directory of a committed version."""
         return self.images / version
@@ -89,7 +93,7 @@ def label_paths(config: Config, label: str) -> LabelPaths:
         images=config.state_dir / "images" / label,
         export_link=config.export_link(label) if in_config else config.export_root / label,
         tftp_link=(config.label_tftp_root(label) if in_config else config.tftp_root)
-        / "netroot"
+        / TFTP_LINK_DIR
         / label,
         tftp_root=config.label_tftp_root(label) if in_config else config.tftp_root,
         bases=config.state_dir / "cache" / "bases" / label,

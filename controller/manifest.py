@@ -41,3 +41,4 @@ class Manifest(Model):
     file_count: int
     size_bytes: int
     live_edits: int = Field(0, description="times `netroot shell --live` changed it in place")
+    build_id: str = Field("", description="the build that made it (names its log file)")

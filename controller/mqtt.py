@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import random
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from controller.config import MqttConfig
 from controller.errors import NetrootError
@@ -30,6 +33,9 @@ BACKOFF_MAX_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 ACK_TIMEOUT_S = 30.0
 MAX_INFLIGHT = 64
+# MQTT 5: a persistent session outlives a restart of the controller by this much
+# (the broker keeps node reports for it meanwhile).
+SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,19 @@ class Message:
     payload: bytes
     qos: int = 1
     retain: bool = False
+    content_type: str | None = None  # MQTT 5 content type
+    expiry_s: int | None = None  # MQTT 5 message expiry: the broker drops it after this
+
+
+def _publish_properties(message: Message, packet: int = PacketTypes.PUBLISH) -> Properties | None:
+    if message.content_type is None and message.expiry_s is None:
+        return None
+    props = Properties(packet)  # type: ignore[no-untyped-call]
+    if message.content_type is not None:
+        props.ContentType = message.content_type
+    if message.expiry_s is not None:
+        props.MessageExpiryInterval = message.expiry_s
+    return props
 
 
 class LinkDown(NetrootError):
@@ -100,10 +119,11 @@ class BrokerLink:
         *,
         client_id: str,
         subscriptions: Sequence[str] = (),
-        will: Message | None = None,
-        hello: Message | None = None,
+        will: Callable[[], Message] | None = None,
+        hello: Callable[[], Message] | None = None,
         clean_session: bool = True,
     ) -> None:
+        """will and hello are made anew for each connection: each is a new event."""
         self.config = config
         self.client_id = client_id
         self.subscriptions = tuple(subscriptions)
@@ -113,6 +133,7 @@ class BrokerLink:
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.attempted = asyncio.Event()  # the first connection attempt has finished
         self.connections = 0
+        self.connected_since: datetime | None = None  # when the current connection came up
         self._connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._session: asyncio.Task[None] | None = None
@@ -145,9 +166,16 @@ class BrokerLink:
         config = self.config
         will = None
         if self.will is not None:
+            last = self.will()
             will = aiomqtt.Will(
-                self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain
+                last.topic,
+                last.payload,
+                qos=last.qos,
+                retain=last.retain,
+                properties=_publish_properties(last, PacketTypes.WILLMESSAGE),
             )
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.SessionExpiryInterval = 0 if self.clean_session else SESSION_EXPIRY_S
         client = aiomqtt.Client(
             config.host,
             config.port,
@@ -155,7 +183,9 @@ class BrokerLink:
             password=_password(config),
             identifier=self.client_id,
             will=will,
-            clean_session=self.clean_session,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=self.clean_session,
+            properties=connect,
             keepalive=config.keepalive,
             timeout=CONNECT_TIMEOUT_S,
             tls_context=_tls_context(config),
@@ -206,10 +236,14 @@ class BrokerLink:
         client = self._make_client()
         async with client:
             self.connections += 1
+            self.connected_since = datetime.now(UTC)
             log.info("connected to broker", host=self.config.host, port=self.config.port)
             if self.hello is not None:
-                m = self.hello
-                await client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+                m = self.hello()
+                hello = _publish_properties(m)
+                await client.publish(
+                    m.topic, m.payload, qos=m.qos, retain=m.retain, properties=hello
+                )
             for topic in self.subscriptions:
                 await client.subscribe(topic, qos=1)
             self._client = client
@@ -237,7 +271,12 @@ class BrokerLink:
         calls = [
             asyncio.ensure_future(
                 client.publish(
-                    m.topic, m.payload, qos=m.qos, retain=m.retain, timeout=ACK_TIMEOUT_S
+                    m.topic,
+                    m.payload,
+                    qos=m.qos,
+                    retain=m.retain,
+                    properties=_publish_properties(m),
+                    timeout=ACK_TIMEOUT_S,
                 )
             )
             for m in messages
@@ -276,6 +315,7 @@ class BrokerLink:
                     goodbye.payload,
                     qos=goodbye.qos,
                     retain=goodbye.retain,
+                    properties=_publish_properties(goodbye),
                     timeout=wait_s,
                 )
             except aiomqtt.MqttError as exc:

@@ -15,17 +15,20 @@ import contextlib
 import fcntl
 import os
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from controller import fsops, proc, store
+from controller.activation import Prepared, Step
 from controller.config import Config, Model
-from controller.layout import label_paths
+from controller.errors import StoreError
+from controller.layout import is_version_id, label_paths
 from controller.log import get_logger
 from controller.render import ExportSpec, export_specs, render_exports, render_ganesha
+from controller.render.ganesha import EXPORT_ID_LIMIT, export_key
 
 log = get_logger("nfs")
 
@@ -71,29 +74,116 @@ def version_exports(config: Config, labels: Iterable[str]) -> list[ExportSpec]:
     return specs
 
 
-def active_labels(config: Config) -> list[str]:
-    """Configured labels that have an active version."""
+def active_labels(config: Config, pending: Mapping[str, str] | None = None) -> list[str]:
+    """Configured labels that have an active version (or are about to, per `pending`)."""
     return [
-        name for name in sorted(config.labels) if store.active_version(label_paths(config, name))
+        name
+        for name in sorted(config.labels)
+        if (pending or {}).get(name) or store.active_version(label_paths(config, name))
     ]
 
 
-def render_kernel_exports(config: Config) -> str:
+def render_kernel_exports(config: Config, pending: Mapping[str, str] | None = None) -> str:
     """The kernel server's exports file for every label with an active version."""
-    specs = export_specs(config, active_labels(config))
+    specs = export_specs(config, active_labels(config, pending))
     return render_exports(specs, clients=config.nfs.clients, insecure=config.nfs.insecure)
+
+
+# --- Export_Ids ----------------------------------------------------------------------
+#
+# Ganesha refuses a reload that gives an existing Export_Id another Path and
+# drops that export, so a version's id is assigned once, when it is first
+# exported, and kept in a small registry beside the store: gc pruning another
+# version, or a new one, never moves it. Ids are handed out in sequence and
+# freed only when their version is gone, so one is reused only after the
+# whole 16-bit range has gone round, long after Ganesha forgot the old export.
+
+
+class ExportIds(Model):
+    """The registry: `label/version` -> Export_Id, and where the next search starts."""
+
+    next: int = 1
+    ids: dict[str, int] = Field(default_factory=dict)
+
+
+def export_ids_file(config: Config) -> Path:
+    """Where the Export_Id registry lives."""
+    return config.state_dir / "export-ids.json"
+
+
+@contextlib.contextmanager
+def _ids_lock(config: Config) -> Iterator[None]:
+    lock = config.state_dir / "run" / "export-ids.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_ids(path: Path) -> ExportIds:
+    try:
+        return ExportIds.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return ExportIds()
+    except ValidationError:
+        raise StoreError(
+            f"{path}: invalid Export_Id registry; restore it from a backup (deleting it"
+            " renumbers every export, and running nodes lose theirs at the next reload)"
+        ) from None
+
+
+def _exists(config: Config, key: str) -> bool:
+    label, _, version = key.partition("/")
+    if not is_version_id(version):
+        return False
+    return label_paths(config, label).version(version).is_dir()
+
+
+def allocate_ids(registry: ExportIds, keys: Iterable[str], alive: set[str]) -> ExportIds:
+    """Keep every id of a key in `alive`; give new keys the next free ids. Pure."""
+    ids = {k: i for k, i in registry.ids.items() if k in alive}
+    taken = set(ids.values())
+    cursor = registry.next
+    for key in sorted(set(keys) - set(ids)):
+        if len(taken) >= EXPORT_ID_LIMIT:
+            raise StoreError(f"more than {EXPORT_ID_LIMIT} NFS exports: prune old versions")
+        while cursor in taken:
+            cursor = cursor % EXPORT_ID_LIMIT + 1
+        ids[key] = cursor
+        taken.add(cursor)
+        cursor = cursor % EXPORT_ID_LIMIT + 1
+    return ExportIds(next=cursor, ids=ids)
+
+
+def export_ids(config: Config, specs: Iterable[ExportSpec]) -> dict[str, int]:
+    """The Export_Id of each spec: its stored one, or a new one stored before it is used."""
+    keys = [export_key(spec) for spec in specs]
+    path = export_ids_file(config)
+    with _ids_lock(config):
+        registry = _read_ids(path)
+        if all(key in registry.ids for key in keys):
+            return {key: registry.ids[key] for key in keys}
+        alive = {key for key in registry.ids if _exists(config, key)} | set(keys)
+        updated = allocate_ids(registry, keys, alive)
+        fsops.write_atomic(path, updated.model_dump_json(indent=1).encode(), 0o600)
+    return {key: updated.ids[key] for key in keys}
 
 
 def render_system_ganesha(config: Config, labels: Iterable[str] | None = None) -> str:
     """The boot server's ganesha.nfsd config: every version of every label (or of `labels`)."""
     chosen = sorted(config.labels) if labels is None else labels
+    specs = version_exports(config, chosen)
     return render_ganesha(
-        version_exports(config, chosen),
+        specs,
         clients=config.nfs.clients,
         insecure=config.nfs.insecure,
         bind_addr=SYSTEM_BIND,
         port=config.nfs.port,
         recovery_root=SYSTEM_RECOVERY,
+        ids=export_ids(config, specs),
     )
 
 
@@ -158,13 +248,15 @@ def lab_dir(config: Config) -> Path:
 
 def render_lab(config: Config, lab: LabGanesha) -> str:
     """A lab instance's config: every version of its labels, loopback clients only."""
+    specs = version_exports(config, lab.labels)
     return render_ganesha(
-        version_exports(config, lab.labels),
+        specs,
         clients=lab.clients,
         insecure=lab.insecure,
         bind_addr=lab.bind_addr,
         port=lab.port,
         recovery_root=os.fspath(lab.recovery_root),
+        ids=export_ids(config, specs),
     )
 
 
@@ -220,54 +312,102 @@ def _apply_lock(config: Config) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
+def _stage_if_changed(prepared: Prepared, path: Path, text: str) -> bool:
     data = text.encode()
     try:
         if path.read_bytes() == data:
             return False
     except OSError:
         pass
-    fsops.write_atomic(path, data)
+    prepared.exports.append(Step(fsops.stage_file(path, data), path))
     return True
 
 
-def apply_system(config: Config, done: Applied) -> None:
-    """The configured server (nfs.manage): write its file and make it re-read it."""
-    nfs = config.nfs
-    if nfs.server == "kernel":
-        _write_if_changed(nfs.exports_file, render_kernel_exports(config))
-        done.written.append(str(nfs.exports_file))
-        proc.run(exportfs_argv())
-        done.reloaded.append("exportfs -r")
-        return
-    if _write_if_changed(nfs.ganesha_config, render_system_ganesha(config)):
-        done.written.append(str(nfs.ganesha_config))
-    pid = read_pid(nfs.ganesha_pidfile)
+def _reload_ganesha(pid_file: Path, config_file: Path, done: Applied) -> None:
+    pid = read_pid(pid_file)
     if pid is not None and reload_ganesha(pid):
         done.reloaded.append(f"ganesha.nfsd pid {pid}")
     else:
         done.notes.append(
-            f"ganesha.nfsd is not running (no live pid in {nfs.ganesha_pidfile}); start it with"
-            f" -f {nfs.ganesha_config}"
+            f"ganesha.nfsd is not running (no live pid in {pid_file}); start it with"
+            f" -f {config_file}"
         )
 
 
-def apply_labs(config: Config, done: Applied) -> None:
+def _stage_system(
+    config: Config, prepared: Prepared, done: Applied, pending: Mapping[str, str]
+) -> None:
+    """The configured server (nfs.manage): its file staged, its reload queued."""
+    nfs = config.nfs
+    if nfs.server == "kernel":
+        _stage_if_changed(prepared, nfs.exports_file, render_kernel_exports(config, pending))
+        done.written.append(str(nfs.exports_file))
+
+        def exportfs() -> None:
+            proc.run(exportfs_argv())
+            done.reloaded.append("exportfs -r")
+
+        prepared.reload.append(exportfs)
+        return
+    if _stage_if_changed(prepared, nfs.ganesha_config, render_system_ganesha(config)):
+        done.written.append(str(nfs.ganesha_config))
+    prepared.reload.append(lambda: _reload_ganesha(nfs.ganesha_pidfile, nfs.ganesha_config, done))
+
+
+def _stage_labs(config: Config, prepared: Prepared, done: Applied) -> None:
     """Every running `netroot boot` instance: new versions added, pruned ones dropped."""
     for _record, lab in lab_instances(config):
-        if _write_if_changed(lab.config_file, render_lab(config, lab)):
+        if _stage_if_changed(prepared, lab.config_file, render_lab(config, lab)):
             done.written.append(str(lab.config_file))
-            if reload_ganesha(lab.pid, lab.config_file):
-                done.reloaded.append(f"lab ganesha.nfsd pid {lab.pid} port {lab.port}")
+
+            def reload(lab: LabGanesha = lab) -> None:
+                if reload_ganesha(lab.pid, lab.config_file):
+                    done.reloaded.append(f"lab ganesha.nfsd pid {lab.pid} port {lab.port}")
+
+            prepared.reload.append(reload)
+
+
+def prepare(
+    config: Config, prepared: Prepared, pending: Mapping[str, str] | None = None
+) -> Applied:
+    """Stage every export file netroot manages into prepared, as if `pending` were active.
+
+    The apply lock is held (in prepared) until it is published or discarded.
+    The returned Applied fills in as prepared publishes.
+    """
+    done = Applied()
+    prepared.held.enter_context(_apply_lock(config))
+    if config.nfs.manage:
+        _stage_system(config, prepared, done, pending or {})
+    _stage_labs(config, prepared, done)
+
+    def report() -> None:
+        if done.written or done.reloaded:
+            log.info("nfs applied", written=done.written, reloaded=done.reloaded)
+
+    prepared.reload.append(report)
+    return done
+
+
+def apply_labs(config: Config, done: Applied) -> None:
+    """Every running `netroot boot` instance brought up to date now."""
+    prepared = Prepared()
+    try:
+        prepared.held.enter_context(_apply_lock(config))
+        _stage_labs(config, prepared, done)
+    except BaseException:
+        prepared.discard()
+        raise
+    prepared.publish()
 
 
 def apply(config: Config) -> Applied:
     """Re-apply every export netroot manages (after an activation or a gc)."""
-    done = Applied()
-    with _apply_lock(config):
-        if config.nfs.manage:
-            apply_system(config, done)
-        apply_labs(config, done)
-    if done.written or done.reloaded:
-        log.info("nfs applied", written=done.written, reloaded=done.reloaded)
+    prepared = Prepared()
+    try:
+        done = prepare(config, prepared)
+    except BaseException:
+        prepared.discard()
+        raise
+    prepared.publish()
     return done

@@ -58,12 +58,23 @@ def _classify(path: Path, st: os.stat_result) -> Kind:
     )
 
 
+def _check_name(path: Path) -> None:
+    try:
+        path.name.encode()
+    except UnicodeEncodeError:
+        # Image paths are UTF-8 (the index, the manifest, JSON events); show the raw bytes.
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise UnsafePathError(f"{shown}: overlay file name is not UTF-8; rename it") from None
+
+
 def _scan_one(top: Path) -> list[OverlayItem]:
     items: list[OverlayItem] = []
     for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
         dirnames.sort()
         base = Path(dirpath)
         rel_dir = base.relative_to(top).as_posix()
+        for name in dirnames + filenames:
+            _check_name(base / name)
         for name in sorted(filenames + [d for d in dirnames if (base / d).is_symlink()]):
             path = base / name
             st = path.lstat()
@@ -71,8 +82,12 @@ def _scan_one(top: Path) -> list[OverlayItem]:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
             if kind == "whiteout":
                 rel = rel[: len(rel) - len(name)] + name[len(WHITEOUT) :]
-                if not rel.rsplit("/", 1)[-1]:
-                    raise UnsafePathError(f"{path}: whiteout names nothing; write {WHITEOUT}NAME")
+                if rel.rsplit("/", 1)[-1] in ("", ".", ".."):
+                    # `.wh..` or `.wh...` would delete the directory holding it, or its parent.
+                    raise UnsafePathError(
+                        f"{path}: whiteout names no file; write {WHITEOUT}NAME for a NAME"
+                        " other than . and .."
+                    )
             items.append(
                 OverlayItem(
                     rel,

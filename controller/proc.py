@@ -4,18 +4,21 @@ argv lists only (never a shell string carrying user data), stdin closed unless
 input is given, an explicit minimal environment, the command logged with
 shlex.join, the whole process group killed and reaped when the caller is
 interrupted or cancelled, and a typed error carrying argv, status and the
-stderr tail.
+stderr tail. Every child also gets SIGTERM when netroot itself dies, even by
+SIGKILL (a parent-death signal), so nothing outlives the command that started it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeAlias
@@ -30,6 +33,42 @@ TAIL_LINES = 30
 _GRACE_SECONDS = 5.0
 
 Arg: TypeAlias = str | os.PathLike[str]
+
+# The directory holding this `controller` package: child netroot commands
+# import it from here, not whatever the working directory holds.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded now: the child may not import
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: SIGTERM when the parent goes (kept across exec)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # The parent may have died between fork and prctl: then nobody signals us.
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _child_setup() -> Callable[[], None]:
+    # preexec_fn runs Python between fork and exec, which is unsafe when it
+    # imports or takes locks other threads may hold; this one only makes two
+    # system calls through a libc handle loaded at import. Linux sends the
+    # signal when the *thread* that forked exits: children are started from
+    # the main thread or a long-lived worker thread, never a passing one.
+    parent = os.getpid()
+    return lambda: _die_with_parent(parent)
+
+
+def netroot_argv(*args: Arg) -> list[str]:
+    """argv of a child `netroot` command run by this interpreter and this package."""
+    # -P: no working directory on sys.path, so a `controller` package lying
+    # there (another checkout) never replaces ours; netroot_env() names ours.
+    return [sys.executable, "-P", "-m", "controller", *to_argv(args)]
+
+
+def netroot_env() -> dict[str, str]:
+    """The extra environment of netroot_argv(): where this package is."""
+    return {"PYTHONPATH": os.fspath(PACKAGE_ROOT)}
 
 
 @dataclass(frozen=True)
@@ -75,6 +114,8 @@ def file_tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = 64 * 1024) -
 def _kill_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+        if sig == signal.SIGTERM:
+            os.killpg(pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
 
 
 def run(
@@ -110,6 +151,7 @@ def run(
             env=base_env(env),
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_child_setup(),  # noqa: PLW1509 (see _child_setup)
         )
     except FileNotFoundError as exc:
         if sink is not None:
@@ -139,12 +181,17 @@ def run(
 
 @contextlib.contextmanager
 def background(
-    argv: Sequence[Arg], *, log_file: Path | None = None, env: Mapping[str, str] | None = None
+    argv: Sequence[Arg],
+    *,
+    log_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    pipe_stdout: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A long-running process for the length of a with-block, in its own session.
 
-    Output goes to log_file (or this process's stdout and stderr); on leaving
-    the block the whole process group gets SIGTERM, then SIGKILL after a grace.
+    Output goes to log_file (or this process's stdout and stderr; with
+    pipe_stdout, stdout is the child's .stdout to read); on leaving the block
+    the whole process group gets SIGTERM, then SIGKILL after a grace.
     """
     args = to_argv(argv)
     log.debug("background", cmd=shlex.join(args))
@@ -153,10 +200,11 @@ def background(
         child = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
-            stdout=sink,
+            stdout=subprocess.PIPE if pipe_stdout else sink,
             stderr=sink,
             env=base_env(env),
             start_new_session=True,
+            preexec_fn=_child_setup(),  # noqa: PLW1509 (see _child_setup)
         )
     except FileNotFoundError as exc:
         if sink is not None:
@@ -173,25 +221,55 @@ def background(
             child.wait()
         if sink is not None:
             sink.close()
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 def run_interactive(argv: Sequence[Arg], *, env: Mapping[str, str] | None = None) -> Completed:
     """Run argv on this terminal: stdin, stdout and stderr inherited, same session.
 
-    For `netroot shell` only: every other command gets stdin closed and a new
-    session. Ctrl-C belongs to the interactive program, so it is ignored here
-    while the program runs.
+    For `netroot shell` and the steps of `netroot up` only: every other
+    command gets stdin closed and a new session. Ctrl-C belongs to the
+    interactive program, so it is ignored here while the program runs; if
+    this process is interrupted otherwise (SIGTERM or SIGHUP turned into an
+    exception), the program gets SIGTERM and time to clean up.
     """
     args = to_argv(argv)
     log.debug("run interactive", cmd=shlex.join(args))
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        done = subprocess.run(args, env=base_env(env), check=False)
-    except FileNotFoundError as exc:
-        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+        try:
+            setup = _child_setup()
+            child = subprocess.Popen(args, env=base_env(env), preexec_fn=setup)  # noqa: PLW1509
+        except FileNotFoundError as exc:
+            raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+        try:
+            returncode = child.wait()
+        except BaseException:
+            _stop_child(child, grace=STOP_GRACE_SECONDS)
+            raise
     finally:
         signal.signal(signal.SIGINT, previous)
-    return Completed(args, done.returncode, "", "")
+    return Completed(args, returncode, "", "")
+
+
+# What an interactive step may take to stop (`netroot boot` stops its VM
+# and NFS server, `netroot serve` flushes its outbox: 25 s by design).
+STOP_GRACE_SECONDS = 40.0
+
+
+def _stop_child(child: subprocess.Popen[bytes], *, grace: float) -> None:
+    """SIGTERM one child (it shares our process group), SIGKILL after grace; reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signal.SIGTERM)
+    while child.returncode is None:
+        try:
+            child.wait(grace)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            grace = 10.0
+        except BaseException:  # noqa: S112 (another signal while waiting: keep reaping)
+            continue
 
 
 async def arun(
@@ -214,6 +292,7 @@ async def arun(
             env=base_env(env),
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_child_setup(),
         )
     except FileNotFoundError as exc:
         raise ProcessError(args, 127, f"{args[0]}: command not found") from exc

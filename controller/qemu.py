@@ -1,4 +1,4 @@
-"""qemu command lines for `netroot boot` (pure argv builders, golden-tested) and the KVM probe.
+"""qemu command lines for `netroot boot` (pure argv builders, golden-tested), the KVM decision.
 
 The guest gets qemu's user-mode network with `restrict=on`: it reaches
 nothing but qemu's own DHCP and TFTP and the guestfwd addresses, each a
@@ -10,14 +10,12 @@ interpreted by one; commas in option values are doubled, qemu's escape.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from controller import proc
-from controller.errors import ProcessError
+from pydantic import BaseModel, ConfigDict
 
 QEMU = "qemu-system-x86_64"
 GUEST_SERVER = "10.0.2.100"  # where the guest finds NFS and MQTT (guestfwd)
@@ -27,6 +25,7 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 Accel = Literal["tcg", "kvm"]
+AccelRequest = Literal["auto", "tcg", "kvm"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     """The whole qemu command line for a test VM."""
     argv = [QEMU, "-name", spec.name, "-accel", spec.accel]
     if spec.accel == "kvm":
-        argv += ["-cpu", "host"]
+        argv += KVM_CPU
     argv += [
         "-m", str(spec.memory_mb), "-smp", "1",
         "-display", "none", "-monitor", "none", "-no-reboot",
@@ -126,32 +125,44 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     return [*argv, *spec.extra]
 
 
-def kvm_probe_argv() -> list[str]:
-    """A KVM guest that only starts and quits: fails where KVM is unusable."""
-    # On the machines BOOTLAB.md describes, /dev/kvm exists but `-cpu host`
-    # aborts (and a stock kernel hangs under KVM): this catches that.
+KVM_CPU = ("-cpu", "host")  # what a KVM VM runs with, so the probe tries the same
+PROBE_APPEND = "console=ttyS0 panic=-1"  # print on the serial port; no root: panic, exit
+PROBE_SIGN = "Linux version"  # the kernel's first console line: the guest really runs
+
+
+class KvmProbe(BaseModel):
+    """Whether a KVM guest was seen running on this host since it booted (a cache entry)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    boot_id: str  # /proc/sys/kernel/random/boot_id: the host boot this holds for
+    runs: bool
+    detail: str  # what was seen, for the one line printed
+    kernel: str = ""  # the kernel the probe booted
+
+
+def kvm_probe_argv(kernel: Path, serial_log: Path) -> list[str]:
+    """A KVM guest booting kernel with no root: it prints PROBE_SIGN, panics and quits."""
+    # `qemu -accel kvm -S` starting proves nothing: on machines of this kind
+    # /dev/kvm opens and qemu starts, yet the guest hangs or resets (BOOTLAB.md).
     return [
-        QEMU, "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-nodefaults",
-        "-display", "none", "-no-user-config", "-S", "-monitor", "stdio",
+        QEMU, "-accel", "kvm", *KVM_CPU, "-machine", "pc", "-nodefaults", "-no-user-config",
+        "-m", "256", "-smp", "1", "-display", "none", "-monitor", "none", "-no-reboot",
+        "-chardev", f"file,id=s0,path={_opt(serial_log)}", "-serial", "chardev:s0",
+        "-kernel", os.fspath(kernel), "-append", PROBE_APPEND,
     ]  # fmt: skip
 
 
-def kvm_usable() -> bool:
-    """True if a KVM guest with the host CPU starts here."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False
-    try:
-        done = proc.run(kvm_probe_argv(), stdin=b"quit\n", check=False, timeout=20)
-    except (ProcessError, subprocess.TimeoutExpired, OSError):
-        return False
-    return done.returncode == 0
+def probe_saw_guest(serial_text: str) -> bool:
+    """True when the probe's console shows a kernel running."""
+    return PROBE_SIGN in serial_text
 
 
-def choose_accel(requested: Literal["auto", "tcg", "kvm"]) -> Accel:
-    """TCG unless KVM is asked for or (auto) really works."""
-    if requested == "auto":
-        return "kvm" if kvm_usable() else "tcg"
-    return requested
+def decide_accel(requested: AccelRequest, probe: KvmProbe | None) -> Accel:
+    """TCG unless KVM is asked for, or (auto) a KVM guest was seen running here."""
+    if requested != "auto":
+        return requested
+    return "kvm" if probe is not None and probe.runs else "tcg"
 
 
 def mosquitto_sub_argv(

@@ -7,12 +7,17 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from controller import activation, fsops
+from controller import activation, fsops, store
 from controller.config import Config
+from controller.errors import NetrootError, describe
 from controller.layout import label_paths
 from controller.locking import label_lock
 
 log = structlog.get_logger(component="recovery")
+
+# Image trees (with their setuid binaries), cached bases, build logs: root only.
+# Boot files reach the TFTP server as hard links in its root, never through these.
+PRIVATE_DIRS = ("images", "cache", "logs")
 
 
 @dataclass
@@ -22,12 +27,23 @@ class Recovered:
     label: str
     active: str | None = None
     removed: list[str] = field(default_factory=list)
+    problem: str | None = None  # why links could not be re-pointed (strict=False)
 
 
-def recover_label(config: Config, label: str, render: activation.BootRenderer) -> Recovered:
-    """Sweep one label. Caller holds its lock (so no build of it is running)."""
+def recover_label(
+    config: Config, label: str, render: activation.BootRenderer, *, strict: bool = True
+) -> Recovered:
+    """Sweep one label. Caller holds its lock (so no build of it is running).
+
+    strict=False (gc, `netroot recover`): links that cannot be re-pointed (a
+    full disk) are reported in `problem` instead of raised, so what frees
+    space still runs; the history stays the truth and the next recovery
+    re-points them.
+    """
     paths = label_paths(config, label)
     result = Recovered(label)
+    for private in PRIVATE_DIRS:
+        fsops.private_dir(config.state_dir / private)
     if paths.staging.is_dir():
         for leftover in sorted(os.listdir(paths.staging)):
             fsops.remove_tree(paths.staging / leftover)
@@ -37,7 +53,15 @@ def recover_label(config: Config, label: str, render: activation.BootRenderer) -
             if name.startswith("."):
                 fsops.remove_tree(paths.bases / name)
                 result.removed.append(str(paths.bases / name))
-    result.active = activation.reconcile(paths, render)
+    if strict:
+        result.active = activation.reconcile(paths, render)
+    else:
+        try:
+            result.active = activation.reconcile(paths, render)
+        except (OSError, NetrootError) as exc:
+            result.active = store.active_version(paths)
+            result.problem = describe(exc)
+            log.warning("links not re-pointed", label=label, problem=result.problem)
     if result.removed:
         log.info("recovered", label=label, removed=result.removed, active=result.active)
     return result

@@ -37,6 +37,10 @@ def version_ids(paths: LabelPaths) -> list[str]:
 
 def read_manifest(paths: LabelPaths, version: str) -> Manifest:
     """A version's manifest; StoreError when the version does not exist."""
+    if not is_version_id(version):
+        # Never a path: `verify LABEL /abs/path` must not read outside the store.
+        known = ", ".join(version_ids(paths)[-5:]) or "none built yet"
+        raise StoreError(f"{paths.label}: {version!r} is not a version id (latest: {known})")
     try:
         data = paths.manifest(version).read_bytes()
     except FileNotFoundError:

@@ -25,6 +25,7 @@ from controller import proc
 from controller.builders import BuildRequest, Progress, basetree, pkgstage
 from controller.builders.dnf import place_kernels
 from controller.builders.initramfs import make_initramfs
+from controller.builders.legacy import setup_sources, tree_digest
 from controller.config import CHECKOUT
 from controller.errors import NetrootError
 from controller.recipes import DefRecipe, Recipe
@@ -44,8 +45,10 @@ def tool_env(tool: str, cache_dir: Path) -> dict[str, str]:
     """The tool's cache and temporary directories under netroot's cache."""
     prefix = tool.upper()
     top = cache_dir / tool
-    return {f"{prefix}_CACHEDIR": os.fspath(top / "cache"), f"{prefix}_TMPDIR": os.fspath(top /
-                                                                                        "tmp")}
+    return {
+        f"{prefix}_CACHEDIR": os.fspath(top / "cache"),
+        f"{prefix}_TMPDIR": os.fspath(top / "tmp"),
+    }
 
 
 def find_tool(tool: str) -> str | None:
@@ -61,12 +64,20 @@ class ApptainerBuilder:
         self.base_dir = base_dir if base_dir is not None else CHECKOUT / "base"
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
-        """The .def's content, the files it copies in, base/ and the tool's name."""
+        """The .def's content, the files %files and %setup copy in, base/ and the tool's name."""
         own = _own(recipe)
         content = pkgstage.recipe_digest(own.native, str(own.definition))
         text = own.definition.read_bytes()
         base = basetree.digest(basetree.scan(self.base_dir))
-        payload = [self.name, BACKEND_VERSION, hashlib.sha256(text).hexdigest(), content, base]
+        setup = tree_digest(setup_sources(own), own.definition.resolve().parent)
+        payload = [
+            self.name,
+            BACKEND_VERSION,
+            hashlib.sha256(text).hexdigest(),
+            content,
+            base,
+            setup,
+        ]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
     def build(self, request: BuildRequest, progress: Progress) -> None:
@@ -82,8 +93,12 @@ class ApptainerBuilder:
         for path in env.values():
             Path(path).mkdir(parents=True, exist_ok=True)
         progress(f"{self.name} build --sandbox {recipe.definition.name}")
-        proc.run(tool_argv(self.name, request.rootfs, recipe.definition.resolve()), env=env,
-                 cwd=recipe.definition.resolve().parent, log_file=request.log_file)
+        proc.run(
+            tool_argv(self.name, request.rootfs, recipe.definition.resolve()),
+            env=env,
+            cwd=recipe.definition.resolve().parent,
+            log_file=request.log_file,
+        )
         _, base_tar = basetree.materialise(request.base_dir, request.cache_dir)
         proc.run(basetree.extract_argv(base_tar, request.rootfs), log_file=request.log_file)
         place_kernels(request.rootfs)

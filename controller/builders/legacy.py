@@ -3,7 +3,9 @@
 The .def's native recipe goes to its backend (mmdebstrap or dnf) without its
 files and post script, so the package stage is built and cached as for any
 recipe. Then, in Singularity's order: `%setup` on the host, `%files`,
-`%environment`, `%post` inside the image. `%setup` sees the image at
+`%environment`, `%post` inside the image. `%setup` runs in the .def's own
+directory, as the original tool ran it (`rsync -a base/ ${SINGULARITY_ROOTFS}`
+finds the recipe's base/), and sees the image at
 $SINGULARITY_ROOTFS (and $APPTAINER_ROOTFS) through an overlay mounted over
 it in a private mount namespace, so whatever it writes reaches the tree by
 rename only (controller.builders.cow), never through an inode the tree shares
@@ -16,15 +18,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
+import stat
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
-from controller import fsops, proc
+from controller import distros, fsops, proc
 from controller.builders import BuildRequest, Progress, builder_for, chroot, cow, customize
 from controller.config import CHECKOUT
 from controller.errors import NetrootError, ProcessError, RecipeError
-from controller.recipes import DefRecipe, Recipe
+from controller.recipes import DefRecipe, DnfRecipe, Recipe
 from controller.safepath import ImageRoot
 
 BACKEND_VERSION = "1"
@@ -35,10 +40,11 @@ ROOTFS_VARIABLES = ("SINGULARITY_ROOTFS", "APPTAINER_ROOTFS")
 def setup_argv(root: Path, scratch: chroot.Scratch, script: Path) -> list[str]:
     """%setup on the host, with an overlay over root in a private mount namespace (pure)."""
     options = cow.overlay_options(root, scratch.upper, scratch.work)
-    plan = {"mounts": [["mount", "-t", "overlay", "-o", options, "overlay", os.fspath(root)]],
-            "exec": ["/bin/sh", "-e", os.fspath(script)]}
-    return chroot.unshare_argv([sys.executable, "-I", os.fspath(chroot.NSEXEC),
-                                json.dumps(plan)])
+    plan = {
+        "mounts": [["mount", "-t", "overlay", "-o", options, "overlay", os.fspath(root)]],
+        "exec": ["/bin/sh", "-e", os.fspath(script)],
+    }
+    return chroot.unshare_argv([sys.executable, "-I", os.fspath(chroot.NSEXEC), json.dumps(plan)])
 
 
 def setup_env(root: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -55,14 +61,110 @@ def run_setup(root: Path, recipe: DefRecipe, log_file: Path, env: dict[str, str]
         script = scratch.path / "setup.sh"
         script.write_text(recipe.setup)
         try:
-            proc.run(setup_argv(root, scratch, script), env=setup_env(root, env),
-                     cwd=recipe.definition.resolve().parent, log_file=log_file)
+            proc.run(
+                setup_argv(root, scratch, script),
+                env=setup_env(root, env),
+                cwd=recipe.definition.resolve().parent,
+                log_file=log_file,
+            )
         except ProcessError as exc:
-            raise RecipeError(recipe.where("setup"), "%setup", f"failed with status "
-                              f"{exc.returncode} (see the build log)") from None
+            raise RecipeError(
+                recipe.where("setup"),
+                "%setup",
+                f"failed with status {exc.returncode} (see the build log)",
+            ) from None
         return cow.merge_upper(scratch.upper, root)
     finally:
         fsops.remove_tree(scratch.path)
+
+
+def setup_sources(recipe: DefRecipe) -> list[Path]:
+    """What %setup names by a relative path beside the .def (`rsync -a base/ ...`).
+
+    Their content is part of the build's inputs: an edit to the recipe's base/
+    must not reuse a base tree cached from the old one.
+    """
+    home = recipe.definition.resolve().parent
+    found: set[Path] = set()
+    for line in recipe.setup.splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            continue  # an unbalanced quote: the shell will say so when %setup runs
+        for word in words:
+            if word.startswith(("-", "/")) or "$" in word or not word.strip("./"):
+                continue
+            path = home / word
+            if path.exists() and path.resolve().is_relative_to(home):
+                found.add(path)
+    return sorted(found)
+
+
+def _walk(top: Path) -> list[Path]:
+    """top and, for a directory, everything under it, in a stable order."""
+    if not top.is_dir() or top.is_symlink():
+        return [top]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        out.append(Path(dirpath))
+        links = [d for d in dirnames if (Path(dirpath) / d).is_symlink()]  # not walked into
+        out.extend(Path(dirpath) / name for name in sorted(filenames + links))
+    return out
+
+
+def tree_digest(paths: list[Path], home: Path) -> str:
+    """sha256 over the names (relative to home), kinds, modes and contents of files and trees."""
+    h = hashlib.sha256()
+    for path in (p for top in paths for p in _walk(top)):
+        st = path.lstat()
+        h.update(f"{path.relative_to(home)}\0{st.st_mode:o}\0".encode())
+        if stat.S_ISREG(st.st_mode):
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+        elif stat.S_ISLNK(st.st_mode):
+            h.update(os.readlink(path).encode())
+    return h.hexdigest()
+
+
+def rpmdb_probe_argv(dbpath: Path, backend: str) -> list[str]:
+    """rpmdb creating an empty database of a format in a scratch directory (pure)."""
+    return [
+        "rpmdb",
+        "--initdb",
+        "--dbpath",
+        os.fspath(dbpath),
+        "--define",
+        f"_db_backend {backend}",
+    ]
+
+
+def host_rpm_writes(backend: str) -> bool:
+    """Whether the build host's rpm writes that database format.
+
+    Debian's rpm 4.18 has no bdb backend: it falls back to a dummy database and
+    dnf then installs nothing, after downloading everything. Asked once, up front.
+    """
+    with tempfile.TemporaryDirectory(prefix="netroot-rpmdb-") as scratch:
+        done = proc.run(rpmdb_probe_argv(Path(scratch), backend), check=False)
+    said = done.stdout + done.stderr
+    return done.returncode == 0 and "dummy database" not in said and "invalid" not in said
+
+
+def check_rpmdb_format(recipe: DefRecipe) -> None:
+    """A release whose rpm uses bdb (EL 7/8, Fedora 32 and older) needs a host rpm writing it."""
+    native = recipe.native
+    if not isinstance(native, DnfRecipe):
+        return
+    backend = distros.rpmdb_backend(native.info, native.suite)
+    if backend != "sqlite" and not host_rpm_writes(backend):
+        raise RecipeError(
+            str(recipe.definition),
+            "OSVersion",
+            f"{native.distro} {native.release} keeps its rpm database in "
+            f"{backend}, which this build host's rpm cannot write",
+            "a build host whose rpm writes it (EL 7 or 8, Fedora 32 or older), "
+            'or a tree built there, adopted with builder = "import"',
+        )
 
 
 def write_environment(root: Path, recipe: DefRecipe) -> None:
@@ -82,27 +184,41 @@ class DefBuilder:
         self.base_dir = base_dir if base_dir is not None else CHECKOUT / "base"
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
-        """The backend's key for the native recipe, plus %setup and %environment."""
+        """The backend's key for the native recipe, plus %setup, what it copies, %environment."""
         own = _own(recipe)
         inner = builder_for(own.native, base_dir=self.base_dir)
-        payload = [self.name, BACKEND_VERSION, inner.input_key(own.native, own.definition),
-                   own.setup, own.environment]
+        payload = [
+            self.name,
+            BACKEND_VERSION,
+            inner.input_key(own.native, own.definition),
+            own.setup,
+            tree_digest(setup_sources(own), own.definition.resolve().parent),
+            own.environment,
+        ]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
     def build(self, request: BuildRequest, progress: Progress) -> None:
         """Packages (cached stage), then %setup, %files, %environment and %post."""
         recipe = _own(request.recipe)
         native, root, log = recipe.native, request.rootfs, request.log_file
-        for notice in recipe.notices:
-            progress(f"notice: {notice}")
+        for kind, text in [
+            *(("warning", w) for w in recipe.warnings),
+            *(("notice", n) for n in recipe.notices),
+        ]:
+            progress(f"{kind}: {text}")
             with log.open("a") as f:
-                f.write(f"netroot: notice: {notice}\n")
-        progress(f"legacy recipe {recipe.definition.name}: Bootstrap {recipe.bootstrap} -> "
-                 f"{native.builder} ({native.distro} {native.release})")
+                f.write(f"netroot: {kind}: {text}\n")
+        progress(
+            f"legacy recipe {recipe.definition.name}: Bootstrap {recipe.bootstrap} -> "
+            f"{native.builder} ({native.distro} {native.release})"
+        )
+        check_rpmdb_format(recipe)
         packages_only = native.model_copy(update={"files": (), "post": ""})
         inner = builder_for(packages_only, base_dir=self.base_dir)
-        inner.build(dataclasses.replace(request, recipe=packages_only,
-                                        recipe_path=recipe.definition), progress)
+        inner.build(
+            dataclasses.replace(request, recipe=packages_only, recipe_path=recipe.definition),
+            progress,
+        )
         env = {"NETROOT_LABEL": request.label, "NETROOT_BUILD_ID": request.build_id}
         if recipe.setup.strip():
             progress("%setup (on the host)")

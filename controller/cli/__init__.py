@@ -5,16 +5,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 
 from controller import __version__
 from controller import log as logsetup
-from controller.cli import boot_cmds, daemon_cmds, output, shell_cmds, store_cmds, up_cmds
-from controller.errors import NetrootError
+from controller.cli import (
+    boot_cmds,
+    daemon_cmds,
+    hosts_cmds,
+    output,
+    shell_cmds,
+    store_cmds,
+    up_cmds,
+)
+from controller.errors import NetrootError, describe
 
 # Each command module adds its subcommands; handlers return an exit status.
-COMMAND_MODULES = [store_cmds, daemon_cmds, boot_cmds, shell_cmds, up_cmds]
+COMMAND_MODULES = [store_cmds, daemon_cmds, boot_cmds, shell_cmds, up_cmds, hosts_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NetrootError as exc:
         output.error(exc)
         return 1
+    except sqlite3.DatabaseError as exc:
+        # A corrupt or full state database (the db layer names the file when it can).
+        print(f"netroot: error: state database: {describe(exc)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # `netroot versions | head`: the reader left; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A full disk, a permission or a vanished file: one line naming the file.
+        print(f"netroot: error: {describe(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("netroot: interrupted", file=sys.stderr)
         return 130

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from controller import bootfiles, bootvm, bootvm_console, dhcp, nbd, nfs, store
-from controller.bootvm_milestones import Hit
+from controller import bootfiles, bootvm, bootvm_console, dhcp, nbd, nfs, proc, store
+from controller.bootvm_milestones import STALL_SECONDS, Hit
 from controller.cli.output import emit_json
 from controller.config import Config, check_label, load_config
 from controller.errors import NetrootError
@@ -43,9 +44,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("label")
     p.set_defaults(handler=cmd_install)
 
-    p = sub.add_parser(
-        "boot", parents=[common], help="PXE-boot the label's active version in qemu"
-    )
+    p = sub.add_parser("boot", parents=[common], help="PXE-boot the label's active version in qemu")
     p.add_argument("label")
     p.add_argument("--headless", action="store_true", help="no console: milestones only")
     p.add_argument("--timeout", type=float, metavar="S", help="stop the VM after S seconds")
@@ -57,12 +56,32 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--ssh-port", type=int, default=2222, metavar="PORT",
         help="host loopback port forwarded to the guest's ssh (0: none; default 2222)",
     )  # fmt: skip
+    p.add_argument("--ssh-key", metavar="FILE", help="public key root accepts on this VM"
+                   " (default: the first ~/.ssh/id_*.pub, else a throw-away pair in state_dir/ssh)",
+                   )  # fmt: skip
     p.add_argument("--mac", help="the VM's MAC address (default: random 52:54:00:xx:xx:xx)")
     p.add_argument("--memory", type=int, default=1024, metavar="MB")
-    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
-                   help="auto: KVM only if a KVM guest really starts here, else TCG")
-    p.add_argument("--stop-after-report", action="store_true",
-                   help="stop the VM once the agent's report arrived")
+    p.add_argument(
+        "--accel",
+        choices=("auto", "tcg", "kvm"),
+        default="auto",
+        help="auto (default): KVM only once a KVM guest was seen running here"
+        " (probed once per host boot), else TCG; a KVM guest showing no"
+        " milestone is booted again under TCG. kvm: KVM, no fall-back",
+    )
+    p.add_argument(
+        "--stop-after-report",
+        action="store_true",
+        help="stop the VM once the agent's report arrived",
+    )
+    p.add_argument(
+        "--stall",
+        type=float,
+        metavar="S",
+        help="stop a VM that shows no new boot milestone for S seconds"
+        f" (default {STALL_SECONDS['tcg']:.0f} under TCG,"
+        f" {STALL_SECONDS['kvm']:.0f} under KVM; 0: never)",
+    )
     p.set_defaults(handler=cmd_boot)
 
     p = sub.add_parser("render", parents=[common], help="print a rendered file")
@@ -156,7 +175,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
             raise NetrootError(f"--mac: {exc}") from None
     if args.timeout is not None and args.timeout <= 0:
         raise NetrootError("--timeout: must be a positive number of seconds")
+    if args.stall is not None and args.stall < 0:
+        raise NetrootError("--stall: must be 0 (no bound) or a positive number of seconds")
     args.console = not args.headless and not args.json and bootvm_console.interactive()
+    public, private = _ssh_key(config, args.ssh_key) if args.ssh_port else ("", None)
     options = bootvm.BootOptions(
         label=args.label,
         headless=args.headless,
@@ -169,12 +191,18 @@ def cmd_boot(args: argparse.Namespace) -> int:
         memory_mb=args.memory,
         accel=args.accel,
         stop_after_report=args.stop_after_report,
+        stall=args.stall,
+        ssh_key=public or None,
     )
+    login = (f"ssh -p {args.ssh_port} -i {shlex.quote(str(private))} -o StrictHostKeyChecking=no"
+             " -o UserKnownHostsFile=/dev/null root@localhost") if private else ""  # fmt: skip
+    if args.json and login:
+        print(json.dumps({"ssh": login}), flush=True)
     if not args.json:
-        where = f", ssh -p {args.ssh_port} root@localhost" if args.ssh_port else ""
+        where = f", {login}" if login else ""
         stop_key = "Ctrl-] stops it" if args.console else "Ctrl-C stops it"
         print(f"booting {args.label} in qemu ({stop_key}{where})", file=sys.stderr)
-    outcome = asyncio.run(bootvm.run_boot(config, options, lambda hit: _print_hit(args, hit)))
+    outcome = asyncio.run(bootvm.run_boot(config, options, lambda hit: _print_hit(args, hit), _say))
     summary = {
         "label": outcome.label,
         "version": outcome.version,
@@ -184,21 +212,56 @@ def cmd_boot(args: argparse.Namespace) -> int:
         "milestones": {h.name: round(h.at, 1) for h in outcome.hits if not h.failure},
         "report": outcome.report.model_dump(mode="json") if outcome.report else None,
         "serial_log": bootvm.serial_log_hint(outcome),
+        "accel": outcome.accel,
+        "console_tail": outcome.console_tail,
     }
     if args.json:
         print(json.dumps({"result": summary}), flush=True)
     else:
-        print(f"{outcome.label} {outcome.version} mac {outcome.mac}: {outcome.ended};"
-              f" console log {summary['serial_log']}", file=sys.stderr)
+        under = f" under {outcome.accel.upper()}" if outcome.accel else ""
+        print(
+            f"{outcome.label} {outcome.version} mac {outcome.mac}{under}: {outcome.ended};"
+            f" console log {summary['serial_log']}",
+            file=sys.stderr,
+        )
     if outcome.booted:
         return 0
     failures = [h.text for h in outcome.hits if h.failure]
     reached = [h.name for h in outcome.hits if not h.failure]
     why = f"; {failures[0]}" if failures else ""
+    tail = "".join(f"\n  | {line}" for line in outcome.console_tail)
+    shown = f"\nlast console lines:{tail}" if tail else ""
     raise NetrootError(
         f"{args.label} did not finish booting ({outcome.ended}; last milestone:"
         f" {reached[-1] if reached else 'none'}{why}); console log {summary['serial_log']}"
+        f"{shown}"
     )
+
+
+def _ssh_key(config: Config, given: str | None) -> tuple[str, Path | None]:
+    """(public key line, private key file) for the VM: --ssh-key, the first
+    ~/.ssh/id_*.pub, or a throw-away pair made once under state_dir/ssh."""
+    if given:
+        path = Path(given)
+        public = path if path.suffix == ".pub" else path.with_name(path.name + ".pub")
+    else:
+        found = sorted((Path.home() / ".ssh").glob("id_*.pub"))
+        public = found[0] if found else config.state_dir / "ssh" / "netroot-vm-key.pub"
+        if not found and not public.exists():
+            public.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "netroot boot",
+                      "-f", public.with_suffix("")])  # fmt: skip
+    try:
+        text = public.read_text()
+    except OSError as exc:
+        raise NetrootError(f"--ssh-key: cannot read {public}: {exc.strerror}") from None
+    bootvm.ssh_key_word(text, str(public))
+    private = public.with_suffix("")
+    return text.strip(), private if private.exists() else None
+
+
+def _say(message: str) -> None:
+    print(f"netroot boot: {message}", file=sys.stderr, flush=True)
 
 
 def _menu(config: Config, kind: str, label: str | None) -> str:
@@ -238,9 +301,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     elif args.kind == "ganesha":
         text = nfs.render_system_ganesha(config, [label] if label else None)
     elif args.kind == "dnsmasq":
-        spec = dhcp.dnsmasq_spec(
-            config, tftp_root=config.label_tftp_root(label) if label else None
-        )
+        spec = dhcp.dnsmasq_spec(config, tftp_root=config.label_tftp_root(label) if label else None)
         text = render_dnsmasq(spec)
     else:
         if label is None:

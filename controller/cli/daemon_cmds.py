@@ -20,14 +20,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller import log as logsetup
-from controller.cli.output import emit_json, table
+from controller.cli.output import emit_json, printable, table
 from controller.config import Config, load_config
 from controller.daemon import serve
 from controller.daemon.lock import holder_pid, lock_path
 from controller.daemon.spool import DhcpRecord, write_record
 from controller.db import Database, db_path
 from controller.errors import NetrootError
-from controller.events import CONTROLLER_EVENT_MODELS, Envelope, Topics, json_schemas
+from controller.events import Envelope, Topics, json_schemas
 from controller.mqtt import BrokerLink, Message
 
 DHCP_IGNORED = ("del", "init", "tftp", "arp", "arp-del", "relay-snoop")
@@ -223,22 +223,34 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def describe(message: Message) -> str:
-    """One readable line for an event, or the raw message if it is not one."""
+    """One readable line for an event, or the raw message if it is not one.
+
+    Node reports and DHCP leases put strings from the network into events
+    (hostnames, kernel names, errors): control characters are shown escaped.
+    """
     try:
         event = Envelope.model_validate_json(message.payload)
     except ValueError:
-        return f"{message.topic} {message.payload[:200]!r}"
+        return printable(f"{message.topic} {message.payload[:200]!r}")
     kind = event.type.removeprefix("org.netroot.")
     data = {k: v for k, v in event.data.items() if k not in ("label", "mac", "log_tail")}
     fields = " ".join(f"{k}={v}" for k, v in data.items() if v not in (None, "", [], {}))
     stamp = event.time.astimezone(UTC).strftime("%H:%M:%S")
     tail = event.data.get("log_tail")
-    text = f"{stamp} {kind:<24} {event.subject or '-'} {fields}".rstrip()
-    return f"{text}\n{_indent(tail)}" if tail else text
+    text = printable(f"{stamp} {kind:<24} {event.subject or '-'} {fields}".rstrip())
+    return f"{text}\n{_indent(tail)}" if isinstance(tail, str) and tail else text
 
 
 def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines()[-10:])
+    return "\n".join("    " + printable(line) for line in text.splitlines()[-10:])
+
+
+def as_json_line(payload: bytes) -> str:
+    """A message for `events --json`: one line of JSON, every control character escaped."""
+    try:
+        return json.dumps(json.loads(payload), separators=(",", ":"))
+    except ValueError:
+        return json.dumps({"raw": payload.decode(errors="replace")})
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -268,7 +280,7 @@ async def _stream(link: BrokerLink, args: argparse.Namespace) -> None:
                     message = await link.inbox.get()
                     seen += 1
                     if args.json:
-                        print(message.payload.decode(errors="replace"), flush=True)
+                        print(as_json_line(message.payload), flush=True)
                     else:
                         print(describe(message), flush=True)
         finally:
@@ -286,10 +298,8 @@ def _loop_deadline(deadline: float | None) -> float | None:
 
 
 def all_schemas() -> dict[str, dict[str, Any]]:
-    """Section 6 schemas plus the controller's own events."""
-    schemas = json_schemas()
-    schemas.update({m.event_type: m.model_json_schema() for m in CONTROLLER_EVENT_MODELS})
-    return schemas
+    """Section 6 schemas plus the controller's own events, each with `$schema` and `$id`."""
+    return json_schemas()
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +19,29 @@ def error(exc: NetrootError) -> None:
     if isinstance(exc, BuildError) and exc.log_tail:
         print("--- last lines of the build log ---", file=sys.stderr)
         print(exc.log_tail, file=sys.stderr)
+
+
+# C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide
+# text (bidi overrides, zero-width): from a node or a DHCP client they could move
+# the cursor, retitle the terminal or disguise what the operator reads.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|[^\x00-\x7f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if ord(char) > 0x9F and unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp"):
+        return char  # an ordinary letter or symbol of another script
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """text with control characters escaped (\\x1b), safe to print to a terminal.
+
+    Tabs stay; newlines stay only with newlines=True (a multi-line log tail).
+    """
+    escaped = _UNSAFE.sub(_escape, text)
+    return escaped if newlines else escaped.replace("\n", "\\n")
 
 
 def emit_json(data: Any) -> None:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from controller import activation, bootfiles, gc, store
-from controller.build import run_build
+from controller import activation, bootfiles, gc, nodeside, secretscan, store, treeindex
+from controller.build import new_build_id, run_build
 from controller.cli.output import Progress, emit_json, human_size, table
 from controller.config import Config, check_label, load_config
+from controller.daemon.announce import Announcer
 from controller.db import NodeGuard, db_path
+from controller.errors import BuildError
+from controller.events import ActivationReason, BuildKind
 from controller.layout import LabelPaths, label_paths
 from controller.locking import label_lock
 from controller.manifest import Manifest
@@ -54,6 +59,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="only overlays changed: reuse the active version's base without re-checking "
         "the recipe's inputs (what the daemon does for an overlay edit)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="make a new version even when it is identical to the active one",
+    )
+    # Set by the daemon for its child builds: the build it queued (the id names the
+    # log file and every event of the build).
+    p.add_argument("--build-id", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_build)
 
     p = sub.add_parser(
@@ -61,6 +74,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("label")
     p.add_argument("version", nargs="?")
+    # The daemon's own activation of its build says so in image.activated.
+    p.add_argument("--reason", choices=["auto", "cli"], default="cli", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_activate)
 
     p = sub.add_parser("rollback", parents=[common], help="return to the previously active version")
@@ -90,6 +105,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("label")
     p.add_argument("version", nargs="?", help="default: the active version")
     p.add_argument("--deep", action="store_true", help="hash every file of the tree")
+    p.add_argument(
+        "--secrets",
+        action="store_true",
+        help="also list private keys, password hashes and other secret-looking files",
+    )
     p.set_defaults(handler=cmd_verify)
 
 
@@ -114,14 +134,18 @@ def _summary(m: Manifest) -> dict[str, Any]:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Load the config, every recipe and every overlay; change nothing."""
     config = _config(args)
+    bootfiles.check_servable(config)  # what validate accepts can be activated
     rows, report = [], {}
+    warned: dict[str, list[str]] = {}
     for name in sorted(config.labels):
         recipe = load_recipe(
             config.recipe_path(name), allow_plaintext_password=args.insecure_test_password
         )
         overlays = [config.overlays_dir / o for o in config.overlay_names(name)]
         items = scan_overlays(overlays)
+        warnings = warned[name] = nodeside.recipe_warnings(recipe, config.recipe_path(name))
         report[name] = {
+            "warnings": warnings,
             "recipe": str(config.recipe_path(name)),
             "builder": recipe.builder,
             "overlay_entries": len(items),
@@ -133,11 +157,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{config.source}: valid, {len(config.labels)} label(s)")
         if rows:
             table(["LABEL", "BUILDER", "RECIPE", "OVERLAY ENTRIES"], rows)
+    for name, warnings in warned.items():
+        for warning in warnings:
+            print(f"netroot: warning: {name}: {warning}", file=sys.stderr)
     return 0
 
 
+def _build_reason(args: argparse.Namespace) -> str:
+    flags = [f for f in ("activate", "rebuild", "overlays_only") if getattr(args, f)]
+    return " ".join(["netroot build", *(f"--{f.replace('_', '-')}" for f in flags)])
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    """Build (and optionally activate) a new version."""
+    """Build (and optionally activate) a new version; each step is announced on the bus."""
     config = _config(args)
     paths = _label(args, config)
     # a bad recipe fails before anything is written
@@ -145,22 +177,49 @@ def cmd_build(args: argparse.Namespace) -> int:
         config.recipe_path(args.label), allow_plaintext_password=args.insecure_test_password
     )
     scan_overlays([config.overlays_dir / o for o in config.overlay_names(args.label)])
+    bootfiles.check_servable(config)  # a version that could not be served is not built
     progress = Progress(quiet=args.json)
-    with label_lock(paths, on_wait=lambda: _waiting(args.label)):
+    kind: BuildKind = "overlay" if args.overlays_only else "full"
+    with Announcer(config) as announce, label_lock(paths, on_wait=lambda: _waiting(args.label)):
         recover_label(config, args.label, bootfiles.renderer(config))
-        manifest = run_build(
-            config,
-            args.label,
-            progress=progress,
-            rebuild=args.rebuild,
-            overlays_only=args.overlays_only,
-            insecure_test_password=args.insecure_test_password,
+        row = announce.build_started(
+            args.label, args.build_id or new_build_id(), kind, _build_reason(args)
         )
+        started = time.monotonic()
+        try:
+            manifest = run_build(
+                config,
+                args.label,
+                progress=progress,
+                rebuild=args.rebuild,
+                overlays_only=args.overlays_only,
+                insecure_test_password=args.insecure_test_password,
+                build_id=row.build_id,
+                force=args.force,
+            )
+        except BuildError as exc:
+            tail = exc.log_tail
+            announce.build_failed(row, exc.step, str(exc), tail, time.monotonic() - started)
+            raise
+        except KeyboardInterrupt:
+            announce.build_failed(row, "interrupted", "interrupted", "", time.monotonic() - started)
+            raise
+        announce.build_succeeded(row, manifest, time.monotonic() - started)
         done: activation.Activation | None = None
-        if args.activate:
+        unchanged = manifest.version == store.active_version(paths)
+        if args.activate and not unchanged:
+            before = announce.history_length(paths)
             done = activation.activate(paths, manifest.version, bootfiles.renderer(config))
+            announce.activation(paths, before, "cli")
     if args.json:
-        emit_json({"version": _summary(manifest), "activated": done is not None})
+        emit_json(
+            {"version": _summary(manifest), "activated": done is not None, "unchanged": unchanged}
+        )
+    elif unchanged:
+        print(
+            f"unchanged: {args.label} {manifest.version} (active) has the same content;"
+            " no new version (--force makes one)"
+        )
     else:
         print(
             f"built {args.label} {manifest.version}: {manifest.file_count} entries, "
@@ -190,9 +249,12 @@ def cmd_activate(args: argparse.Namespace) -> int:
     """Activate a version."""
     config = _config(args)
     paths = _label(args, config)
-    with label_lock(paths, on_wait=lambda: _waiting(args.label)):
+    reason: ActivationReason = "auto" if args.reason == "auto" else "cli"
+    with Announcer(config) as announce, label_lock(paths, on_wait=lambda: _waiting(args.label)):
         recover_label(config, args.label, bootfiles.renderer(config))
+        before = announce.history_length(paths)
         done = activation.activate(paths, args.version, bootfiles.renderer(config))
+        announce.activation(paths, before, reason)
     _print_activation(args, done)
     return 0
 
@@ -201,9 +263,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Activate the previously active version."""
     config = _config(args)
     paths = _label(args, config)
-    with label_lock(paths, on_wait=lambda: _waiting(args.label)):
+    with Announcer(config) as announce, label_lock(paths, on_wait=lambda: _waiting(args.label)):
         recover_label(config, args.label, bootfiles.renderer(config))
+        before = announce.history_length(paths)
         done = activation.rollback(paths, bootfiles.renderer(config))
+        announce.activation(paths, before, "cli")
     _print_activation(args, done)
     return 0
 
@@ -251,15 +315,22 @@ def cmd_gc(args: argparse.Namespace) -> int:
     keep = config.label(args.label).keep_versions
     # The daemon's nodes table, when it has one: never prune what a live node runs.
     guard: gc.InUseGuard = NodeGuard(db_path(config)) if db_path(config).exists() else gc.NoNodes()
-    with label_lock(paths, on_wait=lambda: _waiting(args.label)):
-        recover_label(config, args.label, bootfiles.renderer(config))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(label_lock(paths, on_wait=lambda: _waiting(args.label)))
+        # On a full disk links may not be re-pointable: gc still frees the space.
+        recovered = recover_label(config, args.label, bootfiles.renderer(config), strict=False)
+        if recovered.problem:
+            print(f"netroot: warning: {recovered.problem}", file=sys.stderr)
         if args.dry_run:
             reasons = gc.protected_versions(paths, guard)
             pruned = gc.select_prunable(store.version_ids(paths), keep=keep, protected=set(reasons))
             held = reasons
         else:
+            # Space first: on a full disk the database may open only once gc has run.
             pruned, held = gc.collect(paths, keep, guard)
             bootfiles.refresh(config, paths)  # pruned versions leave exports and TFTP links
+            with Announcer(config) as announce:
+                announce.pruned(paths, pruned)
     if args.json:
         emit_json({"label": args.label, "pruned": pruned, "kept": held, "dry_run": args.dry_run})
         return 0
@@ -281,12 +352,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"netroot: error: {args.label}: no active version to verify", file=sys.stderr)
         return 1
     manifest = store.verify_version(paths, version, depth="deep" if args.deep else "index")
+    found = _secrets(paths, version) if args.secrets else []
     if args.json:
-        emit_json({"label": args.label, "version": version, "ok": True, "deep": args.deep})
+        result: dict[str, Any] = {"label": args.label, "version": version, "ok": True}
+        result["deep"] = args.deep
+        if args.secrets:
+            result["secrets"] = [{"path": "/" + f.path, "why": f.why} for f in found]
+        emit_json(result)
     else:
         depth = "every file hashed" if args.deep else "manifest, index and boot files"
         print(f"{args.label} {version}: OK ({depth}; {manifest.file_count} entries)")
+        if args.secrets:
+            print(f"{len(found)} secret-looking file(s) served to every node:")
+            for f in found:
+                print(f"  /{f.path}: {f.why}")
     return 0
+
+
+def _secrets(paths: LabelPaths, version: str) -> list[secretscan.Finding]:
+    index = treeindex.parse((paths.version(version) / store.INDEX_NAME).read_bytes())
+    return secretscan.scan_tree(paths.rootfs(version), index)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -296,12 +381,21 @@ def cmd_recover(args: argparse.Namespace) -> int:
     results: list[Recovered] = []
     for label in labels:
         with label_lock(label_paths(config, label), on_wait=functools.partial(_waiting, label)):
-            results.append(recover_label(config, label, bootfiles.renderer(config)))
+            recovered = recover_label(config, label, bootfiles.renderer(config), strict=False)
+            results.append(recovered)
+    problems = [f"{r.label}: links not re-pointed: {r.problem}" for r in results if r.problem]
     if args.json:
-        emit_json([{"label": r.label, "active": r.active, "removed": r.removed} for r in results])
-        return 0
-    for r in results:
-        print(f"{r.label}: active {r.active or 'none'}; removed {len(r.removed)} leftover(s)")
-        for path in r.removed:
-            print(f"  - {path}")
-    return 0
+        emit_json(
+            [
+                {"label": r.label, "active": r.active, "removed": r.removed, "problem": r.problem}
+                for r in results
+            ]
+        )
+    else:
+        for r in results:
+            print(f"{r.label}: active {r.active or 'none'}; removed {len(r.removed)} leftover(s)")
+            for path in r.removed:
+                print(f"  - {path}")
+    for problem in problems:
+        print(f"netroot: error: {problem}", file=sys.stderr)
+    return 1 if problems else 0

@@ -19,14 +19,14 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from controller import __version__, bootfiles
-from controller.config import Config, load_config
+from controller.config import Config
 from controller.daemon.context import Context
 from controller.daemon.emit import Emitter
 from controller.daemon.images import ImageBook
 from controller.daemon.lock import exclusive, holder_pid, lock_path
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.notify import Watchdog, reloading, sd_notify
-from controller.daemon.publisher import NodeTracker, Publisher
+from controller.daemon.publisher import IndexKeeper, NodeTracker, Publisher, StatusBeacon
 from controller.daemon.scheduler import BuildScheduler
 from controller.daemon.spool import SpoolListener
 from controller.db import Database, db_path
@@ -141,8 +141,8 @@ class Daemon:
             mqtt,
             client_id=f"netroot-controller-{socket.gethostname()}"[:64],
             subscriptions=[ctx.emitter.topics.node_reports()],
-            will=ctx.emitter.status("offline"),
-            hello=ctx.emitter.status("online"),
+            will=ctx.emitter.will,
+            hello=self.beacon.hello,
             # A persistent session: the broker keeps node reports for us while we restart.
             clean_session=False,
         )
@@ -158,10 +158,13 @@ class Daemon:
             outbox_pending=db.outbox_pending,
             queued_builds=len(db.builds(states=["queued"])),
         )
-        self.link = self._link(ctx)
+        self.beacon = StatusBeacon(ctx, self.scheduler)
+        self.link = self.beacon.link = self._link(ctx)
         inbox: asyncio.Queue[Message] = self.link.inbox if self.link else asyncio.Queue()
         self.tracker = NodeTracker(inbox, ctx.nodes)
-        self.publisher = Publisher(db, self.link, ingest_idle=self.tracker.idle)
+        self.publisher = Publisher(
+            db, self.link, ingest_idle=self.tracker.idle, emitter=ctx.emitter
+        )
         db.on_outbox = self.publisher.notify
         self.spool = SpoolListener(ctx.config, db, ctx.nodes)
         self.watcher = Watcher(
@@ -174,6 +177,8 @@ class Daemon:
         components: list[Component] = [
             *([self.link] if self.link is not None else []),
             self.publisher,
+            self.beacon,
+            IndexKeeper(ctx),
             self.tracker,
             self.spool,
             self.scheduler,
@@ -239,14 +244,16 @@ class Daemon:
         for name in ("watcher", "spool", "reloader"):  # no new triggers
             await _cancel(tasks[name])
         await _cancel(tasks["scheduler"])  # running builds are killed and recorded
+        await _cancel(tasks["index"])
         try:
             async with asyncio.timeout(FLUSH_S):
                 await self.publisher.flush()
         except TimeoutError:
             log.warning("outbox not flushed in time", pending=self.ctx.db.outbox_pending)
         await _cancel(tasks["publisher"])
+        await _cancel(tasks["status"])
         if self.link is not None:
-            await self.link.close(self.ctx.emitter.status("offline"))
+            await self.link.close(self.beacon.goodbye())
             await asyncio.wait([tasks["mqtt"]])
         self.tracker.drain()  # reports the broker delivered before we left
         await _cancel(tasks["tracker"])
@@ -271,10 +278,14 @@ class Daemon:
         reloading()
         source = str(self.config_path) if self.config_path else self.ctx.config.source
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            # Rendered as an activation would: a config that could not be served is refused.
+            new = await asyncio.to_thread(bootfiles.load_servable, self.config_path)
             _check_reloadable(self.ctx.config, new)
         except NetrootError as exc:
             self._rejected(why, source, str(exc))
+            return False
+        except Exception as exc:  # no config edit may stop the daemon
+            self._rejected(why, source, f"{source}: {type(exc).__name__}: {exc}")
             return False
         self._apply(new)
         with self.ctx.db.transaction() as tx:
@@ -304,8 +315,6 @@ class Daemon:
             max_latency=new.debounce_max_latency,
         )
         if self.link is not None:
-            self.link.will = ctx.emitter.status("offline")
-            self.link.hello = ctx.emitter.status("online")
             self.link.reconfigure(new.mqtt, [ctx.emitter.topics.node_reports()])
 
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import socket
+import urllib.parse
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from controller import __version__
-from controller.db import Tx
+from controller.db import OutboxRow, Tx
 from controller.events import (
+    COMMAND_EXPIRY_S,
+    CONTENT_TYPE,
     ControllerStatus,
     ImageEventData,
     ImageState,
     NodeState,
     Payload,
+    StateIndex,
     Topics,
     envelope_json,
 )
@@ -25,8 +30,21 @@ log = get_logger("events")
 
 
 def default_source() -> str:
-    """The CloudEvents source of this controller."""
-    return f"netroot://{socket.gethostname()}"
+    """The CloudEvents source of this controller (a URI: odd host names are quoted)."""
+    return f"netroot://{urllib.parse.quote(socket.gethostname(), safe='-.')}"
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What the retained controller status says about the controller's work."""
+
+    started_at: datetime
+    connections: int
+    outbox_pending: int
+    outbox_dropped: int
+    queued_builds: int
+    running_builds: tuple[str, ...]
+    heartbeat_s: float
 
 
 class Emitter:
@@ -39,13 +57,20 @@ class Emitter:
         # call, which a boot storm of node events would pay thousands of times.
         self._node_log = log.bind()
 
-    def _envelope(self, data: Payload, subject: str | None) -> bytes:
-        return envelope_json(data, subject, self.source, now=datetime.now(UTC))
+    def _envelope(self, data: Payload, subject: str | None, at: datetime | None = None) -> bytes:
+        return envelope_json(data, subject, self.source, now=at or datetime.now(UTC))
 
-    def image(self, tx: Tx, data: ImageEventData) -> None:
-        """An image event of the label (build.*, activated, rolled_back, pruned)."""
-        tx.emit(self.topics.image_events(data.label), self._envelope(data, data.label))
+    def image(self, tx: Tx, data: ImageEventData, at: datetime | None = None) -> None:
+        """An image event of the label (build.*, activated, rolled_back, pruned).
+
+        `at` is when it happened, when that was earlier than now (a history line).
+        """
+        tx.emit(self.topics.image_events(data.label), self._envelope(data, data.label, at))
         log.info("event", type=data.event_type, subject=data.label, **_brief(data))
+
+    def index(self, tx: Tx, data: StateIndex) -> None:
+        """The retained index of labels and node counts."""
+        tx.emit(self.topics.state_index(), self._envelope(data, None), retain=True)
 
     def image_state(self, tx: Tx, data: ImageState) -> None:
         """The label's retained state."""
@@ -77,14 +102,49 @@ class Emitter:
         """A node's retained state."""
         tx.emit(self.topics.node_state(state.mac), self._envelope(state, state.mac), retain=True)
 
-    def status(self, status: str) -> Message:
-        """The retained controller status (online, or offline for the will and the goodbye)."""
+    def status(
+        self, status: str, *, since: datetime | None = None, health: Health | None = None
+    ) -> Message:
+        """The retained controller status: a new event each time (online, offline, goodbye)."""
+        online = status == "online"
+        h = health
         data = ControllerStatus(
-            status="online" if status == "online" else "offline",
+            status="online" if online else "offline",
             netroot_version=__version__,
-            since=datetime.now(UTC),
+            since=since or datetime.now(UTC),
+            broker_connected=online,
+            started_at=h.started_at if h else None,
+            connections=h.connections if h else None,
+            outbox_pending=h.outbox_pending if h else None,
+            outbox_dropped=h.outbox_dropped if h else None,
+            queued_builds=h.queued_builds if h else None,
+            running_builds=h.running_builds if h else (),
+            heartbeat_s=h.heartbeat_s if h and online else None,
         )
-        return Message(self.topics.controller_status(), self._envelope(data, None), 1, True)
+        return self._status_message(data)
+
+    def will(self) -> Message:
+        """The will set at each connection: it claims nothing it cannot know."""
+        data = ControllerStatus(status="offline", netroot_version=__version__, will=True)
+        return self._status_message(data)
+
+    def _status_message(self, data: ControllerStatus) -> Message:
+        return Message(
+            self.topics.controller_status(),
+            self._envelope(data, None),
+            1,
+            True,
+            content_type=CONTENT_TYPE,
+        )
+
+    def message(self, row: OutboxRow) -> Message:
+        """An outbox row as published: envelopes typed, commands expiring."""
+        if row.topic.startswith(f"{self.topics.prefix}/node/") and row.topic.endswith("/cmd"):
+            # A command for a node that is away must not run when it comes back hours later.
+            return Message(
+                row.topic, row.payload, row.qos, row.retain, "application/json", COMMAND_EXPIRY_S
+            )
+        return Message(row.topic, row.payload, row.qos, row.retain, CONTENT_TYPE)
 
 
 def _brief(data: Payload) -> dict[str, object]:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
+from controller.daemon.context import Context
+from controller.daemon.emit import Emitter, Health
 from controller.daemon.nodebook import NodeBook
 from controller.db import Database
+from controller.events import StateIndex
 from controller.log import get_logger
 from controller.mqtt import BrokerLink, LinkDown, Message
+
+if TYPE_CHECKING:
+    from controller.daemon.scheduler import BuildScheduler
 
 log = get_logger("publisher")
 
@@ -24,6 +31,9 @@ RETRY_S = 0.5
 # waits for the backlog to clear (at most this long): in a boot storm states are
 # stored first and events follow; they are durable in the outbox meanwhile.
 YIELD_S = 0.5
+# The CLI adds events to the outbox from other processes: look for them this often.
+POLL_S = 1.0
+INDEX_S = 1.0  # the state index lags the node states by at most this
 
 
 class _Component:
@@ -47,11 +57,16 @@ class Publisher(_Component):
     name = "publisher"
 
     def __init__(
-        self, db: Database, link: BrokerLink | None, ingest_idle: asyncio.Event | None = None
+        self,
+        db: Database,
+        link: BrokerLink | None,
+        ingest_idle: asyncio.Event | None = None,
+        emitter: Emitter | None = None,
     ) -> None:
         self.db = db
         self.link = link
         self.ingest_idle = ingest_idle
+        self.emitter = emitter
         self.wake = asyncio.Event()
         self.published = 0
 
@@ -77,15 +92,22 @@ class Publisher(_Component):
         rows = self.db.outbox_head(WINDOW)
         if not rows:
             if wait:
-                await self.wake.wait()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), POLL_S)
+                except TimeoutError:
+                    self.db.refresh_outbox_count()
             return False
         if not self.link.connected:
             if not wait:
                 return False
             await self.link.wait_connected()
         try:
+            emitter = self.emitter
             acked = await self.link.publish(
-                [Message(r.topic, r.payload, r.qos, r.retain) for r in rows]
+                [
+                    emitter.message(r) if emitter else Message(r.topic, r.payload, r.qos, r.retain)
+                    for r in rows
+                ]
             )
         except LinkDown:
             acked = 0
@@ -137,3 +159,107 @@ class NodeTracker(_Component):
         """Apply whatever the broker already delivered (at shutdown)."""
         while not self.inbox.empty():
             self._take([])
+
+
+class StatusBeacon(_Component):
+    """The retained controller status: at each connection, then every `status_interval`.
+
+    Published directly, not through the outbox: a presence stuck behind
+    thousands of queued events would say nothing about now.
+    """
+
+    name = "status"
+
+    def __init__(self, ctx: Context, scheduler: BuildScheduler) -> None:
+        self.ctx = ctx
+        self.scheduler = scheduler
+        self.link: BrokerLink | None = None
+        self.started_at = datetime.now(UTC)
+        self.published = 0
+
+    def health(self) -> Health:
+        """What the status reports besides online/offline."""
+        db = self.ctx.db
+        return Health(
+            started_at=self.started_at,
+            connections=self.link.connections if self.link else 0,
+            outbox_pending=db.outbox_pending,
+            outbox_dropped=db.outbox_dropped(),
+            queued_builds=len(db.builds(states=["queued"])),
+            running_builds=tuple(sorted(self.scheduler.running)),
+            heartbeat_s=self.ctx.config.mqtt.status_interval,
+        )
+
+    def hello(self) -> Message:
+        """The online status of a connection that just came up."""
+        since = self.link.connected_since if self.link else None
+        return self.ctx.emitter.status("online", since=since, health=self.health())
+
+    def goodbye(self) -> Message:
+        """The offline status of a clean stop."""
+        return self.ctx.emitter.status("offline", health=self.health())
+
+    async def run(self) -> None:
+        """Refresh the status while connected."""
+        link = self.link
+        if link is None:
+            await asyncio.Event().wait()
+            return
+        while True:
+            await link.wait_connected()
+            await asyncio.sleep(self.ctx.config.mqtt.status_interval)
+            if not link.connected:
+                continue  # the next connection says hello itself
+            with contextlib.suppress(LinkDown):
+                self.published += await link.publish([self.hello()])
+
+
+class IndexKeeper(_Component):
+    """The retained index of labels and node counts, republished when it changes.
+
+    Through the outbox, after the node states it counts: a subscriber that has
+    the index has had every state it counts published before it.
+    """
+
+    name = "index"
+
+    def __init__(self, ctx: Context, interval: float = INDEX_S) -> None:
+        self.ctx = ctx
+        self.interval = interval
+        self.last: StateIndex | None = None
+
+    def snapshot(self) -> StateIndex:
+        """The index of what the controller holds now."""
+        nodes = self.ctx.nodes
+        labels: dict[str, dict[str, int]] = {label: {} for label in self.ctx.config.labels}
+        labels.update({label: {} for label in nodes.active})
+        unlabelled: dict[str, int] = {}
+        for node in nodes.nodes.values():
+            counts = labels.setdefault(node.label, {}) if node.label else unlabelled
+            counts[node.state] = counts.get(node.state, 0) + 1
+        return StateIndex.model_validate(
+            {
+                "labels": {
+                    label: {"active": nodes.active.get(label), "nodes": counts}
+                    for label, counts in sorted(labels.items())
+                },
+                "unlabelled": unlabelled,
+                "node_count": len(nodes.nodes),
+            }
+        )
+
+    def publish_if_changed(self) -> bool:
+        """Emit the index if it differs from the last one; True if it did."""
+        index = self.snapshot()
+        if index == self.last:
+            return False
+        with self.ctx.db.transaction() as tx:
+            self.ctx.emitter.index(tx, index)
+        self.last = index
+        return True
+
+    async def run(self) -> None:
+        """Look every `interval` seconds: cheap, and a boot storm makes one index a second."""
+        while True:
+            self.publish_if_changed()
+            await asyncio.sleep(self.interval)

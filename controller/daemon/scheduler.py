@@ -3,8 +3,11 @@
 Requests are rows in the builds table (state `queued`, at most one per label),
 so an edit that arrives while the label builds merges into exactly one
 follow-up, and a queue survives a restart. Each build is a child process
-(`netroot build LABEL --json`), so cancelling it (SIGTERM of the daemon)
-kills the whole build process group.
+(`netroot build LABEL --build-id ID --json`), so cancelling it (SIGTERM of
+the daemon) kills the whole build process group. The child announces its own
+start and end, as any CLI build does; it dies with the daemon (proc's
+parent-death signal), and a build that committed before that is adopted as
+succeeded at the next start, never built again.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import sys
 import time
@@ -21,13 +25,15 @@ from types import TracebackType
 from typing import Self
 
 import controller
-from controller import proc
+from controller import proc, store
 from controller.build import new_build_id
+from controller.daemon.announce import manifest_or_none, summary
 from controller.daemon.context import Context
-from controller.daemon.images import summary
+from controller.daemon.images import LabelBusy
 from controller.db import BuildRow
 from controller.errors import NetrootError, ProcessError
-from controller.events import BuildFailed, BuildKind, BuildStarted, BuildSucceeded
+from controller.events import BuildFailed, BuildKind, BuildSucceeded
+from controller.layout import label_paths
 from controller.log import get_logger
 from controller.manifest import Manifest
 
@@ -41,7 +47,11 @@ MAX_TAIL = 16384
 
 def child_env() -> dict[str, str]:
     """Extra environment of a child `netroot`: the package must import from a checkout too."""
-    return {"PYTHONPATH": str(Path(controller.__file__).resolve().parent.parent)}
+    env = {"PYTHONPATH": str(Path(controller.__file__).resolve().parent.parent)}
+    if "NETROOT_FAILPOINT" in os.environ:
+        # The crash tests kill the daemon's children at named points too.
+        env["NETROOT_FAILPOINT"] = os.environ["NETROOT_FAILPOINT"]
+    return env
 
 
 def netroot_argv(ctx: Context, *args: str) -> list[str]:
@@ -71,6 +81,7 @@ class BuildScheduler:
         self.running: dict[str, str] = {}  # label -> build id
         self._wake = asyncio.Event()
         self.builds_started = 0
+        self._adopted: list[tuple[str, Manifest]] = []  # committed while we were away
 
     async def __aenter__(self) -> Self:
         return self
@@ -94,9 +105,67 @@ class BuildScheduler:
         self._wake.set()
 
     def requeue_interrupted(self) -> None:
-        """At start-up: builds a killed daemon left running failed; they run again."""
+        """At start-up: a build a killed daemon left running was committed (adopted) or not
+        (failed, and it runs again)."""
         for row in self.ctx.db.builds(states=["running"]):
-            self._interrupted(row, "the controller stopped during the build")
+            manifest = self._settle(row, "the controller stopped during the build")
+            if manifest is not None:
+                self._adopted.append((row.label, manifest))
+
+    def _settle(self, row: BuildRow, error: str) -> Manifest | None:
+        """A build whose child is gone: announce its commit, or fail it and queue it again."""
+        current = self.ctx.db.build(row.build_id)
+        if current is not None and current.state not in ("queued", "running"):
+            return None  # the child recorded and announced its end itself
+        manifest = self._adopt(row)
+        if manifest is None:
+            self._interrupted(row, error)
+        return manifest
+
+    def _adopt(self, row: BuildRow) -> Manifest | None:
+        """If the build committed but its child died before saying so, announce it now."""
+        current = self.ctx.db.build(row.build_id)
+        if current is not None and current.state not in ("queued", "running"):
+            return None
+        manifest = self._committed(row)
+        if manifest is None:
+            return None
+        kind = current.kind if current is not None else row.kind
+        started = current.started_at if current and current.started_at else row.queued_at
+        with self.ctx.db.transaction() as tx:
+            tx.finish_build(row.build_id, "succeeded", version=manifest.version)
+            tx.record_version(row.label, summary(manifest, kind))
+            succeeded = BuildSucceeded(
+                label=row.label,
+                build_id=row.build_id,
+                kind=kind,
+                version=manifest.version,
+                duration_s=max(0.0, manifest.created.timestamp() - started),
+                adopted=True,
+            )
+            self.ctx.emitter.image(tx, succeeded, manifest.created)
+        log.warning(
+            "adopted a build committed while unwatched",
+            label=row.label,
+            build_id=row.build_id,
+            version=manifest.version,
+        )
+        return manifest
+
+    def _committed(self, row: BuildRow) -> Manifest | None:
+        """The version this build committed, found by the build id in its manifest."""
+        if row.label not in self.ctx.config.labels:
+            return None
+        paths = label_paths(self.ctx.config, row.label)
+        try:
+            versions = store.version_ids(paths)
+        except OSError:
+            return None
+        for version in reversed(versions):
+            manifest = manifest_or_none(paths, version)
+            if manifest is not None and manifest.build_id == row.build_id:
+                return manifest
+        return None
 
     def _interrupted(self, row: BuildRow, error: str) -> None:
         duration = max(0.0, time.time() - (row.started_at or row.queued_at))
@@ -119,6 +188,9 @@ class BuildScheduler:
         loop = asyncio.get_running_loop()
         next_reconcile = loop.time()
         async with asyncio.TaskGroup() as builds:
+            for label, manifest in self._adopted:
+                builds.create_task(self._after_success(label, manifest), name=f"adopt-{label}")
+            self._adopted.clear()
             while True:
                 self._wake.clear()
                 self._start(builds)
@@ -137,6 +209,8 @@ class BuildScheduler:
         """Announce what changed in the label's store."""
         try:
             self.ctx.images.reconcile(self.ctx.config, label)
+        except LabelBusy:
+            log.debug("label busy; reconciled later", label=label)
         except (NetrootError, OSError) as exc:
             log.warning("cannot read the store", label=label, error=str(exc))
 
@@ -165,26 +239,22 @@ class BuildScheduler:
 
     async def _run_build(self, row: BuildRow) -> Manifest | None:
         ctx = self.ctx
-        with ctx.db.transaction() as tx:
-            tx.start_build(row.build_id)
-            paths = tuple(p[-1024:] for p in row.paths)
-            started = BuildStarted(
-                label=row.label,
-                build_id=row.build_id,
-                kind=row.kind,
-                reason=row.reason[:1024],
-                paths=paths,
-            )
-            ctx.emitter.image(tx, started)
-        args = ["build", row.label, *(["--overlays-only"] if row.kind == "overlay" else [])]
+        # The child marks the row running and announces build.started itself.
+        args = [
+            "build", row.label, "--build-id", row.build_id,
+            *(["--overlays-only"] if row.kind == "overlay" else []),
+        ]  # fmt: skip
         t0 = time.monotonic()
         try:
             done = await proc.arun(netroot_argv(ctx, *args), env=child_env())
             manifest = Manifest.model_validate(json.loads(done.stdout)["version"])
         except asyncio.CancelledError:
-            self._interrupted(row, "the controller stopped during the build")
+            self._settle(row, "the controller stopped during the build")
             raise
         except ProcessError as exc:
+            adopted = self._adopt(row)  # killed after its commit: built all the same
+            if adopted is not None:
+                return adopted
             step, error = failure(exc.stderr_tail)
             self._failed(row, step, error, exc.stderr_tail, time.monotonic() - t0)
             return None
@@ -193,6 +263,9 @@ class BuildScheduler:
             self._failed(row, "output", error, "", time.monotonic() - t0)
             return None
         duration = time.monotonic() - t0
+        current = ctx.db.build(row.build_id)
+        if current is not None and current.state == "succeeded":
+            return manifest  # announced by the child
         with ctx.db.transaction() as tx:
             tx.finish_build(row.build_id, "succeeded", version=manifest.version)
             tx.record_version(row.label, summary(manifest, row.kind))
@@ -207,6 +280,10 @@ class BuildScheduler:
         return manifest
 
     def _failed(self, row: BuildRow, step: str, error: str, tail: str, duration: float) -> None:
+        current = self.ctx.db.build(row.build_id)
+        if current is not None and current.state == "failed":
+            log.error("build failed; the active version stays", label=row.label, step=current.step)
+            return  # announced by the child
         with self.ctx.db.transaction() as tx:
             tx.finish_build(row.build_id, "failed", step=step, error=error)
             failed = BuildFailed(
@@ -224,7 +301,7 @@ class BuildScheduler:
     async def _after_success(self, label: str, manifest: Manifest) -> None:
         config = self.ctx.config
         if label in config.labels and config.labels[label].activation == "auto":
-            argv = netroot_argv(self.ctx, "activate", label, manifest.version)
+            argv = netroot_argv(self.ctx, "activate", label, manifest.version, "--reason", "auto")
             done = await proc.arun(argv, env=child_env(), check=False)
             if done.returncode != 0:
                 log.error(

@@ -13,6 +13,13 @@ A `.def` does not say which rpm distribution it installs; netroot reads it
 from words in MirrorURL (rocky, alma, centos, fedora) or from a header comment
 `# netroot-distro: rocky` (a comment, so Singularity and Apptainer, which
 refuse unknown header keywords, still accept the file).
+
+The original live_netroot recipes (Singularity 2.x, CentOS 7/8, Fedora 28-32)
+load as they are: header keywords in any case (`BootStrap`), a kickstart-style
+`%end` closing a section (with a notice), end-of-life releases when MirrorURL
+names where their packages are now (with a notice giving the rpm database
+format the release implies), and a warning naming each %post line that pipes a
+plaintext password to passwd.
 """
 
 from __future__ import annotations
@@ -31,9 +38,22 @@ from controller.recipes.models import DefRecipe, DnfRecipe, MmdebstrapRecipe
 BOOTSTRAPS = ("yum", "dnf", "debootstrap")
 HEADER_KEYS = ("Bootstrap", "OSVersion", "MirrorURL", "UpdateURL", "Include", "GPG")
 # Singularity's other header keywords: other bootstrap agents' or yum tuning
-OTHER_KEYS = ("From", "IncludeCmd", "Library", "Registry", "Namespace", "Stage", "Product",
-              "User", "Regcode", "ProductPGP", "RegisterURL", "Modules", "Fingerprints",
-              "SetOpt")
+OTHER_KEYS = (
+    "From",
+    "IncludeCmd",
+    "Library",
+    "Registry",
+    "Namespace",
+    "Stage",
+    "Product",
+    "User",
+    "Regcode",
+    "ProductPGP",
+    "RegisterURL",
+    "Modules",
+    "Fingerprints",
+    "SetOpt",
+)
 _DISTRO_COMMENT = re.compile(r"#\s*netroot-distro\s*:\s*(\S+)\s*", re.IGNORECASE)
 USED_SECTIONS = ("setup", "post", "files", "environment")
 IGNORED_SECTIONS = {
@@ -44,14 +64,27 @@ IGNORED_SECTIONS = {
     "help": "help text is container metadata",
     "pre": "%pre is gone from Singularity 3 too; use %setup",
 }
-RPM_DISTROS = ("rocky", "alma", "centos-stream", "fedora")
+RPM_DISTROS = ("rocky", "alma", "centos-stream", "centos", "fedora")
 # words in a MirrorURL that name the distribution, in the order they are tried
-_URL_WORDS = (("rocky", "rocky"), ("alma", "alma"), ("centos", "centos-stream"),
-              ("fedora", "fedora"))
+# ("centos" is CentOS Linux for its releases, 7 and 8, else CentOS Stream)
+_URL_WORDS = (
+    ("rocky", "rocky"),
+    ("alma", "alma"),
+    ("centos", "centos-stream"),
+    ("fedora", "fedora"),
+)
+# `echo secret | passwd --stdin root`, `echo root:secret | chpasswd` (not -e)
+_PIPED_PASSWORD = re.compile(r"\|\s*(?:\S*/)?(passwd|chpasswd)\b([^|;&]*)")
 # native field -> the header keyword or section it comes from, for error messages
-_HEADER_OF = {"release": "OSVersion", "packages": "Include", "mirror": "MirrorURL",
-              "repositories": "MirrorURL", "distro": "netroot-distro", "files": "%files",
-              "post": "%post"}
+_HEADER_OF = {
+    "release": "OSVersion",
+    "packages": "Include",
+    "mirror": "MirrorURL",
+    "repositories": "MirrorURL",
+    "distro": "netroot-distro",
+    "files": "%files",
+    "post": "%post",
+}
 _SECTION_RE = re.compile(r"%([A-Za-z]+)\b(.*)")
 _HEADER_RE = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)\s*:\s*(.*)")
 
@@ -87,61 +120,113 @@ def _split(text: str, source: str) -> _Parsed:
     """Header lines and sections, with their line numbers."""
     parsed = _Parsed()
     current: _Section | None = None
-    canonical = {k.lower(): k for k in HEADER_KEYS}
+    ended: int | None = None  # line of a %end that closed the last section
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r")
         stripped = line.strip()
         match = _SECTION_RE.fullmatch(stripped)
         name = match.group(1).lower() if match else ""
+        if match and name == "end":
+            _end(parsed, current, match.group(2).strip(), number, source)
+            current, ended = None, number
+            continue
         known = name in USED_SECTIONS or name in IGNORED_SECTIONS or name.startswith("app")
         if match and (known or not line[:1].isspace()):
             if not known:
-                raise _err(source, number, f"unknown section %{match.group(1)}",
-                           ", ".join(f"%{s}" for s in (*USED_SECTIONS, *IGNORED_SECTIONS)))
-            current = _section(parsed, name, match.group(2).strip(), number, source)
+                raise _err(
+                    source,
+                    number,
+                    f"unknown section %{match.group(1)}",
+                    ", ".join(f"%{s}" for s in (*USED_SECTIONS, *IGNORED_SECTIONS)),
+                )
+            current, ended = _section(parsed, name, match.group(2).strip(), number, source), None
             continue
         if current is not None:
             current.body.append(line)
             continue
-        if distro := _DISTRO_COMMENT.fullmatch(stripped):
-            parsed.header["Distro"] = (distro.group(1), number)
-            continue
-        if not stripped or stripped.startswith("#"):
-            continue
-        head = _HEADER_RE.fullmatch(stripped)
-        if head is None:
-            raise _err(source, number, f"expected a header line `Key: value` or a %section, "
-                       f"found {stripped[:60]!r}")
-        key = canonical.get(head.group(1).lower())
-        other = head.group(1).lower() in {k.lower() for k in OTHER_KEYS} or \
-            head.group(1).lower().startswith("otherurl")
-        if key is None and other:
-            parsed.notices.append(f"{source}:{number}: {head.group(1)} ignored (not used by "
-                                  "netroot's builder)")
-            continue
-        if key is None:
-            raise _err(source, number, f"unknown header keyword {head.group(1)!r}",
-                       ", ".join(HEADER_KEYS + OTHER_KEYS))
-        if key in parsed.header:
-            raise _err(source, number, f"{key} given twice (first on line "
-                       f"{parsed.header[key][1]})")
-        if "Bootstrap" not in parsed.header and key != "Bootstrap":
-            raise _err(source, number, "the header must start with `Bootstrap:`")
-        parsed.header[key] = (head.group(2).strip(), number)
+        if ended is not None and stripped and not stripped.startswith("#"):
+            raise _err(
+                source,
+                number,
+                f"text after %end (line {ended}) outside any section",
+                "a %section line, a comment or a blank line",
+            )
+        _header_line(parsed, stripped, number, source)
     if "Bootstrap" not in parsed.header:
         raise _err(source, 1, "no `Bootstrap:` header", ", ".join(BOOTSTRAPS))
     return parsed
+
+
+def _header_line(parsed: _Parsed, stripped: str, number: int, source: str) -> None:
+    """One line before the first section: `Key: value` (any case), a comment or blank."""
+    canonical = {k.lower(): k for k in HEADER_KEYS}
+    if distro := _DISTRO_COMMENT.fullmatch(stripped):
+        parsed.header["Distro"] = (distro.group(1), number)
+        return
+    if not stripped or stripped.startswith("#"):
+        return
+    head = _HEADER_RE.fullmatch(stripped)
+    if head is None:
+        raise _err(
+            source,
+            number,
+            f"expected a header line `Key: value` or a %section, found {stripped[:60]!r}",
+        )
+    key = canonical.get(head.group(1).lower())
+    other = head.group(1).lower() in {k.lower() for k in OTHER_KEYS} or head.group(
+        1
+    ).lower().startswith("otherurl")
+    if key is None and other:
+        parsed.notices.append(
+            f"{source}:{number}: {head.group(1)} ignored (not used by netroot's builder)"
+        )
+        return
+    if key is None:
+        raise _err(
+            source,
+            number,
+            f"unknown header keyword {head.group(1)!r}",
+            ", ".join(HEADER_KEYS + OTHER_KEYS),
+        )
+    if key in parsed.header:
+        raise _err(source, number, f"{key} given twice (first on line {parsed.header[key][1]})")
+    if "Bootstrap" not in parsed.header and key != "Bootstrap":
+        raise _err(source, number, "the header must start with `Bootstrap:`")
+    parsed.header[key] = (head.group(2).strip(), number)
+
+
+def _end(parsed: _Parsed, current: _Section | None, args: str, number: int, source: str) -> None:
+    """A kickstart-style %end: the section ends here rather than at the next one."""
+    if current is None or args:
+        raise _err(
+            source,
+            number,
+            "%end outside a section"
+            if current is None
+            else f"%end {args}: %end takes no arguments",
+        )
+    parsed.notices.append(
+        f"{source}:{number}: %end closes %{current.name} (a kickstart "
+        "habit; sections end at the next %section line)"
+    )
 
 
 def _section(parsed: _Parsed, name: str, args: str, number: int, source: str) -> _Section:
     section = _Section(name, number)
     if name in USED_SECTIONS:
         if args:
-            raise _err(source, number, f"%{name} {args}: section arguments are not supported "
-                       f"(%post runs with /bin/sh -e, %files copies from the build host)")
+            raise _err(
+                source,
+                number,
+                f"%{name} {args}: section arguments are not supported "
+                f"(%post runs with /bin/sh -e, %files copies from the build host)",
+            )
         if name in parsed.sections:
-            raise _err(source, number, f"a second %{name} section (the first is on line "
-                       f"{parsed.sections[name].line})")
+            raise _err(
+                source,
+                number,
+                f"a second %{name} section (the first is on line {parsed.sections[name].line})",
+            )
         parsed.sections[name] = section
     else:
         why = IGNORED_SECTIONS.get(name, "apps are a container feature")
@@ -163,24 +248,39 @@ def _deb_distro(release: str, source: str, line: int) -> str:
     for name in ("debian", "ubuntu"):
         if release in distros.DISTROS[name].releases:
             return name
-    raise _err(source, line, f"OSVersion {release!r} is not a Debian or Ubuntu release",
-               f"{distros.DISTROS['debian'].allowed_releases()}; "
-               f"{distros.DISTROS['ubuntu'].allowed_releases()}")
+    raise _err(
+        source,
+        line,
+        f"OSVersion {release!r} is not a Debian or Ubuntu release",
+        f"{distros.DISTROS['debian'].allowed_releases()}; "
+        f"{distros.DISTROS['ubuntu'].allowed_releases()}",
+    )
 
 
 def _rpm_distro(parsed: _Parsed, mirror: str | None, source: str) -> str:
     if "Distro" in parsed.header:
         name = parsed.header["Distro"][0].lower()
         if name not in RPM_DISTROS:
-            raise _err(source, _line(parsed, "Distro"), f"netroot-distro {name!r} is not "
-                       "built with dnf", ", ".join(RPM_DISTROS))
+            raise _err(
+                source,
+                _line(parsed, "Distro"),
+                f"netroot-distro {name!r} is not built with dnf",
+                ", ".join(RPM_DISTROS),
+            )
         return name
     for word, name in _URL_WORDS:
         if mirror and word in mirror.lower():
+            release = parsed.header["OSVersion"][0]
+            linux = distros.DISTROS["centos"].eol_releases
+            if name == "centos-stream" and release in linux and "stream" not in mirror.lower():
+                return "centos"
             return name
-    raise _err(source, _line(parsed, "MirrorURL"), "cannot tell the distribution from MirrorURL",
-               f"a header comment `# netroot-distro: NAME`, NAME one of "
-               f"{', '.join(RPM_DISTROS)}")
+    raise _err(
+        source,
+        _line(parsed, "MirrorURL"),
+        "cannot tell the distribution from MirrorURL",
+        f"a header comment `# netroot-distro: NAME`, NAME one of {', '.join(RPM_DISTROS)}",
+    )
 
 
 def _files(section: _Section | None, root: Path, source: str) -> list[dict[str, str]]:
@@ -195,11 +295,15 @@ def _files(section: _Section | None, root: Path, source: str) -> list[dict[str, 
         number = section.line + offset
         parts = line.split()
         if len(parts) > 2:
-            raise _err(source, number, "a %files line is `SOURCE [DESTINATION]` (no spaces in "
-                       "paths)")
+            raise _err(
+                source, number, "a %files line is `SOURCE [DESTINATION]` (no spaces in paths)"
+            )
         if any(c in parts[0] for c in "*?["):
-            raise _err(source, number, f"{parts[0]}: wildcards in %files are not supported; "
-                       "name each file or a directory")
+            raise _err(
+                source,
+                number,
+                f"{parts[0]}: wildcards in %files are not supported; name each file or a directory",
+            )
         src = root / parts[0]
         if not src.exists():
             raise _err(source, number, f"{parts[0]}: no such file (relative to {root})")
@@ -214,32 +318,47 @@ def _files(section: _Section | None, root: Path, source: str) -> list[dict[str, 
 def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfRecipe:
     bootstrap, boot_line = parsed.header["Bootstrap"][0].lower(), parsed.header["Bootstrap"][1]
     if bootstrap not in BOOTSTRAPS:
-        raise _err(source, boot_line, f"Bootstrap: {bootstrap} is not supported by netroot's "
-                   "builder", f"{', '.join(BOOTSTRAPS)}; or builder = \"apptainer\"")
+        raise _err(
+            source,
+            boot_line,
+            f"Bootstrap: {bootstrap} is not supported by netroot's builder",
+            f'{", ".join(BOOTSTRAPS)}; or builder = "apptainer"',
+        )
     if "OSVersion" not in parsed.header:
         raise _err(source, boot_line, "OSVersion is required (the release to install)")
     release = parsed.header["OSVersion"][0]
     mirror = _value(parsed, "MirrorURL", release)
     include = (_value(parsed, "Include", release) or "").replace(",", " ").split()
     data: dict[str, Any] = {
-        "release": release, "packages": include,
+        "release": release,
+        "packages": include,
         "files": _files(parsed.sections.get("files"), root, source),
         "post": parsed.sections["post"].text() if "post" in parsed.sections else "",
     }
-    lines = {"release": _line(parsed, "OSVersion"), "packages": _line(parsed, "Include"),
-             "mirror": _line(parsed, "MirrorURL"), "repositories": _line(parsed, "MirrorURL")}
+    lines = {
+        "release": _line(parsed, "OSVersion"),
+        "packages": _line(parsed, "Include"),
+        "mirror": _line(parsed, "MirrorURL"),
+        "repositories": _line(parsed, "MirrorURL"),
+    }
     if bootstrap == "debootstrap":
-        distro = parsed.header["Distro"][0].lower() if "Distro" in parsed.header else \
-            _deb_distro(release, source, lines["release"])
+        distro = (
+            parsed.header["Distro"][0].lower()
+            if "Distro" in parsed.header
+            else _deb_distro(release, source, lines["release"])
+        )
         data.update(builder="mmdebstrap", distro=distro, mirror=mirror)
         for key in ("UpdateURL", "GPG"):
             if key in parsed.header:
-                parsed.notices.append(f"{source}:{_line(parsed, key)}: {key} ignored "
-                                      "(mmdebstrap checks the archive with the distribution's "
-                                      "keyring)")
+                parsed.notices.append(
+                    f"{source}:{_line(parsed, key)}: {key} ignored "
+                    "(mmdebstrap checks the archive with the distribution's "
+                    "keyring)"
+                )
     else:
         data.update(builder="dnf", distro=_rpm_distro(parsed, mirror, source))
         data.update(_repositories(parsed, mirror, release, source))
+        _end_of_life(parsed, data["distro"], release, source)
     model = MmdebstrapRecipe if data["builder"] == "mmdebstrap" else DnfRecipe
     try:
         return model.model_validate(data)
@@ -247,8 +366,12 @@ def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfR
         err = exc.errors()[0]
         loc = [str(p) for p in err["loc"]]
         key = loc[0] if loc else ""
-        number = lines.get(key, parsed.sections["files"].line if key == "files"
-                           and "files" in parsed.sections else boot_line)
+        number = lines.get(
+            key,
+            parsed.sections["files"].line
+            if key == "files" and "files" in parsed.sections
+            else boot_line,
+        )
         if key == "post" and "post" in parsed.sections:
             number = parsed.sections["post"].line
         message = str(err["msg"]).removeprefix("Value error, ")
@@ -258,8 +381,7 @@ def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfR
         raise _err(source, number, f"{name}: {message}") from None
 
 
-def _repositories(parsed: _Parsed, mirror: str | None, release: str,
-                  source: str) -> dict[str, Any]:
+def _repositories(parsed: _Parsed, mirror: str | None, release: str, source: str) -> dict[str, Any]:
     """yum's MirrorURL and UpdateURL are repository baseurls, GPG the key checking both."""
     gpg = _value(parsed, "GPG", release)
     repos = []
@@ -270,9 +392,53 @@ def _repositories(parsed: _Parsed, mirror: str | None, release: str,
     if "UpdateURL" in parsed.header and mirror is None:
         raise _err(source, _line(parsed, "UpdateURL"), "UpdateURL needs a MirrorURL")
     if repos and gpg is None:
-        parsed.notices.append(f"{source}:{_line(parsed, 'MirrorURL')}: no GPG key given: "
-                              "packages are not signature-checked (as Singularity did)")
+        parsed.notices.append(
+            f"{source}:{_line(parsed, 'MirrorURL')}: no GPG key given: "
+            "packages are not signature-checked (as Singularity did)"
+        )
     return {"repositories": repos, "gpgcheck": gpg is not None or not repos}
+
+
+def _end_of_life(parsed: _Parsed, distro: str, release: str, source: str) -> None:
+    """A release past its end of life: only from the named mirror, and say what it implies."""
+    info = distros.get(distro)
+    why = info.eol(release)
+    if why is None:
+        return
+    line = _line(parsed, "OSVersion")
+    if "MirrorURL" not in parsed.header:
+        raise _err(
+            source,
+            line,
+            f"OSVersion {release}: {why}; its packages are no longer on the distribution's mirrors",
+            "MirrorURL naming where they are (an archive or a local copy)",
+        )
+    backend, path = distros.rpmdb_backend(info, release), distros.rpmdb_path(info, release)
+    parsed.notices.append(
+        f"{source}:{line}: {why}: built from MirrorURL only; its rpm database "
+        f"is {backend} in {path} (the build host's rpm must write {backend})"
+    )
+
+
+def _password_warnings(section: _Section | None, source: str) -> list[str]:
+    """Lines of %post piping a plaintext password to passwd or chpasswd (not a crypt hash)."""
+    found: list[str] = []
+    if section is None:
+        return found
+    for offset, raw in enumerate(section.body, start=1):
+        line = raw.strip()
+        match = _PIPED_PASSWORD.search(line)
+        if line.startswith("#") or match is None:
+            continue
+        tool, args = match.group(1), match.group(2).split()
+        if tool == "chpasswd" and ({"-e", "--encrypted"} & set(args)):
+            continue  # a crypt hash, as the shipped recipes do
+        found.append(
+            f"{source}:{section.line + offset}: %post pipes a plaintext password to "
+            f"{tool}: anyone who reads the recipe knows it (use `echo 'root:HASH' | "
+            "chpasswd -e` with a hash from `openssl passwd -6`)"
+        )
+    return found
 
 
 def parse_def(text: str, *, source: str, root: Path) -> DefRecipe:
@@ -288,9 +454,11 @@ def parse_def(text: str, *, source: str, root: Path) -> DefRecipe:
         bootstrap=parsed.header["Bootstrap"][0].lower(),
         native=native,
         setup=parsed.sections["setup"].text() if "setup" in parsed.sections else "",
-        environment=(parsed.sections["environment"].text()
-                     if "environment" in parsed.sections else ""),
+        environment=(
+            parsed.sections["environment"].text() if "environment" in parsed.sections else ""
+        ),
         notices=tuple(parsed.notices),
+        warnings=tuple(_password_warnings(parsed.sections.get("post"), source)),
         lines={name: section.line for name, section in parsed.sections.items()},
     )
 

@@ -198,7 +198,7 @@ class DnfRecipe(PackageRecipe):
     """
 
     builder: Literal["dnf"]
-    distro: Literal["fedora", "rocky", "alma", "centos-stream"]
+    distro: Literal["fedora", "rocky", "alma", "centos-stream", "centos"]
     repositories: tuple[DnfRepository, ...] = ()
     gpgcheck: bool = Field(True, description="check package signatures")
     gpgkeys: tuple[str, ...] = Field(
@@ -221,6 +221,12 @@ class DnfRecipe(PackageRecipe):
                 raise ValueError(f"repository {name!r} is named twice")
         return value
 
+    @model_validator(mode="after")
+    def _end_of_life(self) -> DnfRecipe:
+        distros.require_named_sources(self.info, self.release, mirror=self.mirror,
+                                      repositories=len(self.repositories))
+        return self
+
 
 DefBuilderName = Literal["def", "apptainer", "singularity"]
 
@@ -241,6 +247,7 @@ class DefRecipe(Model):
     setup: str = Field("", description="%setup: run on the host before %files and %post")
     environment: str = Field("", description="%environment: sourced by login shells")
     notices: tuple[str, ...] = Field((), description="what was ignored, for the build log")
+    warnings: tuple[str, ...] = Field((), description="risky lines, e.g. a plaintext password")
     lines: dict[str, int] = Field(default_factory=dict, description="section -> its line")
 
     def where(self, section: str) -> str:

@@ -14,7 +14,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from controller.config import LABEL_ALLOWED, LABEL_RE, Config, Model
+from controller.config import (
+    HOST_ALLOWED,
+    LABEL_ALLOWED,
+    LABEL_RE,
+    TFTP_LINK_DIR,
+    TFTP_VERSIONS_DIR,
+    Config,
+    Model,
+    is_host,
+)
 from controller.errors import ConfigError, StoreError
 
 # One character class for every word of the command line: it holds nothing
@@ -35,36 +44,23 @@ VERSION_ALLOWED = "1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 NAME_ALLOWED = "1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
 
-HOST_ALLOWED = "an IPv4 or IPv6 address or a host name"
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
 
 MAC_ALLOWED = "six lowercase hex pairs joined by colons, like aa:bb:cc:dd:ee:ff"
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 # Boot files as the TFTP root serves them: <tftp_root>/netroot/<label> links to
-# the active version's boot/ directory (the store swaps that link).
-TFTP_DIR = "netroot"
-# Menus name each version's files through <tftp_root>/netroot/_versions/<label>/<version>
-# (a link to that version's boot/, kept by controller.bootfiles): the menu alone
-# switches a node to a new version, so a node that read the old menu just
-# before an activation still gets the kernel and initramfs that match it.
-# Labels cannot start with "_", so the name never clashes with a label's link.
-TFTP_VERSIONS_DIR = f"{TFTP_DIR}/_versions"
+# the active version's files (the store swaps that link).
+TFTP_DIR = TFTP_LINK_DIR
+# Menus name each version's files through <tftp_root>/netroot/_versions/<label>/<version>/
+# (hard links to that version's boot/ files, kept by controller.activation): the
+# menu alone switches a node to a new version, so a node that read the old menu
+# just before an activation still gets the kernel and initramfs that match it.
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
 
 DEBUG_ARGS = ("rd.debug", "console=ttyS0,115200")
 
 NfsServer = Literal["ganesha", "kernel"]
-
-
-def is_host(host: str) -> bool:
-    """True for an IP address or a DNS host name."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return len(host) <= 253 and _HOSTNAME_RE.fullmatch(host) is not None
-    return True
 
 
 def _require(ok: bool, what: str, value: object, allowed: str) -> None:
@@ -215,7 +211,7 @@ def boot_target(
             problem = f"invalid configuration tree name {name!r}"
             raise ConfigError(source, f"labels.{label}.rootovlcfg", problem, NAME_ALLOWED)
     boot_dir = version_boot_dir(label, version)
-    return BootTarget(
+    target = BootTarget(
         label=label,
         version=version,
         server=node_server,
@@ -229,6 +225,25 @@ def boot_target(
         kernel_path=f"{boot_dir}/{KERNEL_NAME}",
         initrd_path=f"{boot_dir}/{INITRD_NAME}",
     )
+    _check_length(target, source, f"labels.{label}.extra_cmdline")
+    return target
+
+
+# x86 COMMAND_LINE_SIZE is 2048 bytes with the terminating NUL; the kernel
+# silently cuts the rest, and the netroot.* arguments come last.
+CMDLINE_MAX = 2047
+
+
+def _check_length(target: BootTarget, source: str, field: str) -> None:
+    # Loaders add words of their own: pxelinux BOOT_IMAGE= and initrd=.
+    added = len(f"BOOT_IMAGE=/{target.kernel_path} initrd=/{target.initrd_path} ")
+    length = len(kernel_cmdline(target).encode()) + added
+    if length > CMDLINE_MAX:
+        problem = (
+            f"the kernel command line would be {length} bytes; x86 truncates it past"
+            f" {CMDLINE_MAX} and would drop the netroot.* arguments"
+        )
+        raise ConfigError(source, field, problem, f"a command line of at most {CMDLINE_MAX} bytes")
 
 
 def kernel_cmdline(target: BootTarget) -> str:

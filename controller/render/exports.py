@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import ipaddress
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import model_validator
 
-from controller.config import LABEL_ALLOWED, LABEL_RE, Config, Model
+from controller.config import (
+    CLIENTS_ALLOWED,
+    LABEL_ALLOWED,
+    LABEL_RE,
+    Config,
+    Model,
+    client_network_problem,
+)
 from controller.errors import ConfigError
 from controller.render.cmdline import (
     GENERATED,
@@ -19,7 +25,6 @@ from controller.render.cmdline import (
     VERSION_RE,
 )
 
-CLIENTS_ALLOWED = "networks like 10.0.2.0/24, or '*' written explicitly"
 FSID_LIMIT = 2**31 - 1  # fsid= is a 32-bit field; stay positive for every tool that prints it
 
 
@@ -48,8 +53,8 @@ def export_specs(
     """The exports of the labels that have an active version, in label order."""
     # Each label exports its link (Config.export_link) unless `paths` names
     # another directory: Ganesha needs the version's real rootfs (ganesha.py).
+    # Two labels never share an export link: the config refuses it when loaded.
     specs: dict[str, ExportSpec] = {}
-    owners: dict[str, str] = {}
     for label in sorted(set(labels)):
         label_config = config.label(label)
         override = (paths or {}).get(label)
@@ -63,10 +68,6 @@ def export_specs(
         if not PATH_RE.fullmatch(path):
             problem = f"invalid export path {path!r}"
             raise ConfigError(config.source, field, problem, PATH_ALLOWED)
-        if path in owners:
-            problem = f"export path {path!r} is also the export of label {owners[path]!r}"
-            raise ConfigError(config.source, field, problem, "one export path per label")
-        owners[path] = label
         specs[label] = ExportSpec(label=label, path=path, rw=label_config.rw)
     return tuple(specs.values())
 
@@ -107,14 +108,11 @@ def check_clients(clients: Sequence[str], source: str = "nfs") -> tuple[str, ...
     if not clients:
         raise ConfigError(source, "clients", "no client network configured", CLIENTS_ALLOWED)
     for net in clients:
-        if net == "*":
-            continue
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
+        problem = client_network_problem(net)
+        if problem is not None:
             raise ConfigError(
-                source, "clients", f"invalid client network {net!r}", CLIENTS_ALLOWED
-            ) from None
+                source, "clients", f"invalid client network: {problem}", CLIENTS_ALLOWED
+            )
     return tuple(clients)
 
 

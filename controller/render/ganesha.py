@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from controller.errors import ConfigError
 from controller.render.cmdline import GENERATED, PATH_ALLOWED, PATH_RE
@@ -93,8 +93,13 @@ def render_ganesha(
     bind_addr: str,
     port: int,
     recovery_root: str,
+    ids: Mapping[str, int] | None = None,
 ) -> str:
-    """The whole ganesha.nfsd config: core parameters, NFSv4 options and every export."""
+    """The whole ganesha.nfsd config: core parameters, NFSv4 options and every export.
+
+    ids (by export_key) are the ones stored with the versions (controller.nfs);
+    without them ids derive from the names, for a one-off config.
+    """
     networks = ", ".join(check_clients(clients))
     try:
         ipaddress.ip_address(bind_addr)
@@ -112,7 +117,11 @@ def render_ganesha(
     keys = [export_key(spec) for spec in specs]
     if len(set(keys)) != len(keys):
         raise ConfigError("ganesha", "EXPORT", "an export is given twice", "one per version")
-    ids = spec_export_ids(specs)
+    if ids is None:
+        ids = spec_export_ids(specs)
+    missing = [key for key in keys if key not in ids]
+    if missing or len({ids[key] for key in keys}) != len(keys):
+        raise ConfigError("ganesha", "Export_Id", "missing or repeated", "one id per export")
     lines = [
         f"# {GENERATED}",
         "NFS_CORE_PARAM {",

@@ -25,17 +25,21 @@ BUILD_FAILPOINTS = [f"build:{name}" for name, _ in STEPS] + [
     "write_atomic:chunk#1",
     "write_atomic:chunk#2",
 ]
-ACTIVATION_FAILPOINTS = [
-    "activate:before-commit",
-    "activate:committed",
+# Everything is staged before the commit (links, menus), then renamed into place.
+PRE_COMMIT = [
     "swap_symlink:created#1",
-    "activate:export-swapped",
     "swap_symlink:created#2",
-    "activate:tftp-swapped",
     # The start-up recovery every command runs first re-renders the menu (chunk #1).
     "write_atomic:chunk#2",
+    "activate:before-commit",
+]
+POST_COMMIT = [
+    "activate:committed",
+    "activate:export-swapped",
+    "activate:tftp-swapped",
     "activate:menu-rendered",
 ]
+ACTIVATION_FAILPOINTS = PRE_COMMIT + POST_COMMIT
 SYSCALLS = ["write", "rename", "renameat2", "symlink", "fsync", "mkdir", "unlink", "linkat"]
 
 
@@ -61,7 +65,8 @@ def assert_consistent(ws: Workspace, allowed: set[str]) -> str:
     active = store.active_version(paths)
     assert active in allowed
     assert os.readlink(paths.export_link) == str(paths.rootfs(active))
-    assert os.readlink(paths.tftp_link) == str(paths.boot(active))
+    assert os.readlink(paths.tftp_link) == f"_versions/demo/{active}"
+    assert (paths.tftp_link / "initrd.img").samefile(paths.boot(active) / "initrd.img")
     manifest = store.verify_version(paths, active, depth="deep")
     assert (paths.tftp_link / "vmlinuz").stat().st_size == manifest.kernel.size
     assert (paths.export_link / "etc/netroot/version").read_text() == f"{active}\n"
@@ -100,8 +105,9 @@ def test_activation_killed_at_failpoint(served: Workspace, point: str) -> None:
     result = served.run("activate", "demo", new, check=False, env={"NETROOT_FAILPOINT": point})
     assert _killed(result.returncode), f"failpoint {point} not reached: {result.stderr}"
     active = assert_consistent(served, {old, new})
-    committed = point not in ("activate:before-commit",)
-    assert active == (new if committed else old)
+    assert active == (new if point in POST_COMMIT else old)
+    if point in PRE_COMMIT:
+        assert len(store.read_history(label_paths(load_config(served.config), "demo"))) == 1
 
 
 def _syscall_counts(ws: Workspace, *args: str) -> Counter[str]:

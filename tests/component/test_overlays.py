@@ -7,7 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from support import Workspace
+import pytest
+from support import Workspace, snapshot
 
 
 def _tree_state(rootfs: Path) -> dict[str, tuple[int, str]]:
@@ -121,3 +122,35 @@ def test_manifest_lists_what_users_check(workspace: Workspace) -> None:
     assert manifest["file_count"] == len(index)
     regular = [line for line in index if line.split("\t")[1] == "f"]
     assert manifest["size_bytes"] == sum(int(line.split("\t")[5]) for line in regular)
+
+
+@pytest.mark.parametrize("name", [".wh..", ".wh...", ".wh."])
+def test_whiteout_naming_dot_or_dotdot_is_refused(workspace: Workspace, name: str) -> None:
+    """`.wh...` once ran rmtree on the staging directory."""
+    workspace.run("build", "demo", "--activate")
+    before = snapshot(workspace.state)
+    (workspace.overlays / "demo" / "etc").mkdir(parents=True)
+    (workspace.overlays / "demo" / "etc" / name).write_bytes(b"")
+    result = workspace.run("build", "demo", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert f"overlays/demo/etc/{name}: whiteout names no file" in lines[0]
+    assert snapshot(workspace.state) == before
+    assert workspace.run("verify", "demo", "--deep").returncode == 0
+
+
+def test_non_utf8_overlay_name_is_refused_and_leaves_no_staging(workspace: Workspace) -> None:
+    workspace.run("build", "demo", "--activate")
+    before = snapshot(workspace.state)
+    bad = Path(os.fsdecode(os.fsencode(workspace.overlays / "demo") + b"/caf\xe9"))
+    bad.mkdir(parents=True)
+    (bad / "motd").write_bytes(b"hi\n")
+    result = workspace.run("build", "demo", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "overlays/demo/caf\\xe9: overlay file name is not UTF-8" in lines[0]
+    assert snapshot(workspace.state) == before
+    staging = workspace.images() / ".staging"
+    assert not staging.exists() or os.listdir(staging) == []

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +67,68 @@ def _state(pid: int) -> str:
     except FileNotFoundError:
         return "gone"
     return next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+
+
+def test_a_child_dies_with_netroot_even_when_netroot_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves no cleanup to run: the parent-death signal stops the child."""
+    pidfile = tmp_path / "child.pid"
+    script = (
+        "import sys, time\n"
+        "from controller import proc\n"
+        "with proc.background(['sleep', '300']) as child:\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "    time.sleep(300)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(proc.PACKAGE_ROOT)}
+    )
+    try:
+        child = int(_wait_text(pidfile))
+        assert _state(child) not in ("gone", "Z")
+        parent.kill()  # no handler, no finally: only the kernel can tell the child
+        parent.wait(10)
+        assert _wait_state(child, ("gone", "Z"))
+    finally:
+        parent.kill()
+        parent.wait(10)
+
+
+async def test_a_stopped_child_still_gets_to_clean_up(tmp_path: Path) -> None:
+    """SIGTERM comes with SIGCONT, so a SIGSTOPped child runs its handler, not SIGKILL later."""
+    marker = tmp_path / "cleaned-up"
+    ready = tmp_path / "ready"
+    script = f"trap 'echo yes > {marker}; exit 0' TERM; echo $$ > {ready}; kill -STOP $$; wait"
+    task = asyncio.create_task(proc.arun(["sh", "-c", script]))
+    pid = int(await asyncio.to_thread(_wait_text, ready))
+    assert await asyncio.to_thread(_wait_state, pid, ("T",))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert marker.read_text() == "yes\n"
+
+
+def test_child_netroot_runs_this_installation_not_the_working_directorys(tmp_path: Path) -> None:
+    other = tmp_path / "controller"  # another checkout's package, in the working directory
+    other.mkdir()
+    (other / "__init__.py").write_text("")
+    (other / "__main__.py").write_text("print('the other checkout')\n")
+    naive = proc.run([sys.executable, "-m", "controller", "--version"], cwd=tmp_path)
+    assert naive.stdout == "the other checkout\n"  # what `up` used to start
+    ours = proc.run(proc.netroot_argv("--version"), env=proc.netroot_env(), cwd=tmp_path)
+    assert ours.stdout.startswith("netroot ")
+
+
+def _wait_text(path: Path) -> str:
+    for _ in range(200):
+        if path.exists() and (text := path.read_text().strip()):
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"{path} was not written")
+
+
+def _wait_state(pid: int, states: tuple[str, ...]) -> bool:
+    for _ in range(200):
+        if _state(pid) in states:
+            return True
+        time.sleep(0.05)
+    return False

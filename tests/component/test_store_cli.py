@@ -13,8 +13,11 @@ def test_build_activate_versions_rollback_gc(workspace: Workspace) -> None:
     v1 = first["version"]["version"]
     assert first["activated"] is True
     assert os.readlink(workspace.export_link) == str(workspace.images() / v1 / "rootfs")
-    assert os.readlink(workspace.tftp_link) == str(workspace.images() / v1 / "boot")
-    assert (workspace.tftp_link / "vmlinuz").read_bytes().endswith(b"kernel")
+    # The TFTP side holds hard links of the version's boot files, inside the TFTP root.
+    assert os.readlink(workspace.tftp_link) == f"_versions/demo/{v1}"
+    served_kernel = workspace.tftp_link / "vmlinuz"
+    assert served_kernel.samefile(workspace.images() / v1 / "boot" / "vmlinuz")
+    assert served_kernel.read_bytes().endswith(b"kernel")
     assert (workspace.export_link / "etc/netroot/version").read_text() == f"{v1}\n"
 
     (workspace.overlays / "common" / "etc").mkdir(parents=True)
@@ -32,7 +35,7 @@ def test_build_activate_versions_rollback_gc(workspace: Workspace) -> None:
     rolled = workspace.json("rollback", "demo")
     assert rolled == {"label": "demo", "version": v1, "previous": v2, "action": "rollback"}
     assert os.readlink(workspace.export_link).endswith(f"{v1}/rootfs")
-    assert os.readlink(workspace.tftp_link).endswith(f"{v1}/boot")
+    assert os.readlink(workspace.tftp_link) == f"_versions/demo/{v1}"
     assert not (workspace.export_link / "etc/motd").exists()
 
     back = workspace.run("activate", "demo", v2).stdout

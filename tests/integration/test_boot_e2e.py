@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -357,3 +358,126 @@ def test_bad_requests_are_one_line_errors(lab: Lab, args: tuple[str, ...], words
     assert done.returncode == 1
     assert done.stderr.count("netroot: error:") == 1 and words in done.stderr, done.stderr
     assert lab.running() == []
+
+
+# Issue 14: a live edit reaches a running node through the daemon and the agent's
+# remount; the ssh command `netroot boot` prints works with the key it installed.
+MAC5 = "52:54:00:7e:57:05"
+LOOP = "usr/local/bin/netroot-loop"
+LOOP_V1 = '#!/bin/sh\n# v1\necho "v1 $$" >> /run/netroot-loop.log\nwhile :; do sleep 1; done\n'
+
+
+class NodeEvents:
+    """CloudEvents on netroot/events/node/<mac>, collected by a mosquitto_sub started here."""
+
+    def __init__(self, port: int, mac: str) -> None:
+        argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
+                "-t", f"netroot/events/node/{mac}"]  # fmt: skip
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        self.seen: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.seen.append(json.loads(line))
+
+    def wait(self, kind: str, after: int = 0, within: float = 600) -> tuple[int, dict[str, Any]]:
+        """(index, data) of the first `org.netroot.node.<kind>` event at or after index."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for i, event in enumerate(list(self.seen)[after:], start=after):
+                if event["type"] == f"org.netroot.node.{kind}":
+                    return i, event["data"]
+            time.sleep(0.5)
+        raise AssertionError(f"no node.{kind} event within {within} s: {self.seen}")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa: PLR0915
+    lab: Lab, reports: Reports, tmp_path: Path
+) -> None:
+    loop = lab.overlays / "debian12" / LOOP
+    loop.parent.mkdir(parents=True, exist_ok=True)
+    loop.write_text(LOOP_V1)
+    loop.chmod(0o755)
+    version = lab.build("debian12")
+    before = json.loads(lab.netroot("--json", "versions", "debian12").stdout)
+    again = lab.netroot("build", "debian12", "--activate")
+    assert again.returncode == 0 and again.stdout.startswith(f"unchanged: debian12 {version}")
+    assert json.loads(lab.netroot("--json", "versions", "debian12").stdout) == before
+    secrets = json.loads(lab.netroot("--json", "verify", "debian12", "--secrets").stdout)
+    assert not [s for s in secrets["secrets"] if "ssh" in s["why"]], secrets
+    key = tmp_path / "admin_ed25519"  # not the lab's key, which the overlay bakes in
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                   timeout=60)  # fmt: skip
+    rootfs = lab.state / "images" / "debian12" / version / "rootfs"
+    assert key.with_suffix(".pub").read_text().split()[1] not in (
+        rootfs / "root" / ".ssh" / "authorized_keys").read_text()  # fmt: skip
+    events = NodeEvents(lab.broker_port, MAC5)
+    daemon_log = (tmp_path / "daemon.log").open("wb")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "controller", "--config", str(lab.config), "serve"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=daemon_log,
+    )  # fmt: skip
+    port = free_port()
+    vm = lab.boot("debian12", MAC5, "--ssh-port", str(port), "--ssh-key",
+                  str(key.with_suffix(".pub")), "--timeout", "5400")  # fmt: skip
+    try:
+        report = reports.wait(MAC5, vm=vm)
+        assert report.version == version
+        printed = next(json.loads(line)["ssh"] for line in vm.lines if line.startswith('{"ssh"'))
+        argv = shlex.split(printed)
+        assert argv[argv.index("-i") + 1] == str(key) and argv[-1] == "root@localhost"
+
+        def on_node(command: str) -> str:
+            # the printed command as is; BatchMode only turns a password prompt into a failure
+            full = [argv[0], "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", *argv[1:], command]
+            for _attempt in range(20):  # sshd may still be starting after the report
+                done = subprocess.run(full, capture_output=True, text=True, timeout=120,
+                                      check=False)  # fmt: skip
+                if done.returncode != 255:
+                    assert done.returncode == 0, done.stderr
+                    return done.stdout
+                time.sleep(5)
+            raise AssertionError(f"{printed} failed: {done.stderr}")
+
+        keys = on_node("ls /etc/ssh; systemd-run --unit=netroot-loop /" + LOOP)
+        assert "ssh_host_ed25519_key" in keys.split()  # made on the node at boot
+        wait_started = time.monotonic() + 300
+        while "v1" not in on_node("cat /run/netroot-loop.log 2>/dev/null || true"):
+            assert time.monotonic() < wait_started, "the loop service did not start"
+            time.sleep(2)
+        pid_before = on_node("systemctl show -p MainPID --value netroot-loop").strip()
+        seen, _ = events.wait("booted")
+
+        edit = lab.netroot("shell", "debian12", "--live", "-c",
+                           f"echo live-edited > /etc/motd && sed -i s/v1/v2/ /{LOOP}")  # fmt: skip
+        assert edit.returncode == 0, edit.stderr
+        seen, stale = events.wait("stale", after=seen)
+        assert (stale["action"], stale["version"]) == ("remount", version), stale
+        seen, _ = events.wait("remount_requested", after=seen)
+        result = reports.wait(MAC5, kind="remount_result", within=600)
+        assert result.ok, result.error
+        # what the agent did and read back; the service running the replaced script
+        # was restarted, so it runs the new one
+        assert "remounted /live/image, dropped cached dentries" in result.detail, result.detail
+        assert "restarted: netroot-loop.service" in result.detail, result.detail
+        assert f"/etc/netroot/version: {version}" in result.detail
+        _, remounted = events.wait("remounted", after=seen)
+        assert remounted["state"] == "up"
+        assert on_node("cat /etc/motd") == "live-edited\n"
+        log_lines = on_node("cat /run/netroot-loop.log").split("\n")
+        pid_after = on_node("systemctl show -p MainPID --value netroot-loop").strip()
+        assert [line.split()[0] for line in log_lines if line] == ["v1", "v2"], log_lines
+        assert pid_after != pid_before and f"v2 {pid_after}" in log_lines
+    finally:
+        status = vm.stop()
+        daemon.terminate()
+        daemon.wait(60)
+        daemon_log.close()
+        events.close()
+    assert status == 0, vm.output()

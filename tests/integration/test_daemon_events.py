@@ -43,7 +43,10 @@ class Lab:
         return self.ws.root / "recipes" / "demo.toml"
 
     def edit_recipe(self, tag: str) -> bytes:
-        """Rewrite the recipe (same tree, another comment); returns the new content."""
+        """Change the imported tree, then rewrite the recipe (another comment) so the
+        watcher sees it; returns the new recipe content. (A build identical to the
+        active version makes no new version.)"""
+        (self.ws.tree / "etc" / "motd").write_text(f"{tag}\n")
         content = f'builder = "import"\nsource = "../source-tree"\n# {tag}\n'.encode()
         self.recipe.write_bytes(content)
         return content
@@ -71,8 +74,14 @@ def lab(tmp_path: Path, broker: Broker) -> Iterator[Lab]:
     ws = Workspace(tmp_path, extra_config=QUICK + broker.mqtt_config())
     make_root_tree(ws.tree)
     ws.write()
-    ws.run("build", "demo", "--activate")  # v1, before the daemon ever ran: adopted silently
+    ws.run("build", "demo", "--activate")  # v1, before the daemon ever ran
     collector = Collector(broker.port)
+    # v1's own events wait in the outbox for the first daemon (tested on their own in
+    # test_outside_subscriber.py); these tests look at what the daemon does next.
+    v1 = ws.active()
+    collector.ignored_builds.add(
+        next(v["build_id"] for v in ws.json("versions", "demo") if v["version"] == v1)
+    )
     controller = Controller(ws)
     yield Lab(ws, broker, controller, collector)
     controller.cleanup()
@@ -245,3 +254,35 @@ def test_sigterm_cancels_the_build_and_says_offline(lab: Lab) -> None:
     assert f"--config {lab.ws.config} --json build demo" not in ps.stdout
     assert any(n.startswith("STOPPING=1") for n in lab.controller.received())
     assert any(n == "WATCHDOG=1" for n in lab.controller.received())
+
+
+def test_a_build_that_committed_unwatched_is_adopted_never_rebuilt(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build child dies right after its commit, before it can say so, and the daemon
+    is SIGKILLed meanwhile: the next daemon announces the commit, builds nothing again."""
+    import signal
+
+    make_root_tree(lab.ws.tree, files=6000)  # long enough to stop the daemon during it
+    monkeypatch.setenv("NETROOT_FAILPOINT", "build:done")  # the child's SIGKILL after commit
+    lab.controller.start()
+    v1 = lab.ws.active()
+    lab.edit_recipe("committed unwatched")
+    (started,) = lab.collector.wait_event("image.build.started")
+    lab.controller.signal(signal.SIGSTOP)  # it cannot notice the child's end
+    wait_for(lambda: len(lab.ws.versions()) == 2, "the build's commit")
+    lab.controller.kill()
+    monkeypatch.delenv("NETROOT_FAILPOINT")
+    lab.controller.start()
+
+    build_id = started["data"]["build_id"]
+    (succeeded,) = lab.collector.wait_event("image.build.succeeded", build_id=build_id)
+    assert succeeded["data"]["adopted"] is True
+    v2 = succeeded["data"]["version"]
+    (activated,) = lab.collector.wait_event("image.activated", version=v2)
+    assert (activated["data"]["reason"], activated["data"]["build_id"]) == ("auto", build_id)
+    wait_for(lambda: lab.ws.active() == v2 != v1, "the adopted version to be active")
+    wait_for(lab.idle, "the daemon to be idle")
+    assert len(lab.builds()) == 1, "never built again"
+    assert lab.collector.events("image.build.failed") == []
+    assert len(lab.ws.versions()) == 2

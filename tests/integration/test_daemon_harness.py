@@ -126,6 +126,7 @@ class Collector:
     def __init__(self, port: int, topics: tuple[str, ...] = ("netroot/#",)) -> None:
         self.topics = topics
         self.messages: list[Received] = []
+        self.ignored_builds: set[str] = set()  # events of these builds are left out of events()
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = paho.Client(
@@ -172,6 +173,9 @@ class Collector:
             if not isinstance(env, dict) or "type" not in env or env.get("id") in seen:
                 continue
             seen.add(env["id"])
+            data = env.get("data")
+            if isinstance(data, dict) and data.get("build_id") in self.ignored_builds:
+                continue
             if kind is None or env["type"] == f"org.netroot.{kind}":
                 out.append(env)
         return out

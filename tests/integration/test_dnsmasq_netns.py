@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Workspace
+from support import KVER, Workspace, make_root_tree
 
 from controller import dhcp
 from controller.config import load_config
@@ -103,8 +104,13 @@ def test_dnsmasq_leases_to_a_pxe_client_and_the_hook_queues_it(
         lease = dict(line.split("=", 1) for line in lines if "=" in line)
         assert 50 <= int(lease["ip"].rsplit(".", 1)[1]) <= 60
         assert lease["boot_file"] == "pxelinux.0" and lease["siaddr"] == SERVER
-        link = subprocess.run(["ip", "-n", client_ns, "-o", "link", "show", client_if],
-                              capture_output=True, text=True, check=True, timeout=30)
+        link = subprocess.run(
+            ["ip", "-n", client_ns, "-o", "link", "show", client_if],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
         mac = link.stdout.split("link/ether ")[1].split()[0]
         spool = ws.state / "spool"
         deadline = time.monotonic() + 30
@@ -136,3 +142,84 @@ def test_dnsmasq_accepts_both_rendered_modes(workspace: Workspace, mode: str) ->
                           text=True, timeout=30, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "syntax check OK" in done.stderr
+
+
+def menu_files(tftp_root: Path) -> set[str]:
+    """Every file the pxelinux, iPXE and GRUB menus name, relative to the TFTP root."""
+    named: set[str] = set()
+    for line in (tftp_root / "pxelinux.cfg" / "default").read_text().splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in ("KERNEL", "INITRD"):
+            named.add(words[1])
+    for menu in (tftp_root / "ipxe" / "default.ipxe", tftp_root / "grub" / "grub.cfg"):
+        for line in menu.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("kernel", "initrd", "linux", "chain"):
+                named.add(words[1].lstrip("/"))
+    return named
+
+
+def test_dnsmasq_as_its_own_user_serves_every_file_the_menus_name(
+    namespaces: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """As a boot server runs it: dnsmasq drops to its own user, so every directory on the
+    way to a boot file must be searchable and every boot file readable by it."""
+    if subprocess.run(["getent", "passwd", "dnsmasq"], capture_output=True,
+                      check=False).returncode != 0:  # fmt: skip
+        pytest.fail("the dnsmasq user is created by Debian's dnsmasq-base (run .ci/setup)")
+    server_ns, client_ns, client_if = namespaces
+    server_if = "nrs" + client_if[3:]
+    # pytest's own tmp directories are closed to other users; a site's are not
+    site = Path(tempfile.mkdtemp(prefix="netroot-tftp-", dir="/var/tmp"))
+    site.chmod(0o755)
+    try:
+        ws = Workspace(site, extra_config=(
+            f'server = "{SERVER}"\n[dhcp]\nenabled = true\nmode = "full"\n'
+            f'network = "10.77.0.0/24"\nrange_start = "10.77.0.50"\nrange_end = "10.77.0.60"\n'
+            f'interface = "{server_if}"\nconfig_file = "{site / "dnsmasq.conf"}"\n'
+        ))  # fmt: skip
+        make_root_tree(ws.tree)
+        (ws.tree / "boot" / f"initrd.img-{KVER}").chmod(0o600)  # as dracut writes it
+        ws.write()
+        ws.run("build", "demo", "--activate")
+        ws.run("install", "demo")
+        conf = tmp_path / "dnsmasq.conf"
+        conf.write_text(ws.run("render", "dnsmasq", "demo").stdout)
+        tftp_root = ws.root / "tftp"
+        assert f"tftp-root={tftp_root}" in conf.read_text()
+        names = menu_files(tftp_root)
+        assert any(n.endswith("/initrd.img") for n in names) and any(
+            n.endswith("/vmlinuz") for n in names)  # fmt: skip
+        names |= {"pxelinux.0", "ldlinux.c32", "pxelinux.cfg/default", "ipxe/undionly.kpxe",
+                  "ipxe/ipxe.efi", "ipxe/boot.ipxe", "grub/grubx64.efi",
+                  "grub/grub.cfg"}  # fmt: skip
+        ip("-n", client_ns, "addr", "add", "10.77.0.2/24", "dev", client_if)
+        argv = dhcp.dnsmasq_argv(conf, tmp_path / "dnsmasq.pid")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", server_ns, *argv, "--user=dnsmasq"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            fetched = tmp_path / "fetched"
+            fetched.mkdir()
+            failures = []
+            for name in sorted(names):
+                out = fetched / name.replace("/", "_")
+                done = subprocess.run(
+                    ["ip", "netns", "exec", client_ns, "busybox", "tftp", "-g", "-b", "1400",
+                     "-r", name, "-l", str(out), SERVER],
+                    capture_output=True, text=True, timeout=120, check=False,
+                )  # fmt: skip
+                if done.returncode != 0:
+                    failures.append(f"{name}: {done.stderr.strip()}")
+                elif out.read_bytes() != (tftp_root / name).read_bytes():
+                    failures.append(f"{name}: differs from the file in the TFTP root")
+            assert failures == [], failures
+        finally:
+            server.terminate()
+            log = server.communicate(timeout=30)[0]
+        assert "Permission denied" not in log, log
+    finally:
+        shutil.rmtree(site, ignore_errors=True)

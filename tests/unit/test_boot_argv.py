@@ -96,10 +96,12 @@ def test_ipv6_broker_forward_is_bracketed_for_socat() -> None:
     assert qemu.socat_target("127.0.0.1", 1883) == "TCP:127.0.0.1:1883"
 
 
-def test_kvm_probe_and_mosquitto_sub_golden() -> None:
-    assert qemu.kvm_probe_argv() == [
+def test_kvm_probe_boots_a_kernel_and_mosquitto_sub_golden() -> None:
+    assert qemu.kvm_probe_argv(Path("/boot/vmlinuz-6.1"), RUN / "probe,1.log") == [
         "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-nodefaults",
-        "-display", "none", "-no-user-config", "-S", "-monitor", "stdio",
+        "-no-user-config", "-m", "256", "-smp", "1", "-display", "none", "-monitor", "none",
+        "-no-reboot", "-chardev", "file,id=s0,path=/run/nb/probe,,1.log", "-serial", "chardev:s0",
+        "-kernel", "/boot/vmlinuz-6.1", "-append", "console=ttyS0 panic=-1",
     ]  # fmt: skip
     assert qemu.mosquitto_sub_argv("127.0.0.1", 1883, "netroot/node/x/report", wait_s=60) == [
         "mosquitto_sub", "-h", "127.0.0.1", "-p", "1883", "-q", "1",

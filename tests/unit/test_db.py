@@ -259,3 +259,43 @@ def test_node_guard_names_versions_live_nodes_of_the_label_run(db: Database) -> 
     assert guard.versions_in_use("demo") == {V1}
     assert guard.versions_in_use("other") == {V2}
     assert guard.versions_in_use("nobody") == set()
+
+
+def test_a_build_begins_on_the_daemons_queued_row_or_a_new_one(db: Database) -> None:
+    with db.transaction() as tx:
+        tx.queue_build("b-queued", "demo", "overlay", "edit of x", ["x"])
+    with db.transaction() as tx:
+        queued = tx.begin_build("b-queued", "demo", "full", "netroot build")
+        fresh = tx.begin_build("b-cli", "demo", "full", "netroot build")
+    # The daemon's row keeps what it was queued for; a CLI build gets its own row.
+    assert (queued.state, queued.kind, queued.reason, queued.paths) == (
+        "running",
+        "overlay",
+        "edit of x",
+        ("x",),
+    )
+    assert (fresh.state, fresh.kind, fresh.reason) == ("running", "full", "netroot build")
+    row = db.build("b-cli")
+    assert row is not None and row.started_at is not None
+    assert db.build("nope") is None
+
+
+def test_announced_history_lines_are_counted_per_label(db: Database) -> None:
+    assert db.announced("demo") is None
+    with db.transaction() as tx:
+        tx.set_announced("demo", 2)
+    with db.transaction() as tx:
+        tx.set_announced("demo", 3)
+    assert db.announced("demo") == 3
+    assert db.announced("other") is None
+
+
+def test_events_another_process_added_are_counted_on_refresh(tmp_path: Path) -> None:
+    path = tmp_path / "netroot.db"
+    daemon = Database(path)
+    with Database(path) as cli, cli.transaction() as tx:
+        tx.emit("netroot/events/image/demo", b"activated")
+    assert daemon.outbox_pending == 0  # its counter only knows its own writes
+    assert daemon.refresh_outbox_count() == 1
+    assert [r.payload for r in daemon.outbox_head(10)] == [b"activated"]
+    daemon.close()

@@ -155,7 +155,13 @@ SECTION_6_TYPES = {
 
 def test_json_schemas_cover_every_event_and_node_message() -> None:
     schemas = json_schemas()
-    assert set(schemas) == SECTION_6_TYPES | {"envelope", "node.report", "node.command"}
+    controller_events = {
+        "org.netroot.state.index",
+        "org.netroot.controller.config_reloaded",
+        "org.netroot.controller.config_rejected",
+    }
+    expected = SECTION_6_TYPES | controller_events | {"envelope", "node.report", "node.command"}
+    assert set(schemas) == expected
     json.dumps(schemas)  # what `netroot schema` prints must be plain JSON
     for name, schema in schemas.items():
         assert schema["type"] == "object", name
