@@ -71,6 +71,11 @@ def _export_block(spec: ExportSpec, export_id: int, clients: str, insecure: bool
         "    Access_Type = None;",
         "    Squash = No_Root_Squash;",
         "    SecType = sys;",
+        # Ganesha caches a name's file handle and attributes for 60 s by default;
+        # a live edit replaces files by rename, and the old inode lives on in
+        # older versions, so the node would read the old file after its
+        # remount. 0: every lookup and open asks the filesystem (a stat).
+        "    Attr_Expiration_Time = 0;",
         # Ganesha's spelling of the kernel server's `insecure`.
         f"    PrivilegedPort = {'false' if insecure else 'true'};",
         "    FSAL { Name = VFS; }",

@@ -375,7 +375,8 @@ class NodeEvents:
                 "-t", f"netroot/events/node/{mac}"]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -395,6 +396,9 @@ class NodeEvents:
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+        self.thread.join(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa: PLR0915
@@ -481,3 +485,49 @@ def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa
         daemon_log.close()
         events.close()
     assert status == 0, vm.output()
+
+
+def _group_members(pgid: int) -> list[str]:
+    """Processes still in process group pgid."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: the process group
+            found.append(entry.name)
+    return found
+
+
+def test_up_stops_everything_on_sighup_while_its_vm_boots_and_the_next_up_starts(
+    lab: Lab,
+) -> None:
+    """Issue 13: closing the terminal of `netroot up` stops all it started."""
+    argv = [sys.executable, "-m", "controller", "--config", str(lab.config), "up", "debian12",
+            "--timeout", "3600"]  # fmt: skip
+    up = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + BOOT_WAIT
+        while not any("qemu-system" in p for p in lab.running()):
+            assert up.poll() is None, up.stderr.read() if up.stderr else ""
+            assert time.monotonic() < deadline, "up started no VM"
+            time.sleep(1)
+        up.send_signal(signal.SIGHUP)  # what a closing terminal sends
+        _, err = up.communicate(timeout=180)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(30)
+    assert up.returncode == 128 + signal.SIGHUP, err
+    assert "stopped by SIGHUP" in err, err
+    deadline = time.monotonic() + 60  # children get their parent-death signal and exit
+    while (_group_members(up.pid) or lab.running()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _group_members(up.pid) == [] and lab.running() == []
+    again = lab.netroot("up", "debian12", "--no-boot", timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert lab.running() == []

@@ -23,6 +23,8 @@ def served(tmp_path: Path, mqtt: str) -> Workspace:
 
 
 def edit(ws: Workspace, tag: str) -> None:
+    # The tree changes too: a build identical to the active version makes none.
+    (ws.tree / "etc" / "motd").write_text(f"{tag}\n")
     (ws.root / "recipes" / "demo.toml").write_text(
         f'builder = "import"\nsource = "../source-tree"\n# {tag}\n'
     )

@@ -433,6 +433,7 @@ EXPORT {{
     Access_Type = None;
     Squash = No_Root_Squash;
     SecType = sys;
+    Attr_Expiration_Time = 0;
     PrivilegedPort = true;
     FSAL {{ Name = VFS; }}
     CLIENT {{
