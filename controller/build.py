@@ -322,7 +322,9 @@ class _Unchanged(Exception):
 
 def _same_as_active(ctx: BuildContext, content: str) -> bool:
     """The active version has this content (its id's hash, overlays and boot files) and
-    was never edited in place."""
+    was never edited in place (by `shell --live`, or by the node of an rw label)."""
+    if ctx.config.label(ctx.label).rw:
+        return False  # its node edits the active version in place: never "identical"
     active = store.active_version(ctx.paths)
     if active is None or not active.endswith(f"-{content[:8]}"):
         return False

@@ -5,6 +5,7 @@ resolves inside the image, and never pulls a host file into a version's boot/.""
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,31 @@ def test_boot_link_inside_the_image_resolves_there(tmp_path: Path) -> None:
     assert (boot / "vmlinuz").stat().st_ino != (image / f"vmlinuz-{KVER}").stat().st_ino
     assert (boot / "vmlinuz").stat().st_mode & 0o7777 == 0o644
     ws.run("verify", "demo", active, "--deep")
+
+
+def test_import_members_never_link_host_files(tmp_path: Path, host_boot: Path) -> None:
+    """Hard-link members naming host files (absolute, `..`, or through a symlink member
+    to the host) are extracted inside the image or refused, never linked to the host."""
+    ws = Workspace(tmp_path)
+    make_root_tree(ws.tree)
+    kernel = host_boot / f"vmlinuz-{HOST_KVER}"
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(ws.tree, arcname=".")
+        members = [
+            ("./boot/hl-abs", tarfile.LNKTYPE, str(kernel)),
+            ("./boot/hl-dotdot", tarfile.LNKTYPE, "../" * 40 + str(kernel).lstrip("/")),
+            ("./hostboot", tarfile.SYMTYPE, str(host_boot)),
+            (f"./boot/vmlinuz-{HOST_KVER}", tarfile.LNKTYPE, f"./hostboot/{kernel.name}"),
+        ]
+        for name, kind, target in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+    ws.write(source="evil.tar")
+    before, links = snapshot(host_boot), _links(host_boot)
+    result = ws.run("build", "demo", "--activate", check=False)
+    assert snapshot(host_boot) == before and _links(host_boot) == links
+    _no_host_file_in_store(ws, host_boot)
+    if result.returncode != 0:
+        _one_error(result.stderr)

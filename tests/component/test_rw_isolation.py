@@ -4,6 +4,9 @@ base cache, the rollback target or a rebuilt version (issue 9, item 2)."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 from support import Workspace, make_root_tree
@@ -96,3 +99,34 @@ def test_rw_version_shares_no_inode_with_the_store(tmp_path: Path) -> None:
             for name in files:
                 st = os.lstat(os.path.join(dirpath, name))
                 assert st.st_nlink == 1, os.path.join(dirpath, name)
+
+
+def test_shell_session_on_an_rw_label_copies_not_links(tmp_path: Path) -> None:
+    """`netroot shell` on an rw label: the session's version neither shares inodes with
+    the parent its node writes, nor trusts the parent's index for what the node wrote."""
+    ws = _rw_workspace(tmp_path)
+    _add_tools(ws.tree)
+    parent = _new_version(ws, "one\n")
+    _node_writes(ws)  # the node wrote its tree before the session
+    done = ws.json("shell", "demo", "--command", "echo x > /etc/y")
+    new = done["version"]
+    assert new and done["parent"] == parent
+    ws.run("verify", "demo", new, "--deep")
+    _node_writes(ws)  # and keeps writing after it
+    ws.run("verify", "demo", new, "--deep")
+    for base in _bases(ws):
+        store.verify_base(base)
+
+
+def _add_tools(root: Path) -> None:
+    """The host's sh and its libraries at the same paths inside the tree."""
+    found = shutil.which("sh")
+    assert found is not None
+    real = os.path.realpath(found)
+    shutil.copy2(real, root / "usr" / "bin" / "sh")  # /bin -> usr/bin in the tree
+    out = subprocess.run(["ldd", real], capture_output=True, text=True, check=False).stdout
+    for lib in re.findall(r"(/\S+)", out):
+        dest = root / lib.lstrip("/")
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(lib, dest)
