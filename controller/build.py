@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -18,9 +17,9 @@ from pathlib import Path
 import structlog
 
 from controller import failpoints, fsops, initramfs, liveedits, secretscan, store, treeindex
-from controller.builders import Builder, BuildRequest, builder_for
+from controller.builders import Builder, BuildRequest, builder_for, cow
 from controller.config import Config
-from controller.errors import BuildError, NetrootError, VerifyError
+from controller.errors import BuildError, NetrootError, UnsafePathError, VerifyError
 from controller.layout import LabelPaths, label_paths, new_version_id
 from controller.manifest import BootArtifact, Manifest
 from controller.overlays import (
@@ -122,7 +121,8 @@ def step_stage(ctx: BuildContext) -> None:
 def step_base(ctx: BuildContext) -> None:
     """Clone the cached base tree for this key, or run the builder and cache its tree."""
     cached = ctx.paths.base(ctx.base_key)
-    if not ctx.rebuild and (cached / store.INDEX_NAME).is_file():
+    rw = ctx.config.label(ctx.label).rw
+    if not ctx.rebuild and (cached / store.INDEX_NAME).is_file() and _base_intact(ctx, cached, rw):
         ctx.say(f"reusing base tree {cached.name[:12]} (inputs unchanged)")
         ctx.rootfs.rmdir()
         index_bytes = (cached / store.INDEX_NAME).read_bytes()
@@ -130,7 +130,7 @@ def step_base(ctx: BuildContext) -> None:
         # Parse the index while cp clones the tree: cp runs in its own process.
         with ThreadPoolExecutor(max_workers=1) as pool:
             parsed = pool.submit(treeindex.parse, index_bytes)
-            fsops.clone_tree(cached / "rootfs", ctx.rootfs)
+            cow.version_tree(cached / "rootfs", ctx.rootfs, rw=rw)
             ctx.index = parsed.result()
         ctx.reused_base = True
         return
@@ -149,6 +149,29 @@ def step_base(ctx: BuildContext) -> None:
     ctx.say("indexing the base tree")
     ctx.index = treeindex.scan(ctx.rootfs)
     _snapshot_base(ctx, cached)
+    if rw:
+        # The builder's tree now shares inodes with the cache (and perhaps the
+        # package-stage cache): the rw version gets its own copy of it.
+        fsops.remove_tree(ctx.rootfs)
+        cow.version_tree(cached / "rootfs", ctx.rootfs, rw=True)
+
+
+def _base_intact(ctx: BuildContext, cached: Path, rw: bool) -> bool:
+    """Whether the cached base may seed this version; an rw label's is hashed first.
+
+    Stores of older netroots hard-linked caches into rw versions whose nodes
+    wrote through them: such a cache is rebuilt, never copied into a version.
+    """
+    if not rw:
+        return True
+    ctx.say(f"checking base tree {cached.name[:12]} (every file hashed: rw label)")
+    try:
+        store.verify_base(cached)
+    except VerifyError as exc:
+        ctx.say(f"base tree differs from its index, rebuilding it: {exc}")
+        log.warning("base tree written in place", label=ctx.label, error=str(exc))
+        return False
+    return True
 
 
 def _snapshot_base(ctx: BuildContext, cached: Path) -> None:
@@ -191,22 +214,35 @@ def step_overlays(ctx: BuildContext) -> None:
 _KVER = re.compile(r"vmlinuz-(.+)")
 
 
-def _find_kernel(ctx: BuildContext) -> tuple[str, str, str]:
-    """(kernel path, initrd path, kernel version) inside rootfs."""
+def _find_kernel(ctx: BuildContext, image: ImageRoot) -> tuple[str, str, str]:
+    """(kernel path, initrd path, kernel version) inside rootfs.
+
+    Every path, from the recipe or from the image's /boot and its symlinks,
+    resolves inside the image (RESOLVE_IN_ROOT): `kernel = "../../x"` or a
+    /boot linking to a host directory finds nothing on the host.
+    """
     recipe = ctx.recipe
     kernel = getattr(recipe, "kernel", None)
     initrd = getattr(recipe, "initrd", None)
-    boot = ctx.rootfs / "boot"
+    where = f"{ctx.recipe_path}: kernel" if kernel is not None else f"{ctx.label}: kernel"
     if kernel is None:
-        names = sorted(n for n in os.listdir(boot) if _KVER.fullmatch(n)) if boot.is_dir() else []
+        try:
+            names = sorted(n for n in image.listdir("boot") if _KVER.fullmatch(n))
+        except UnsafePathError:
+            names = []  # no /boot directory inside the image
         if not names:
             raise VerifyError(f"{ctx.label}: no kernel in /boot of the image (vmlinuz-VERSION)")
         kernel = f"boot/{names[-1]}"
-    match = _KVER.fullmatch(Path(kernel).name)
+    try:
+        # The version is named by the file the path resolves to (/vmlinuz -> boot/vmlinuz-V).
+        match = _KVER.fullmatch(Path(image.resolve_file(kernel)).name)
+    except UnsafePathError as exc:
+        raise VerifyError(f"{where} {kernel!r}: {exc}") from None
     kver = match.group(1) if match else "unknown"
     if initrd is None:
         for candidate in (f"boot/initrd.img-{kver}", f"boot/initramfs-{kver}.img"):
-            if (ctx.rootfs / candidate).is_file():
+            with contextlib.suppress(UnsafePathError):
+                image.resolve_file(candidate)
                 initrd = candidate
                 break
         else:
@@ -217,28 +253,23 @@ def _find_kernel(ctx: BuildContext) -> tuple[str, str, str]:
 BOOT_MODE = 0o644  # TFTP and HTTP servers read them as their own unprivileged users
 
 
-def _boot_artifact(ctx: BuildContext, source: str, name: str) -> BootArtifact:
-    src = ctx.rootfs / source
-    if src.is_symlink() or not src.is_file():
-        raise VerifyError(f"{ctx.label}: {source} is not a regular file in the image")
-    dst = ctx.staging / "boot" / name
-    if src.stat().st_mode & 0o7777 == BOOT_MODE:
-        fsops.link_or_copy(src, dst)
-    else:
-        # dracut writes 0600; a copy gets the servers' mode without touching the
-        # image's inode (shared with the cached base and other versions)
-        shutil.copyfile(src, dst)
-        dst.chmod(BOOT_MODE)
-    return BootArtifact(
-        name=name, source=source, size=dst.stat().st_size, sha256=treeindex.file_sha256(dst)
-    )
+def _boot_artifact(ctx: BuildContext, image: ImageRoot, source: str, name: str) -> BootArtifact:
+    """Copy source out of the image into boot/: a new inode in the servers' mode, never a
+    link to the image's file (shared with the cache, other versions, or, through a
+    hostile symlink, the host)."""
+    try:
+        size, sha = image.copy_out(source, ctx.staging / "boot" / name, mode=BOOT_MODE)
+    except UnsafePathError as exc:
+        raise VerifyError(f"{ctx.label}: boot file {source!r}: {exc}") from None
+    return BootArtifact(name=name, source=source, size=size, sha256=sha)
 
 
 def step_boot(ctx: BuildContext) -> None:
     """Take kernel and initramfs out of the tree into boot/."""
-    kernel, initrd, ctx.kernel_version = _find_kernel(ctx)
-    ctx.kernel = _boot_artifact(ctx, kernel, KERNEL_NAME)
-    ctx.initrd = _boot_artifact(ctx, initrd, INITRD_NAME)
+    with ImageRoot(ctx.rootfs, ctx.image_name) as image:
+        kernel, initrd, ctx.kernel_version = _find_kernel(ctx, image)
+        ctx.kernel = _boot_artifact(ctx, image, kernel, KERNEL_NAME)
+        ctx.initrd = _boot_artifact(ctx, image, initrd, INITRD_NAME)
     _check_initrd(ctx, initrd)
     ctx.say(f"kernel {ctx.kernel_version}")
 
@@ -291,7 +322,9 @@ class _Unchanged(Exception):
 
 def _same_as_active(ctx: BuildContext, content: str) -> bool:
     """The active version has this content (its id's hash, overlays and boot files) and
-    was never edited in place."""
+    was never edited in place (by `shell --live`, or by the node of an rw label)."""
+    if ctx.config.label(ctx.label).rw:
+        return False  # its node edits the active version in place: never "identical"
     active = store.active_version(ctx.paths)
     if active is None or not active.endswith(f"-{content[:8]}"):
         return False

@@ -257,6 +257,70 @@ class ImageRoot:
         parent_rel = self._relative(fd)
         return fd, parts[-1], f"{parent_rel}/{parts[-1]}" if parent_rel else parts[-1]
 
+    def listdir(self, rel: str) -> list[str]:
+        """Names in the directory rel of the image (symlinks resolved inside the image)."""
+        fd = self.open_dir(split(rel), create=False)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def _open_regular(self, rel: str) -> int:
+        """A read descriptor of the regular file rel (symlinks resolved inside the image)."""
+        parts = split(rel)
+        if not parts:
+            raise UnsafePathError(f"{self.name}: {rel!r} is not a file path inside the image")
+        try:
+            # O_NONBLOCK: a FIFO planted at the path must not hang the build.
+            fd = _openat2(self._fd, "/".join(parts), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as exc:
+            reasons = {
+                errno.ELOOP: "symlink loop in the image",
+                errno.ENOTDIR: "a non-directory stands where a directory is needed",
+                errno.ENOENT: "no such file in the image",
+                errno.EXDEV: "resolves outside the image",
+            }
+            why = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+            raise UnsafePathError(f"{self.name}: /{'/'.join(parts)}: {why}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePathError(f"{self.name}: /{'/'.join(parts)}: not a regular file")
+        return fd
+
+    def resolve_file(self, rel: str) -> str:
+        """The path of the regular file rel once its symlinks are resolved inside the image."""
+        fd = self._open_regular(rel)
+        try:
+            return self._relative(fd)
+        finally:
+            os.close(fd)
+
+    def copy_out(self, rel: str, dest: Path, *, mode: int) -> tuple[int, str]:
+        """Copy the regular file rel out of the image to a new file dest; (size, sha256).
+
+        A copy, never a hard link: whatever the image's symlinks say, the bytes come
+        from a file inside the image, and dest shares no inode with it.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        src = self._open_regular(rel)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            out = os.open(dest, flags, 0o600)
+            try:
+                while chunk := os.read(src, _CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view) :]
+                os.fchmod(out, mode)
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+        return size, digest.hexdigest()
+
     def lstat(self, resolved: str) -> os.stat_result:
         """lstat of an already resolved path (no symlink in it)."""
         parts = split(resolved)

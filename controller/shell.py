@@ -225,7 +225,8 @@ def _keep_as_base(ctx: build.BuildContext, parent: Manifest) -> None:
     if (target / store.INDEX_NAME).is_file():
         return
     tmp = ctx.paths.staging / f"base-{ctx.build_id}"
-    fsops.clone_tree(ctx.rootfs, tmp / "rootfs")
+    # An rw version is written by its node: the cache must not share its inodes.
+    cow.version_tree(ctx.rootfs, tmp / "rootfs", rw=ctx.config.label(ctx.label).rw)
     (tmp / store.INDEX_NAME).write_bytes(index_bytes)
     fsops.remove_tree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -235,8 +236,13 @@ def _keep_as_base(ctx: build.BuildContext, parent: Manifest) -> None:
 def _commit(ctx: build.BuildContext, parent: Manifest, applied: Sequence[tuple[str, str]],
             parent_dir: Path) -> Manifest:
     """The build pipeline's last steps over the session's tree."""
-    ctx.index = treeindex.parse((parent_dir / store.INDEX_NAME).read_bytes())
-    update_index(ctx.index, ctx.rootfs, applied)
+    if ctx.config.label(ctx.label).rw:
+        # The rw parent's node may have written it since its commit: its index is
+        # not the tree's content any more; the new version's index is, hashed.
+        ctx.index = treeindex.scan(ctx.rootfs)
+    else:
+        ctx.index = treeindex.parse((parent_dir / store.INDEX_NAME).read_bytes())
+        update_index(ctx.index, ctx.rootfs, applied)
     ctx.overlay_digest = parent.overlay_digest
     _keep_as_base(ctx, parent)
     ctx.recipe = _boot_recipe(parent, ctx.recipe_path)
@@ -300,7 +306,8 @@ def _new_version(config: Config, paths: LabelPaths, parent: Manifest, *, command
         ctx.log_file.parent.mkdir(parents=True, exist_ok=True)
         (ctx.staging / "boot").mkdir(parents=True)
         progress("shell", f"cloning {paths.label} {parent.version}")
-        fsops.clone_tree(paths.rootfs(parent.version), ctx.rootfs)
+        # rw: a private copy, never inodes shared with the parent its node writes.
+        cow.version_tree(paths.rootfs(parent.version), ctx.rootfs, rw=config.label(paths.label).rw)
         done = session(ctx.rootfs, scratch, shell_argv(command), env, run)
         _check(done, command)
         outcome = Outcome(paths.label, parent.version, tuple(done.changed), live=False,

@@ -127,6 +127,23 @@ def verify_tree(directory: Path, manifest: Manifest, *, depth: Depth) -> None:
         treeindex.compare(index_bytes, actual, str(directory / "rootfs"))
 
 
+def verify_base(directory: Path) -> None:
+    """Deep check of a cached base tree (rootfs and files.idx): every file hashed.
+
+    A cache is only ever cloned into versions, but an older netroot hard-linked it
+    into rw versions whose nodes write in place: before such a cache seeds another
+    rw version its content must still be what its index says.
+    """
+    try:
+        index_bytes = (directory / INDEX_NAME).read_bytes()
+    except FileNotFoundError:
+        raise VerifyError(f"{directory}: {INDEX_NAME} missing") from None
+    if not (directory / "rootfs").is_dir():
+        raise VerifyError(f"{directory}: rootfs missing")
+    actual = treeindex.render(treeindex.scan(directory / "rootfs"))
+    treeindex.compare(index_bytes, actual, str(directory / "rootfs"))
+
+
 def verify_version(paths: LabelPaths, version: str, *, depth: Depth = "index") -> Manifest:
     """Verify a committed version; returns its manifest."""
     manifest = read_manifest(paths, version)

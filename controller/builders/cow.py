@@ -7,6 +7,10 @@ every tree sharing that inode. So the command sees an overlay: the tree as the
 read-only lower layer, a scratch directory as the upper one. Afterwards the
 upper layer is merged into the tree by rename: every changed file arrives as a
 new inode, never written through a shared one.
+
+An `rw` label's node writes its served tree in place, where no overlay stands
+between it and the inodes; its versions are therefore private copies
+(version_tree), never clones sharing inodes with the cache or another version.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from controller import fsops, proc
 from controller.errors import NetrootError
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -29,8 +34,10 @@ def overlay_options(lower: Path, upper: Path, work: Path) -> str:
     for path in (lower, upper, work):
         if any(c in os.fspath(path) for c in ",:\\"):
             raise NetrootError(f"{path}: a path with ',', ':' or '\\' cannot be an overlay layer")
-    return (f"lowerdir={lower},upperdir={upper},workdir={work},"
-            "redirect_dir=off,metacopy=off,index=off,xino=off")
+    return (
+        f"lowerdir={lower},upperdir={upper},workdir={work},"
+        "redirect_dir=off,metacopy=off,index=off,xino=off"
+    )
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
@@ -105,3 +112,25 @@ def merge_upper(upper: Path, root: Path) -> int:
                 _clean_xattrs(dst)
             count += 1
     return count
+
+
+def copy_tree_argv(src: Path, dst: Path) -> list[str]:
+    """cp making dst a private copy of src: new inodes, blocks shared by reflink where the
+    filesystem has them (copy-on-write in the kernel), copied otherwise; hard links
+    inside the tree stay links among the copies."""
+    return ["cp", "-a", "--reflink=auto", "--no-target-directory", os.fspath(src), os.fspath(dst)]
+
+
+def version_tree(src: Path, dst: Path, *, rw: bool) -> None:
+    """Make dst, a version's tree, from src (a cached base or another version).
+
+    Read-only versions are never written in place, so a clone (reflinks or hard
+    links) is safe and free. An rw version is written by its node through the
+    export: it gets its own inodes, or the node's writes would land in the cache
+    and every version sharing them.
+    """
+    if not rw:
+        fsops.clone_tree(src, dst)
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    proc.run(copy_tree_argv(src, dst))

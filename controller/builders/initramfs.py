@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from controller import distros
 from controller.builders import Progress, chroot
-from controller.errors import NetrootError, ProcessError
+from controller.errors import NetrootError, ProcessError, UnsafePathError
+from controller.safepath import ImageRoot
 
 
 def kernel_versions(root: Path) -> list[str]:
-    """Versions of the kernels in the image's /boot (vmlinuz-VERSION)."""
-    boot = root / "boot"
-    names = sorted(os.listdir(boot)) if boot.is_dir() else []
+    """Versions of the kernels in the image's /boot (vmlinuz-VERSION), /boot resolved
+    inside the image: a /boot linking to a host directory lists nothing of the host."""
+    with ImageRoot(root) as image:
+        try:
+            names = sorted(image.listdir("boot"))
+        except UnsafePathError:
+            names = []
     return [n.removeprefix("vmlinuz-") for n in names if n.startswith("vmlinuz-")]
 
 
@@ -25,9 +29,13 @@ def make_initramfs(root: Path, distro: distros.Distro, log_file: Path, say: Prog
     for kver in kvers:
         say(f"generating the initramfs for kernel {kver} (dracut, inside the image)")
         try:
-            chroot.run(root, distros.dracut_argv(kver, distros.initrd_path(distro, kver)),
-                       log_file=log_file)
+            chroot.run(
+                root,
+                distros.dracut_argv(kver, distros.initrd_path(distro, kver)),
+                log_file=log_file,
+            )
         except ProcessError as exc:
-            raise NetrootError(f"dracut failed for kernel {kver} with status "
-                               f"{exc.returncode}") from None
+            raise NetrootError(
+                f"dracut failed for kernel {kver} with status {exc.returncode}"
+            ) from None
     return kvers
