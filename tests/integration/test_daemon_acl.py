@@ -21,6 +21,10 @@ import pytest
 from support import REPO, Workspace, make_root_tree
 from test_daemon_harness import Broker, Controller, free_port, wait_for
 
+from controller import upbroker
+from controller.config import MqttConfig
+from controller.errors import NetrootError
+
 pytestmark = pytest.mark.integration
 
 AGENT = REPO / "base" / "usr" / "lib" / "netroot" / "agent"
@@ -378,3 +382,73 @@ def test_the_controller_connects_with_username_and_password_file(
         wait_for(lambda: [n for n in ws.json("nodes") if n["mac"] == A], "the node stored")
     finally:
         controller.cleanup()
+
+
+# --- the broker `netroot up` starts --------------------------------------------------
+
+
+def up_broker(tmp_path: Path, *, credentials: bool) -> Broker:
+    """mosquitto with the files `netroot up` writes, on a free loopback port."""
+    port = free_port()
+    secret = tmp_path / "mqtt.password"
+    secret.write_text(SECRET["netroot-controller"] + "\n")
+    auth = {"username": "netroot-controller", "password_file": secret} if credentials else {}
+    mqtt = MqttConfig(host="127.0.0.1", port=port, **auth)  # type: ignore[arg-type]
+    run_dir = tmp_path / "up"
+    run_dir.mkdir()
+    conf = upbroker.write_broker_files(mqtt, run_dir)
+    # The test broker says `user root` (as root) and where to log itself.
+    text = conf.read_text().replace("user root\n", "")
+    assert ("password_file" in text) is credentials
+    for private in run_dir.glob("mosquitto.*"):
+        if private.suffix != ".conf":
+            assert private.stat().st_mode & 0o077 == 0, private
+            assert SECRET["netroot-controller"] not in private.read_text()
+    return Broker(tmp_path / "broker", port=port, config_text=text).start()
+
+
+def test_the_up_broker_takes_the_controller_username_only_with_its_password(
+    tmp_path: Path,
+) -> None:
+    broker = up_broker(tmp_path, credentials=True)
+    try:
+        port = str(broker.port)
+
+        def pub(*opts: str, topic: str = "netroot/events/image/demo") -> int:
+            argv = ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, *opts, "-q", "1",
+                    "-t", topic, "-m", "x"]  # fmt: skip
+            return subprocess.run(argv, capture_output=True, check=False, timeout=30).returncode
+
+        ctl = ["-u", "netroot-controller", "-P", SECRET["netroot-controller"]]
+        sub = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", port, *ctl, "-i", "ctl", "-q", "1",
+             "-t", "netroot/#", "-C", "2", "-W", "60", "-F", "%t %p"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(lambda: "Received SUBSCRIBE from ctl" in broker.log.read_text(), "subscribed")
+        assert pub("-u", "netroot-controller") != 0  # no password
+        assert pub("-u", "netroot-controller", "-P", "guess") != 0
+        # Anonymous (a node agent): its reports pass, an event or a command does not.
+        assert pub() == 0
+        assert pub(topic=f"netroot/node/{B}/cmd") == 0
+        assert pub(topic=f"netroot/node/{A}/report") == 0
+        assert pub(*ctl) == 0
+        out, _ = sub.communicate(timeout=90)
+        assert out.splitlines() == [f"netroot/node/{A}/report x", "netroot/events/image/demo x"]
+    finally:
+        broker.stop()
+
+
+def test_the_up_broker_without_credentials_stays_simple(tmp_path: Path) -> None:
+    broker = up_broker(tmp_path, credentials=False)
+    broker.stop()
+    text = (tmp_path / "up" / "mosquitto.conf").read_text()
+    assert "listener " + str(broker.port) + " 127.0.0.1\n" in text
+    assert not (tmp_path / "up" / "mosquitto.passwd").exists()
+
+
+def test_the_up_broker_listens_on_loopback_only(tmp_path: Path) -> None:
+    mqtt = MqttConfig(host="10.0.2.2", port=free_port())
+    with pytest.raises(NetrootError, match="loopback only"):
+        upbroker.write_broker_files(mqtt, tmp_path)
+    assert not (tmp_path / "mosquitto.conf").exists()
