@@ -294,16 +294,22 @@ def test_a_node_cannot_publish_as_another_node(site: Site) -> None:
 
 
 def test_a_node_reads_only_its_own_commands(site: Site) -> None:
+    # Subscribed to everything: it gets its own command, and B's (sent first) never.
     at_a = Subscription(site, "netroot/#", 1, client=A, cert=A)
-    also = Subscription(site, f"netroot/node/{B}/cmd", 1, client=f"{A}-snoop", cert=A)
     for mac in (B, A):
         site.pub(f"netroot/node/{mac}/cmd", f"for {mac}", user="netroot-controller")
-    site.pub(f"netroot/node/{B}/cmd", f"for {B}", user="netroot-controller")
-    site.pub("netroot/events/image/demo", "an event", user="netroot-controller")
     assert at_a.lines() == [f"netroot/node/{A}/cmd for {A}"]
-    also.proc.terminate()
-    out, _ = also.proc.communicate(timeout=30)
-    assert out == ""
+    # The agent on a node whose NIC says B but whose certificate is A's hears nothing.
+    env = site.node_env("a-as-b", mac=B, cert=A)
+    site.start_agent(env)
+    log = site.broker.log
+    wait_for(lambda: f"Received SUBSCRIBE from {B}" in log.read_text(), "the agent's listener")
+    at_a = Subscription(site, f"netroot/node/{A}/cmd", 1, client=f"{A}-2", cert=A)
+    site.pub(f"netroot/node/{B}/cmd", json.dumps({"command": "report", "id": "for-b"}),
+             user="netroot-controller")  # fmt: skip
+    site.pub(f"netroot/node/{A}/cmd", "for A", user="netroot-controller")
+    assert at_a.lines() == [f"netroot/node/{A}/cmd for A"]
+    assert "for-b" not in Path(env["NETROOT_CONSOLE"]).with_name("agent.out").read_text()
 
 
 def test_a_node_writes_no_event_state_status_or_command(site: Site) -> None:
