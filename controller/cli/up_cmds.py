@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from controller import proc
+from controller import proc, upbroker
 from controller.bootvm import random_mac
 from controller.config import BUILTIN, Config, check_label, load_config
 from controller.daemon.notify import NotifySocket
@@ -31,13 +31,7 @@ from controller.errors import NetrootError
 READY_WITHIN_S = 120.0  # recovery of a large store comes before READY=1
 LAST_EVENT_WITHIN_S = 20.0  # the event a step ends with: published within a few seconds
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # Ctrl-C is KeyboardInterrupt already
-BROKER_CONF = """\
-# written by `netroot up`: a loopback broker for this run only
-listener {port} 127.0.0.1
-allow_anonymous true
-persistence false
-log_dest stderr
-"""
+BROKER_CONF = upbroker.BROKER_CONF  # what every run's broker has (credentials aside)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -108,10 +102,9 @@ def _start_broker(stack: contextlib.ExitStack, config: Config, run_dir: Path) ->
     if _listening(host, port):
         _say(f"using the broker already listening on {host}:{port}")
         return
-    if host not in ("127.0.0.1", "localhost"):
+    if host not in upbroker.LOOPBACK_HOSTS:
         raise NetrootError(f"{config.source}: mqtt.host: no broker answers on {host}:{port}")
-    conf = run_dir / "mosquitto.conf"
-    conf.write_text(BROKER_CONF.format(port=port))
+    conf = upbroker.write_broker_files(config.mqtt, run_dir)
     stack.enter_context(
         proc.background(["mosquitto", "-c", conf], log_file=run_dir / "mosquitto.log")
     )
