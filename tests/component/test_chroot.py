@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -52,16 +54,30 @@ def host_mounts_under(path: Path) -> list[str]:
 
 
 def test_mount_plan_is_argv_lists() -> None:
-    assert chroot.mount_plan(Path("/img")) == [
-        ["mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", "/img/proc"],
-        ["mount", "--rbind", "/sys", "/img/sys"],
-        ["mount", "--rbind", "/dev", "/img/dev"],
-        ["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs", "/img/run"],
-        ["mount", "--bind", "-o", "ro", "/etc/resolv.conf", "/img/etc/resolv.conf"],
-    ]
+    plan = chroot.mount_plan(Path("/img"))
+    assert plan[0] == ["mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", "/img/proc"]
+    assert ["mount", "--bind", "-o", "ro", "/img/proc/sys", "/img/proc/sys"] in plan
+    assert ["mount", "-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", "/img/sys"] in plan
+    assert ["mknod", "-m", "0666", "/img/dev/null", "c", "1", "3"] in plan
+    assert plan[-1] == ["mount", "--bind", "-o", "ro", "/etc/resolv.conf", "/img/etc/resolv.conf"]
+    # nothing of the host's /dev or /sys is bound in
+    assert not [m for m in plan if "--rbind" in m or "/dev" in m[:-1] or "/sys" in m[:-1]]
     argv = chroot.chroot_argv(Path("/img"), ["/bin/sh", "-c", "true"], resolv_conf=None)
-    assert argv[:8] == ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-                        "--kill-child", "--"]
+    assert argv[:10] == [
+        "unshare",
+        "--mount",
+        "--uts",
+        "--ipc",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+    ]
+    command = json.loads(argv[-1])["exec"]
+    assert command[0] == "setpriv" and "-sys_admin" in command[command.index("--bounding-set") + 1]
+    assert command[-5:] == ["chroot", "/img", "/bin/sh", "-c", "true"]
 
 
 def test_command_sees_mounts_inside_only(tiny_root: Path, tmp_path: Path) -> None:
@@ -83,10 +99,11 @@ def test_failure_leaves_no_mount(tiny_root: Path) -> None:
 
 
 def test_sigkill_of_the_caller_leaves_no_mount(tiny_root: Path) -> None:
-    code = ("import sys; from pathlib import Path; from controller.builders import chroot; "
-            "chroot.run(Path(sys.argv[1]), ['/bin/sh', '-c', 'touch /ready; sleep 60'])")
-    caller = subprocess.Popen([sys.executable, "-c", code, str(tiny_root)],
-                              start_new_session=True)
+    code = (
+        "import sys; from pathlib import Path; from controller.builders import chroot; "
+        "chroot.run(Path(sys.argv[1]), ['/bin/sh', '-c', 'touch /ready; sleep 60'])"
+    )
+    caller = subprocess.Popen([sys.executable, "-c", code, str(tiny_root)], start_new_session=True)
     try:
         deadline = time.monotonic() + 20
         while not (tiny_root / "ready").exists():
@@ -130,8 +147,10 @@ def test_copy_on_write_merges_every_kind_of_change(tiny_root: Path, tmp_path: Pa
     (tiny_root / "data" / "old" / "file").write_text("old")
     twin = tmp_path / "twin"  # a hard link, as a cloned version would hold
     os.link(etc / "edit", twin)
-    script = ("echo after >> /etc/edit; : > /etc/new; cat /etc/remove > /etc/copy; "
-              "cat /etc/keep > /dev/null")
+    script = (
+        "echo after >> /etc/edit; : > /etc/new; cat /etc/remove > /etc/copy; "
+        "cat /etc/keep > /dev/null"
+    )
     chroot.run(tiny_root, ["/bin/sh", "-c", script], copy_on_write=True)
     assert (etc / "edit").read_text() == "before\nafter\n"
     assert twin.read_text() == "before\n"
@@ -167,3 +186,94 @@ def test_post_script_cannot_write_the_hosts_resolv_conf(tiny_root: Path) -> None
     with pytest.raises(ProcessError, match="Read-only file system"):
         chroot.run(tiny_root, ["/bin/sh", "-c", "echo nameserver 203.0.113.1 > /etc/resolv.conf"])
     assert Path("/etc/resolv.conf").read_bytes() == before
+
+
+HOSTILE = (
+    "touch /dev/x; "
+    "echo 1 > /proc/sys/kernel/hostname || echo proc-sys-ro; "
+    "echo 3 > /proc/sys/vm/drop_caches || echo drop-caches-refused; "
+    "hostname foo || echo hostname-refused; "
+    "mount -o remount,rw /sys || echo remount-refused; "
+    "mount -t tmpfs tmpfs /sys || echo mount-refused; "
+    "touch /sys/x || echo sys-ro; "
+)
+USABLE = (
+    ": > /dev/null && echo null-ok; "
+    "test -c /dev/zero && test -c /dev/random && test -c /dev/tty && echo nodes-ok; "
+    "head -c 16 /dev/urandom | wc -c; "
+    "echo x > /dev/full || echo full-ENOSPC; "
+    "test -c /dev/pts/ptmx && test -L /dev/ptmx && test -d /dev/shm && echo pts-ok; "
+    "ls -l /proc/self/ns/uts /proc/self/ns/ipc; ls /dev"
+)
+
+
+def host_sentinels() -> dict[str, object]:
+    """What a sandboxed command must not change on the host."""
+    with open("/proc/self/mountinfo") as f:
+        sys_mounts = sorted(
+            " ".join(line.split()[4:6])
+            for line in f
+            if line.split()[4] == "/sys" or line.split()[4].startswith("/sys/")
+        )
+    return {
+        "dev": sorted(os.listdir("/dev")),
+        "hostname": socket.gethostname(),
+        "proc-hostname": Path("/proc/sys/kernel/hostname").read_text(),
+        "sys": sys_mounts,
+        "sys-x": os.path.lexists("/sys/x"),
+    }
+
+
+@pytest.fixture
+def sandbox_root(tiny_root: Path) -> Path:
+    """tiny_root with what the hostile and the usable script call."""
+    _add_tools(tiny_root, ("hostname", "mount", "head", "wc", "test"))
+    return tiny_root
+
+
+def _add_tools(root: Path, tools: tuple[str, ...]) -> None:
+    for tool in tools:
+        found = shutil.which(tool)
+        assert found is not None, tool
+        real = os.path.realpath(found)
+        shutil.copy2(real, root / "bin" / tool)
+        for lib in _libraries(real):
+            dest = root / lib.lstrip("/")
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(lib, dest)
+
+
+@pytest.mark.parametrize("copy_on_write", [False, True], ids=["in-place", "post-script"])
+def test_a_command_cannot_change_the_hosts_dev_sys_or_hostname(
+    sandbox_root: Path, tmp_path: Path, copy_on_write: bool
+) -> None:
+    before = host_sentinels()
+    assert "x" not in before["dev"]  # type: ignore[operator]
+    log = tmp_path / "run.log"
+    done = chroot.run(
+        sandbox_root, ["/bin/sh", "-c", HOSTILE + USABLE], log_file=log, copy_on_write=copy_on_write
+    )
+    assert done.returncode == 0
+    out = log.read_text()
+    assert host_sentinels() == before
+    for refused in (
+        "proc-sys-ro",
+        "drop-caches-refused",
+        "hostname-refused",
+        "remount-refused",
+        "mount-refused",
+        "sys-ro",
+    ):
+        assert refused in out.splitlines(), refused
+    for usable in ("null-ok", "nodes-ok", "16", "full-ENOSPC", "pts-ok"):
+        assert usable in out.splitlines(), usable
+    # the private /dev held the file: listed inside, gone with the namespace
+    assert "x" in out.splitlines()
+    for ns in ("uts", "ipc"):
+        host = os.readlink(f"/proc/self/ns/{ns}")
+        inside = re.search(rf"/proc/self/ns/{ns} -> ({ns}:\[\d+\])", out)
+        assert inside is not None and inside.group(1) != host, ns
+    assert not (sandbox_root / "dev" / "x").exists()
+    assert sorted(os.listdir(sandbox_root / "dev")) == []
+    assert host_mounts_under(tmp_path) == []

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from controller import liveedits, treeindex
 from controller.layout import LabelPaths
 from controller.shell import meaningful_changes, update_index, upper_entries
 
-TOOLS = ("sh", "cat", "rm", "mkdir", "ls", "chmod", "ln", "echo")
+TOOLS = ("sh", "cat", "rm", "mkdir", "ls", "chmod", "ln", "echo", "touch", "hostname", "mount")
 
 
 def _add_tools(root: Path) -> None:
@@ -65,8 +66,12 @@ def test_changes_become_a_new_version_and_the_old_one_is_untouched(ws: Workspace
     old = ws.active()
     assert old is not None
     hostname = rootfs(ws, old) / "etc" / "hostname"
-    done = ws.json("shell", ws.label, "--command",
-                   "echo x > /etc/y; echo more >> /etc/hostname; rm /etc/os-release")
+    done = ws.json(
+        "shell",
+        ws.label,
+        "--command",
+        "echo x > /etc/y; echo more >> /etc/hostname; rm /etc/os-release",
+    )
     new = done["version"]
     assert new and done["parent"] == old and not done["activated"]
     assert sorted(done["changed"]) == ["-etc/os-release", "etc/hostname", "etc/y"]
@@ -101,8 +106,9 @@ def test_a_failing_command_keeps_nothing(ws: Workspace) -> None:
     done = shell(ws, "--command", "echo z > /etc/z; echo oops >&2; exit 3", check=False)
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("netroot: error:")]
-    assert errors == ["netroot: error: the command exited with status 3; nothing it changed "
-                      "was kept: oops"]
+    assert errors == [
+        "netroot: error: the command exited with status 3; nothing it changed was kept: oops"
+    ]
     assert ws.versions() == before
     assert host_mounts_under(ws.state) == []
 
@@ -133,8 +139,14 @@ def test_live_edits_the_active_tree_and_records_it(ws: Workspace) -> None:
     # the older version shared that inode: it is intact
     assert (rootfs(ws, first) / "etc" / "hostname").read_text() == "node\n"
     assert not (rootfs(ws, first) / "etc" / "live").exists()
-    paths = LabelPaths(ws.label, ws.images(), ws.export_link, ws.tftp_link, ws.root / "tftp",
-                       ws.state / "cache" / "bases" / ws.label)
+    paths = LabelPaths(
+        ws.label,
+        ws.images(),
+        ws.export_link,
+        ws.tftp_link,
+        ws.root / "tftp",
+        ws.state / "cache" / "bases" / ws.label,
+    )
     edits = liveedits.read(paths, active)
     assert [(e.changed, e.paths) for e in edits] == [(2, ("etc/hostname", "etc/live"))]
     again = ws.json("shell", ws.label, "--live", "--command", "rm /etc/live")
@@ -170,9 +182,59 @@ def test_index_update_matches_a_full_scan(tmp_path: Path) -> None:
     (upper / "var" / "old" / "y").write_text("y")
     entries = upper_entries(upper)
     assert meaningful_changes(entries, upper, lower) == [
-        "etc/a", "etc/link", "-etc/sub", "var/old", "var/old/y"]
+        "etc/a",
+        "etc/link",
+        "-etc/sub",
+        "var/old",
+        "var/old/y",
+    ]
     from controller.builders import cow
 
     cow.merge_upper(upper, lower)
     update_index(index, lower, entries)
     assert treeindex.render(index) == treeindex.render(treeindex.scan(lower))
+
+
+def host_sentinels() -> dict[str, object]:
+    """What a shell session must not change on the host."""
+    with open("/proc/self/mountinfo") as f:
+        sys_mounts = sorted(
+            " ".join(line.split()[4:6])
+            for line in f
+            if line.split()[4] == "/sys" or line.split()[4].startswith("/sys/")
+        )
+    return {
+        "dev": sorted(os.listdir("/dev")),
+        "hostname": socket.gethostname(),
+        "proc-hostname": Path("/proc/sys/kernel/hostname").read_text(),
+        "sys": sys_mounts,
+        "sys-x": os.path.lexists("/sys/x"),
+    }
+
+
+def test_a_session_cannot_change_the_hosts_dev_sys_or_hostname(ws: Workspace) -> None:
+    before, versions = host_sentinels(), ws.versions()
+    assert "x" not in before["dev"]  # type: ignore[operator]
+    done = shell(
+        ws,
+        "--command",
+        "touch /dev/x; echo 1 > /proc/sys/kernel/hostname || echo proc-sys-ro; "
+        "hostname foo || echo hostname-refused; "
+        "mount -o remount,rw /sys || echo remount-refused; touch /sys/x || echo sys-ro; "
+        "ls /dev; echo out > /dev/null && echo null-ok",
+    )
+    assert host_sentinels() == before
+    lines = done.stdout.splitlines()
+    for seen in (
+        "proc-sys-ro",
+        "hostname-refused",
+        "remount-refused",
+        "sys-ro",
+        "x",
+        "null",
+        "null-ok",
+    ):
+        assert seen in lines, seen
+    # /dev is the session's own: what it wrote there is no change to the image
+    assert "no changes" in done.stdout and ws.versions() == versions
+    assert host_mounts_under(ws.state) == []

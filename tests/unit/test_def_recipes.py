@@ -240,7 +240,7 @@ def test_apptainer_not_installed_is_a_clear_error(tmp_path: Path) -> None:
 def test_setup_runs_on_the_host_over_an_overlay() -> None:
     scratch = chroot.Scratch(Path("/s/.setup-1"))
     argv = setup_argv(Path("/s/rootfs"), scratch, Path("/s/.setup-1/setup.sh"))
-    assert argv[:3] == ["unshare", "--mount", "--propagation"]
+    assert argv[:5] == ["unshare", "--mount", "--uts", "--ipc", "--propagation"]
     assert '"overlay", "/s/rootfs"]' in argv[-1]  # mounted over the image's own path
     assert '"exec": ["/bin/sh", "-e", "/s/.setup-1/setup.sh"]' in argv[-1]
     env = setup_env(Path("/s/rootfs"), {"NETROOT_LABEL": "n"})

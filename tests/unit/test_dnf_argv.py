@@ -89,12 +89,13 @@ def test_unknown_repository_is_a_recipe_error(tmp_path: Path) -> None:
 
 def test_namespace_mounts_api_filesystems_and_the_cache() -> None:
     argv = dnf.namespace_argv(Path("/img"), Path("/cache/rpms"), ["dnf", "install", "x"])
-    assert argv[:8] == ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-                        "--kill-child", "--"]
+    assert argv[:10] == ["unshare", "--mount", "--uts", "--ipc", "--propagation", "private",
+                         "--pid", "--fork", "--kill-child", "--"]
     plan = json.loads(argv[-1])
     assert plan["exec"] == ["dnf", "install", "x"]
     assert plan["mounts"][-1] == ["mount", "--bind", "/cache/rpms", "/img/var/cache/dnf"]
-    assert ["mount", "--rbind", "/dev", "/img/dev"] in plan["mounts"]
+    # the image's private /dev (controller.builders.chroot), never the host's
+    assert ["mknod", "-m", "0666", "/img/dev/null", "c", "1", "3"] in plan["mounts"]
 
 
 def test_failures_name_the_field(tmp_path: Path) -> None:
