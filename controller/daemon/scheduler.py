@@ -209,6 +209,7 @@ class BuildScheduler:
         stale = await asyncio.to_thread(stale_labels, self.ctx.config)
         for label, kind in stale.items():
             self.request(label, kind, CATCH_UP_REASON)
+        log.info("start-up check of inputs", changed=sorted(stale))
 
     def reconcile_all(self) -> None:
         """Announce what changed in the store of every label (activations by hand, gc)."""
