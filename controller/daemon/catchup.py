@@ -70,7 +70,7 @@ def _recorded(config: Config, label: str, version: str | None) -> Inputs | None:
         return None
     try:
         manifest = store.read_manifest(label_paths(config, label), version)
-    except (NetrootError, OSError):
+    except (NetrootError, OSError, ValueError):
         return None  # pruned meanwhile, or unreadable: nothing to compare with
     return Inputs(manifest.base_key, manifest.overlay_digest)
 
@@ -89,7 +89,7 @@ def stale_labels(config: Config) -> dict[str, Rebuild]:
         newest = versions[-1] if versions else None
         try:
             current: Inputs | None = current_inputs(config, label)
-        except (NetrootError, OSError) as exc:
+        except (NetrootError, OSError, ValueError) as exc:
             log.warning("inputs unreadable", label=label, error=str(exc))
             current = None
         kind = decide(current, _recorded(config, label, active), _recorded(config, label, newest))

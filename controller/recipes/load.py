@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from controller import distros
-from controller.errors import RecipeError
+from controller.errors import NetrootError, RecipeError
 from controller.recipes.inputs import source_files
 from controller.recipes.legacy_def import load_def
 from controller.recipes.models import BUILDERS, DefRecipe, Recipe
@@ -248,7 +248,7 @@ def recipe_inputs(path: Path) -> tuple[Path, ...]:
     reads: list[Path] = []
     try:
         recipe = _load(path, True, reads)  # a refused password hides no file
-    except RecipeError:
+    except (NetrootError, ValueError, OSError):  # no recipe edit may stop the watcher
         return _unique(reads)
     try:
         sources = source_files(recipe)
