@@ -11,6 +11,7 @@ compare with and waits for an edit or a `netroot build`.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from controller import store
@@ -75,10 +76,11 @@ def _recorded(config: Config, label: str, version: str | None) -> Inputs | None:
     return Inputs(manifest.base_key, manifest.overlay_digest)
 
 
-def stale_labels(config: Config) -> dict[str, Rebuild]:
-    """Labels whose inputs changed since their active and newest versions were built."""
+def stale_labels(config: Config, skip: Collection[str] = ()) -> dict[str, Rebuild]:
+    """Labels (but those in skip) whose inputs changed since their active and newest
+    versions were built."""
     out: dict[str, Rebuild] = {}
-    for label in sorted(config.labels):
+    for label in sorted(set(config.labels) - set(skip)):
         paths = label_paths(config, label)
         try:
             versions = store.version_ids(paths)

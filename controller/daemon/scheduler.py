@@ -206,7 +206,10 @@ class BuildScheduler:
 
     async def catch_up(self) -> None:
         """Queue a build of each label whose inputs changed while no daemon watched them."""
-        stale = await asyncio.to_thread(stale_labels, self.ctx.config)
+        # A queued build (an interrupted one, queued again) builds the current inputs
+        # and keeps its own reason.
+        queued = {row.label for row in self.ctx.db.builds(states=["queued"])}
+        stale = await asyncio.to_thread(stale_labels, self.ctx.config, queued)
         for label, kind in stale.items():
             self.request(label, kind, CATCH_UP_REASON)
         log.info("start-up check of inputs", changed=sorted(stale))
