@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tomllib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,69 +23,80 @@ from watchdog.observers.api import BaseObserver
 from controller.config import Config
 from controller.debounce import Batch, Debouncer
 from controller.log import get_logger
+from controller.recipes.load import recipe_inputs
 
 log = get_logger("watch")
 
 # Opened and closed-without-writing change nothing; a directory's "modified"
 # only echoes a change of one of its entries, which arrives on its own.
 _CHANGES = frozenset({"created", "modified", "deleted", "moved", "closed"})
-MAX_EXTENDS = 16
 
 
 @dataclass(frozen=True, slots=True)
 class WatchSpec:
-    """A directory to watch; with `only`, just that file in it (the config file)."""
+    """A directory to watch; with `only`, just those files in it (the config file, a
+    recipe's source beside unrelated files)."""
 
     path: Path
     recursive: bool = True
-    only: Path | None = None
+    only: frozenset[Path] | None = None
 
 
-def watch_specs(config: Config, config_file: Path | None) -> list[WatchSpec]:
-    """What the daemon watches for a config."""
+def _under(path: Path, top: Path) -> bool:
+    return path == top or path.is_relative_to(top)
+
+
+def watch_specs(
+    config: Config, config_file: Path | None, deps: Mapping[str, Sequence[Path]] | None = None
+) -> list[WatchSpec]:
+    """What the daemon watches for a config: recipes, overlays, base/, the config file,
+    and every file a recipe reads outside those (deps, from recipe_dependencies): a
+    directory recursively, a file through its directory."""
     specs = [WatchSpec(config.recipes_dir), WatchSpec(config.overlays_dir)]
     specs.append(WatchSpec(config.base_dir))
+    trees = [spec.path for spec in specs]
+    files: dict[Path, set[Path]] = {}
     if config_file is not None:
-        specs.append(WatchSpec(config_file.parent, recursive=False, only=config_file))
+        files[config_file.parent] = {config_file}
+    outside = sorted({p for paths in (deps or {}).values() for p in paths})
+    for path in outside:
+        if any(_under(path, top) for top in trees):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            trees.append(path)  # sorted: a tree comes before what lies inside it
+            specs.append(WatchSpec(path))
+        else:  # a file, or a source not created yet
+            files.setdefault(path.parent, set()).add(path)
+    for parent, names in sorted(files.items()):
+        inside = {n for n in names if not any(_under(n, top) for top in trees)}
+        if inside:
+            specs.append(WatchSpec(parent, recursive=False, only=frozenset(inside)))
     return specs
 
 
 def recipe_dependencies(config: Config) -> dict[str, list[Path]]:
-    """For each label, its recipe, the recipes it `extends`, and an import recipe's source.
+    """For each label, the files its recipe reads, as the recipe loader lists them
+    (controller.recipes.load.recipe_inputs): its recipe, the recipes it extends, a
+    .def, an import source, `files` and `%files` sources, what `%setup` names.
 
-    Best effort: a recipe that does not parse depends on itself only (the
+    A recipe that does not load depends on what was read before the error (the
     build then reports what is wrong with it).
     """
-    deps: dict[str, list[Path]] = {}
-    for label in config.labels:
-        chain: list[Path] = []
-        path = config.recipe_path(label)
-        while path not in chain and len(chain) < MAX_EXTENDS:
-            chain.append(path)
-            try:
-                data = tomllib.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-                break
-            source = data.get("source")
-            if isinstance(source, str):
-                chain.append(path.parent / source)
-            parent = data.get("extends")
-            if not isinstance(parent, str):
-                break
-            path = path.parent / parent
-        deps[label] = chain
-    return deps
+    return {label: list(recipe_inputs(config.recipe_path(label))) for label in config.labels}
 
 
 class _Bridge(FileSystemEventHandler):
     """Runs in the observer thread: hands each changed path to the loop."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, callback: Callable[[str], None], only: Path | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        callback: Callable[[str], None],
+        only: frozenset[Path] | None,
     ) -> None:
         self._loop = loop
         self._callback = callback
-        self._only = os.fspath(only) if only is not None else None
+        self._only = frozenset(map(os.fspath, only)) if only is not None else None
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         """Forward created, modified, deleted, moved and closed-after-write paths."""
@@ -98,7 +108,7 @@ class _Bridge(FileSystemEventHandler):
         if event.dest_path:
             paths.append(os.fsdecode(event.dest_path))
         for path in paths:
-            if self._only is None or path == self._only:
+            if self._only is None or path in self._only:
                 self._loop.call_soon_threadsafe(self._callback, path)
 
 
@@ -151,7 +161,11 @@ class Watcher:
                 log.warning("not watching a missing directory", path=str(spec.path))
                 continue
             bridge = _Bridge(loop, self._on_path, spec.only)
-            observer.schedule(bridge, os.fspath(spec.path), recursive=spec.recursive)
+            try:
+                observer.schedule(bridge, os.fspath(spec.path), recursive=spec.recursive)
+            except OSError as exc:  # e.g. the inotify watch limit: the others still work
+                log.warning("cannot watch", path=str(spec.path), error=str(exc))
+                continue
             log.info("watching", path=str(spec.path), recursive=spec.recursive)
 
     def reconfigure(self, specs: Iterable[WatchSpec], *, quiet: float, max_latency: float) -> None:

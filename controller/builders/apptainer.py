@@ -25,10 +25,11 @@ from controller import proc
 from controller.builders import BuildRequest, Progress, basetree, pkgstage
 from controller.builders.dnf import place_kernels
 from controller.builders.initramfs import make_initramfs
-from controller.builders.legacy import setup_sources, tree_digest
+from controller.builders.legacy import tree_digest
 from controller.config import CHECKOUT
 from controller.errors import NetrootError
 from controller.recipes import DefRecipe, Recipe
+from controller.recipes.inputs import setup_sources
 
 BACKEND_VERSION = "1"
 TOOLS = ("apptainer", "singularity")

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shlex
 import stat
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from controller.builders import BuildRequest, Progress, builder_for, chroot, cow
 from controller.config import CHECKOUT
 from controller.errors import NetrootError, ProcessError, RecipeError
 from controller.recipes import DefRecipe, DnfRecipe, Recipe
+from controller.recipes.inputs import setup_sources
 from controller.safepath import ImageRoot
 
 BACKEND_VERSION = "1"
@@ -76,28 +76,6 @@ def run_setup(root: Path, recipe: DefRecipe, log_file: Path, env: dict[str, str]
         return cow.merge_upper(scratch.upper, root)
     finally:
         fsops.remove_tree(scratch.path)
-
-
-def setup_sources(recipe: DefRecipe) -> list[Path]:
-    """What %setup names by a relative path beside the .def (`rsync -a base/ ...`).
-
-    Their content is part of the build's inputs: an edit to the recipe's base/
-    must not reuse a base tree cached from the old one.
-    """
-    home = recipe.definition.resolve().parent
-    found: set[Path] = set()
-    for line in recipe.setup.splitlines():
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError:
-            continue  # an unbalanced quote: the shell will say so when %setup runs
-        for word in words:
-            if word.startswith(("-", "/")) or "$" in word or not word.strip("./"):
-                continue
-            path = home / word
-            if path.exists() and path.resolve().is_relative_to(home):
-                found.add(path)
-    return sorted(found)
 
 
 def _walk(top: Path) -> list[Path]:

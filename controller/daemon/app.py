@@ -168,7 +168,7 @@ class Daemon:
         db.on_outbox = self.publisher.notify
         self.spool = SpoolListener(ctx.config, db, ctx.nodes)
         self.watcher = Watcher(
-            watch_specs(ctx.config, self.config_path),
+            watch_specs(ctx.config, self.config_path, recipe_dependencies(ctx.config)),
             self.on_batch,
             quiet=ctx.config.debounce_quiet,
             max_latency=ctx.config.debounce_max_latency,
@@ -268,6 +268,7 @@ class Daemon:
         config = self.ctx.config
         deps = await asyncio.to_thread(recipe_dependencies, config)
         labels = affected_labels(paths, config, config_file=config_file, recipe_deps=deps)
+        self._watch(config, deps)  # an edit may name new files for a recipe to read
         names = [str(p) for p in paths]
         reason = f"edit of {names[0]}" if len(names) == 1 else f"edits of {len(names)} paths"
         for label, kind in labels.items():
@@ -309,13 +310,16 @@ class Daemon:
         ctx.emitter.topics = Topics(new.mqtt.topic_prefix)
         ctx.db.outbox_limit = new.mqtt.outbox_limit
         new.overlays_dir.mkdir(parents=True, exist_ok=True)
-        self.watcher.reconfigure(
-            watch_specs(new, self.config_path),
-            quiet=new.debounce_quiet,
-            max_latency=new.debounce_max_latency,
-        )
+        self._watch(new, recipe_dependencies(new))
         if self.link is not None:
             self.link.reconfigure(new.mqtt, [ctx.emitter.topics.node_reports()])
+
+    def _watch(self, config: Config, deps: dict[str, list[Path]]) -> None:
+        self.watcher.reconfigure(
+            watch_specs(config, self.config_path, deps),
+            quiet=config.debounce_quiet,
+            max_latency=config.debounce_max_latency,
+        )
 
 
 def _check_reloadable(old: Config, new: Config) -> None:

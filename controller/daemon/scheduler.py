@@ -7,7 +7,8 @@ follow-up, and a queue survives a restart. Each build is a child process
 the daemon) kills the whole build process group. The child announces its own
 start and end, as any CLI build does; it dies with the daemon (proc's
 parent-death signal), and a build that committed before that is adopted as
-succeeded at the next start, never built again.
+succeeded at the next start, never built again. At start it also queues the
+labels whose inputs changed while no daemon watched them (controller.daemon.catchup).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import controller
 from controller import proc, store
 from controller.build import new_build_id
 from controller.daemon.announce import manifest_or_none, summary
+from controller.daemon.catchup import stale_labels
 from controller.daemon.context import Context
 from controller.daemon.images import LabelBusy
 from controller.db import BuildRow
@@ -43,6 +45,7 @@ RECONCILE_S = 2.0  # how soon a `netroot activate`, `rollback` or `gc` by hand i
 _STEP_FAILED = re.compile(r"build step '([^']+)' failed: (.*)")
 MAX_ERROR = 1024
 MAX_TAIL = 16384
+CATCH_UP_REASON = "inputs changed while the controller was stopped"
 
 
 def child_env() -> dict[str, str]:
@@ -191,6 +194,7 @@ class BuildScheduler:
             for label, manifest in self._adopted:
                 builds.create_task(self._after_success(label, manifest), name=f"adopt-{label}")
             self._adopted.clear()
+            await self.catch_up()
             while True:
                 self._wake.clear()
                 self._start(builds)
@@ -199,6 +203,16 @@ class BuildScheduler:
                     next_reconcile = loop.time() + RECONCILE_S
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), next_reconcile - loop.time())
+
+    async def catch_up(self) -> None:
+        """Queue a build of each label whose inputs changed while no daemon watched them."""
+        # A queued build (an interrupted one, queued again) builds the current inputs
+        # and keeps its own reason.
+        queued = {row.label for row in self.ctx.db.builds(states=["queued"])}
+        stale = await asyncio.to_thread(stale_labels, self.ctx.config, queued)
+        for label, kind in stale.items():
+            self.request(label, kind, CATCH_UP_REASON)
+        log.info("start-up check of inputs", changed=sorted(stale))
 
     def reconcile_all(self) -> None:
         """Announce what changed in the store of every label (activations by hand, gc)."""

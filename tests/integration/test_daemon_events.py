@@ -263,11 +263,12 @@ def test_a_build_that_committed_unwatched_is_adopted_never_rebuilt(
     is SIGKILLed meanwhile: the next daemon announces the commit, builds nothing again."""
     import signal
 
-    make_root_tree(lab.ws.tree, files=6000)  # long enough to stop the daemon during it
+    # Long enough to stop the daemon during it; changed while no daemon ran, so the
+    # daemon builds it at start (an edit now would queue a follow-up build).
+    make_root_tree(lab.ws.tree, files=6000)
     monkeypatch.setenv("NETROOT_FAILPOINT", "build:done")  # the child's SIGKILL after commit
-    lab.controller.start()
     v1 = lab.ws.active()
-    lab.edit_recipe("committed unwatched")
+    lab.controller.start()
     (started,) = lab.collector.wait_event("image.build.started")
     lab.controller.signal(signal.SIGSTOP)  # it cannot notice the child's end
     wait_for(lambda: len(lab.ws.versions()) == 2, "the build's commit")
