@@ -30,6 +30,10 @@ listener {port} 127.0.0.1
 allow_anonymous true
 persistence false
 log_dest stderr
+# A subscriber joining late is sent every retained state at once (one per
+# node): mosquitto's default queue of 1,000 per client would drop the rest.
+max_queued_messages 100000
+max_inflight_messages 100
 """
 
 

@@ -83,15 +83,22 @@ class Broker:
         )
         with self.conf.open("a") as conf:
             conf.write(f"\n{user}log_dest file {self.log}\nlog_type all\n")
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        # stderr to a file, never a pipe nobody reads: a config that logs to
+        # stderr (as `netroot up`'s does) would fill it and hang the broker.
+        with self.stderr_file.open("ab") as stderr:
+            self.proc = subprocess.Popen(
+                ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=stderr
+            )
         wait_for(self._listening, f"mosquitto on port {self.port}", timeout=20)
         return self
 
+    @property
+    def stderr_file(self) -> Path:
+        return self.root / "mosquitto.stderr"
+
     def _listening(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            stderr = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            stderr = self.stderr_file.read_text(errors="replace")[-4000:]
             raise AssertionError(f"mosquitto exited: {stderr}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
             return True
@@ -102,8 +109,6 @@ class Broker:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(20)
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
         self.proc = None
 
     def mqtt_config(self) -> str:
