@@ -172,6 +172,8 @@ def test_agent_reports_answers_and_leaves_a_will(node: dict[str, str], broker: B
         publish(broker.port, cmd, {"command": "reboot", "id": "c2",
                                    "boot_id": "00000000-0000-0000-0000-000000000000"})
         publish(broker.port, cmd, {"command": "rm -rf /", "id": "c3"})
+        # a command that changes the node must name this boot (harmless here if obeyed)
+        publish(broker.port, cmd, {"command": "remount", "id": "c5"})
         publish(broker.port, cmd, {"command": "report", "id": "c4"})
         assert len(sub.reports("boot", 3)) == 3
         # the agent dies without a goodbye: the broker publishes its will
@@ -193,3 +195,4 @@ def test_agent_reports_answers_and_leaves_a_will(node: dict[str, str], broker: B
     assert f"netroot-agent: boot report published: label debian12 version {VERSION}" in console
     assert "ignoring command c2: meant for boot" in output
     assert "ignoring unknown command c3" in output
+    assert "ignoring remount c5: it names no boot id" in output
