@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import time
 import uuid
 from datetime import UTC, datetime
@@ -138,8 +139,7 @@ class SpoolListener:
 
     def _load(self, path: Path) -> DhcpRecord | None:
         try:
-            with path.open("rb") as f:
-                data = f.read(MAX_RECORD_BYTES + 1)
+            data = _read_regular(path, MAX_RECORD_BYTES + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -153,3 +153,26 @@ class SpoolListener:
         except ValidationError as exc:
             self._reject(path, str(exc.errors(include_url=False)[0]["msg"]))
             return None
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """Up to limit bytes of path, which must be a regular file.
+
+    The spool directory is writable by the DHCP hook: a FIFO or device planted
+    there must not block the event loop (O_NONBLOCK), a symlink must not make
+    us read elsewhere (O_NOFOLLOW).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name}: not a regular file")
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,13 +179,18 @@ def test_spooled_leases_are_applied_in_order_and_bad_ones_set_aside(book: NodeBo
                                     at=now()))
     (spool_dir(config) / "00000000000000000001-bad.json").write_text('{"kind": "dhcp"}')
     (spool_dir(config) / "00000000000000000002-big.json").write_bytes(b" " * 5000)
+    # a FIFO would block the daemon's event loop on open; a symlink would read elsewhere
+    os.mkfifo(spool_dir(config) / "00000000000000000003-fifo.json")
+    (spool_dir(config) / "00000000000000000004-link.json").symlink_to("/etc/hostname")
     listener = SpoolListener(config, book.db, book)
-    assert listener.drain() == 4
+    assert listener.drain() == 6
     assert listener.applied == 2
     (state,) = book.db.nodes()
     assert (state.state, str(state.ip)) == ("booting", "10.0.2.16")  # the renewal came last
     assert sorted(p.name for p in (spool_dir(config) / "rejected").iterdir()) == [
         "00000000000000000001-bad.json",
         "00000000000000000002-big.json",
+        "00000000000000000003-fifo.json",
+        "00000000000000000004-link.json",
     ]
     assert [p.name for p in spool_dir(config).glob("*.json")] == []
