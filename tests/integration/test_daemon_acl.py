@@ -122,6 +122,7 @@ def test_the_controller_connects_with_username_and_password_file(
     ws = Workspace(tmp_path / "ws", extra_config=mqtt)
     make_root_tree(ws.tree)
     ws.write()
+    ws.run("build", "demo", "--activate")  # reports are accepted only for a version that exists
     status = Subscription(site, "netroot/controller/status", 1, client="mon",
                           user="netroot-monitor")
     controller = Controller(ws).start()
@@ -129,8 +130,7 @@ def test_the_controller_connects_with_username_and_password_file(
         (line,) = status.lines()
         assert json.loads(line.split(" ", 1)[1])["data"]["status"] == "online"
         # A node's report through the node listener reaches the daemon's subscription.
-        report = {"kind": "heartbeat", "mac": A, "label": "demo",
-                  "version": "20250101T000000.000Z-00000000"}
+        report = {"kind": "heartbeat", "mac": A, "label": "demo", "version": ws.active()}
         site.pub(f"netroot/node/{A}/report", json.dumps(report), client=A)
         wait_for(lambda: [n for n in ws.json("nodes") if n["mac"] == A], "the node stored")
     finally:
