@@ -15,7 +15,7 @@ from controller.daemon.emit import Emitter
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.scheduler import failure
 from controller.daemon.spool import DhcpRecord, SpoolListener, now, spool_dir, write_record
-from controller.db import Database
+from controller.db import Database, NodeGuard
 from controller.events import MAX_REPORT_BYTES, Envelope, Topics, VersionSummary
 from controller.liveness import WILL_WINDOW_S
 from controller.mqtt import Message, backoff_delay
@@ -254,3 +254,12 @@ def test_spooled_leases_are_applied_in_order_and_bad_ones_set_aside(book: NodeBo
         "00000000000000000002-big.json",
     ]
     assert [p.name for p in spool_dir(config).glob("*.json")] == []
+
+
+def test_the_gc_guard_counts_only_versions_a_node_could_have_booted(book: NodeBook) -> None:
+    activate(book, V1)
+    book.ingest([report(), report(OTHER, version=V2)])  # V2 exists but was never active
+    path = book.db.path
+    assert NodeGuard(path).versions_in_use("demo") == {V1, V2}  # without history: trusted
+    history = [(V1, datetime(2020, 1, 1, tzinfo=UTC))]
+    assert NodeGuard(path, lambda label: history).versions_in_use("demo") == {V1}
