@@ -227,7 +227,53 @@ class Config(Model):
     debounce_max_latency: float = Field(
         10.0, gt=0, le=3600, description="seconds from the first edit after which it builds anyway"
     )
+    heartbeat_interval: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="seconds between node agent heartbeats (the agent's netroot.heartbeat, "
+        "60 unless the kernel command line says otherwise); 0: agents send none",
+    )
+    heartbeat_timeout: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="seconds of silence after which a running node becomes lost; "
+        "default three heartbeat intervals, never with heartbeats off",
+    )
+    node_expiry: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="seconds of silence after which a node that is not running and not "
+        "listed in [nodes] is forgotten (its retained state cleared)",
+    )
+    max_nodes: int = Field(
+        20_000, ge=1, le=1_000_000, description="nodes tracked at most; reports of new ones wait"
+    )
+    resync_rate: float = Field(
+        200.0, gt=0, le=100_000, description="`report` commands per second after a reconnect"
+    )
+    resync_grace: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds a node has to answer `report` before a will held across a "
+        "broker restart makes it lost",
+    )
+    last_seen_refresh: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="the retained node state's last_seen lags the newest report by at most this",
+    )
     source: str = Field(BUILTIN, exclude=True, description="where this config came from")
+
+    @property
+    def silence_timeout(self) -> float | None:
+        """Seconds of silence that make a running node lost; None: silence is never judged."""
+        if self.heartbeat_timeout is not None:
+            return self.heartbeat_timeout
+        return 3 * self.heartbeat_interval if self.heartbeat_interval > 0 else None
 
     def label(self, name: str) -> LabelConfig:
         """The label's config, or a ConfigError listing the configured labels."""

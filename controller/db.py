@@ -22,14 +22,15 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from controller.config import Config
 from controller.errors import NetrootError
 from controller.events import NodeState, VersionSummary
+from controller.liveness import in_use
 from controller.log import get_logger
-from controller.nodes import versions_in_use
 
 log = get_logger("db")
 
@@ -179,6 +180,11 @@ class Tx:
             state.model_dump_json(),
             time.time(),
         )
+
+    def delete_node(self, mac: str) -> None:
+        """Forget a node (its buffered state included)."""
+        self._nodes.pop(mac, None)
+        self.conn.execute("DELETE FROM nodes WHERE mac = ?", (mac,))
 
     def flush(self) -> None:
         """Write the buffered messages and node states (before commit)."""
@@ -587,13 +593,25 @@ class Database:
 
 
 class NodeGuard:
-    """gc.InUseGuard from the nodes table: versions that a live node runs are never pruned."""
+    """gc.InUseGuard from the nodes table: versions that a live node runs are never pruned.
 
-    def __init__(self, path: Path) -> None:
+    With `activations` (the label's history as (version, time it became
+    active)), a node's report counts only for a version it could have booted:
+    one that was active by the node's last report. A made-up report naming an
+    old or never-active version keeps nothing.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        activations: Callable[[str], Sequence[tuple[str, datetime]]] | None = None,
+    ) -> None:
         self.path = path
+        self.activations = activations
 
     def versions_in_use(self, label: str) -> set[str]:
-        """Versions of the label run by nodes that are not lost."""
+        """Versions of the label run by nodes that are not lost (and could have booted them)."""
+        history = self.activations(label) if self.activations is not None else None
         try:
             db = Database(self.path, readonly=True)
         except DatabaseError:
@@ -604,7 +622,7 @@ class NodeGuard:
             # immutable, SQLite creates no -shm, which a full disk refuses.
             db = Database(self.path, readonly=True, immutable=True)
         try:
-            return versions_in_use(db.nodes(label=label), label)
+            return in_use(db.nodes(label=label), label, history)
         except sqlite3.Error as exc:
             raise DatabaseError(f"{self.path}: cannot read nodes: {exc}") from None
         finally:

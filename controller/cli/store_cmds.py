@@ -7,6 +7,7 @@ import contextlib
 import functools
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from controller import activation, bootfiles, gc, nodeside, secretscan, store, t
 from controller.build import new_build_id, run_build
 from controller.cli.output import Progress, emit_json, human_size, table
 from controller.config import Config, check_label, load_config
-from controller.daemon.announce import Announcer
+from controller.daemon.announce import STAMP_FORMAT, Announcer
 from controller.db import NodeGuard, db_path
 from controller.errors import BuildError
 from controller.events import ActivationReason, BuildKind
@@ -308,13 +309,29 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _activations(config: Config, label: str) -> list[tuple[str, datetime]]:
+    """(version, when it became active) from the label's history, for the gc guard."""
+    out = []
+    for entry in store.read_history(label_paths(config, label)):
+        try:
+            at = datetime.strptime(entry.time, STAMP_FORMAT).replace(tzinfo=UTC)
+        except ValueError:
+            at = datetime.min.replace(tzinfo=UTC)  # unreadable: never let it unprotect a version
+        out.append((entry.version, at))
+    return out
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     """Prune old versions."""
     config = _config(args)
     paths = _label(args, config)
     keep = config.label(args.label).keep_versions
     # The daemon's nodes table, when it has one: never prune what a live node runs.
-    guard: gc.InUseGuard = NodeGuard(db_path(config)) if db_path(config).exists() else gc.NoNodes()
+    guard: gc.InUseGuard = (
+        NodeGuard(db_path(config), functools.partial(_activations, config))
+        if db_path(config).exists()
+        else gc.NoNodes()
+    )
     with contextlib.ExitStack() as stack:
         stack.enter_context(label_lock(paths, on_wait=lambda: _waiting(args.label)))
         # On a full disk links may not be re-pointable: gc still frees the space.

@@ -23,6 +23,7 @@ from controller.config import Config
 from controller.daemon.context import Context
 from controller.daemon.emit import Emitter
 from controller.daemon.images import ImageBook
+from controller.daemon.liveness import NodeWatch
 from controller.daemon.lock import exclusive, holder_pid, lock_path
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.notify import Watchdog, reloading, sd_notify
@@ -180,6 +181,7 @@ class Daemon:
             self.beacon,
             IndexKeeper(ctx),
             self.tracker,
+            NodeWatch(ctx, self.link),
             self.spool,
             self.scheduler,
             self.watcher,
@@ -241,7 +243,7 @@ class Daemon:
                 task.cancel()
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
-        for name in ("watcher", "spool", "reloader"):  # no new triggers
+        for name in ("watcher", "spool", "reloader", "liveness"):  # no new triggers
             await _cancel(tasks[name])
         await _cancel(tasks["scheduler"])  # running builds are killed and recorded
         await _cancel(tasks["index"])

@@ -2,30 +2,72 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from controller.config import Config
 from controller.daemon.emit import Emitter
 from controller.db import Database, Tx
-from controller.events import NodeMessageError, NodeReport, NodeState, parse_node_message
+from controller.events import (
+    NodeCommand,
+    NodeMessageError,
+    NodeReport,
+    NodeState,
+    parse_node_message,
+)
+from controller.liveness import HeldWill, WillGate
 from controller.log import get_logger
 from controller.mqtt import Message
-from controller.nodes import Activation, LiveEdit, NodeInput, Policy, report_input, transition
+from controller.nodes import (
+    Activation,
+    Effect,
+    LiveEdit,
+    NodeInput,
+    Offline,
+    Policy,
+    PublishState,
+    report_input,
+    transition,
+)
 
 log = get_logger("nodes")
+
+
+class NodeCapReached(ValueError):
+    """A new node would exceed max_nodes."""
+
+
+class UnknownVersion(ValueError):
+    """A report names a label or version the store does not have."""
 
 
 class NodeBook:
     """Applies node inputs: new state and its events in one transaction."""
 
-    def __init__(self, db: Database, emitter: Emitter, config: Config) -> None:
+    def __init__(
+        self,
+        db: Database,
+        emitter: Emitter,
+        config: Config,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db = db
         self.emitter = emitter
         self.config = config
+        self.clock = clock
         self.nodes: dict[str, NodeState] = {n.mac: n for n in db.nodes()}
         self.active: dict[str, str | None] = {k: r.active for k, r in db.labels().items()}
         self.rejected = 0
+        self.refused_at_cap = 0  # reports of new nodes refused because max_nodes was reached
+        self.gate = WillGate(grace=config.resync_grace)
+        # The last_seen each node's retained state carries (the database's, at start).
+        self.published_seen: dict[str, datetime | None] = {
+            mac: n.last_seen for mac, n in self.nodes.items()
+        }
+        self._versions: dict[str, frozenset[str]] = {}
+        self._at_cap = False
 
     def policy(self, label: str | None) -> Policy:
         """What the controller may tell the label's stale nodes to do on its own."""
@@ -42,15 +84,37 @@ class NodeBook:
 
     def apply(self, tx: Tx, mac: str, event: NodeInput) -> NodeState:
         """Run one input through the state machine; store and announce what changed."""
-        old = self.nodes.get(mac) or NodeState(mac=mac)
+        known = self.nodes.get(mac)
+        if known is None:
+            self._admit(mac)
+        old = known or NodeState(mac=mac)
         new, effects = transition(old, event)
         if new != old:
             tx.put_node(new)
-            before = self.nodes.get(mac)
             self.nodes[mac] = new
-            tx.on_rollback(lambda: self._restore(mac, before))
+            tx.on_rollback(lambda: self._restore(mac, known))
+        self._note_published(tx, mac, new, effects)
         self.emitter.node_effects(tx, mac, effects)
         return new
+
+    def _admit(self, mac: str) -> None:
+        """Refuse a new node beyond max_nodes (configured nodes are always tracked)."""
+        cap = self.config.max_nodes
+        if len(self.nodes) < cap or mac in self.config.nodes:
+            self._at_cap = False
+            return
+        self.refused_at_cap += 1
+        if not self._at_cap:
+            # Once per time the cap is reached: a flood of made-up MACs gets one line.
+            log.warning("node cap reached: reports of new nodes refused", max_nodes=cap)
+            self._at_cap = True
+        raise NodeCapReached(f"max_nodes ({cap}) reached")
+
+    def _note_published(self, tx: Tx, mac: str, new: NodeState, effects: list[Effect]) -> None:
+        if any(isinstance(e, PublishState) for e in effects):
+            before = self.published_seen.get(mac)
+            self.published_seen[mac] = new.last_seen
+            tx.on_rollback(lambda: self.published_seen.__setitem__(mac, before))
 
     def _restore(self, mac: str, state: NodeState | None) -> None:
         if state is None:
@@ -58,8 +122,74 @@ class NodeBook:
         else:
             self.nodes[mac] = state
 
+    def version_exists(self, label: str, version: str) -> bool:
+        """True if the store has (or had, until recently) this version of the label."""
+        known = self._versions.get(label)
+        if known is None or version not in known:
+            # A miss reads again: the version may have been built since.
+            known = frozenset(self.db.versions(label))
+            self._versions[label] = known
+        return version in known
+
+    def forget(self, tx: Tx, mac: str) -> None:
+        """Stop tracking a node: its row and its retained state go."""
+        before = self.nodes.pop(mac, None)
+        if before is None:
+            return
+        seen = self.published_seen.pop(mac, None)
+        tx.delete_node(mac)
+        # An empty retained message deletes the retained state at the broker.
+        tx.emit(self.emitter.topics.node_state(mac), b"", retain=True)
+
+        def undo() -> None:
+            self.nodes[mac] = before
+            self.published_seen[mac] = seen
+
+        tx.on_rollback(undo)
+
+    def republish(self, tx: Tx, mac: str) -> None:
+        """Publish the node's retained state again (its last_seen moved on)."""
+        state = self.nodes[mac]
+        before = self.published_seen.get(mac)
+        self.emitter.node_state(tx, state)
+        self.published_seen[mac] = state.last_seen
+        tx.on_rollback(lambda: self.published_seen.__setitem__(mac, before))
+
+    def ask_report(self, tx: Tx, mac: str, reason: str) -> None:
+        """Send the node the `report` command (it answers with its boot report)."""
+        state = self.nodes.get(mac)
+        command = NodeCommand(
+            command="report",
+            id=str(uuid.uuid4()),
+            boot_id=state.boot_id if state else None,
+            version=self.active.get(state.label) if state and state.label else None,
+            reason=reason,
+        )
+        tx.emit(self.emitter.topics.node_cmd(mac), command.model_dump_json().encode())
+
+    def offline(self, tx: Tx, will: HeldWill) -> NodeState | None:
+        """A will the gate believes: the node is lost (unless it spoke since)."""
+        if will.mac not in self.nodes:
+            return None
+        return self.apply(
+            tx, will.mac, Offline(at=will.at, boot_id=will.boot_id, reason=will.reason)
+        )
+
     def report(self, tx: Tx, report: NodeReport, at: datetime) -> NodeState:
-        """A validated agent report (or will)."""
+        """A validated agent report; a will (offline) is held by the gate, not applied."""
+        if report.kind == "offline":
+            known = self.nodes.get(report.mac)
+            if known is None:
+                return NodeState(mac=report.mac)  # nothing to lose; no node made from a will
+            reason = "agent went offline"
+            self.gate.offline(HeldWill(report.mac, report.boot_id, reason, self.clock(), at))
+            return known
+        label, version = report.label, report.version
+        if label is not None and version is not None and not self.version_exists(label, version):
+            raise UnknownVersion(
+                f"label {report.label!r} has no version {report.version!r} in the store"
+            )
+        self.gate.spoke(report.mac)
         event = report_input(
             report,
             at=at,
@@ -96,6 +226,9 @@ class NodeBook:
                     continue
                 try:
                     self.report(tx, report, datetime.now(UTC))
+                except NodeCapReached:
+                    self.rejected += 1  # logged once when the cap was reached
+                    continue
                 except ValueError as exc:
                     # A report that validates but makes an impossible state: refuse
                     # that one message rather than stop taking reports.

@@ -84,19 +84,21 @@ class Site:
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
 
-    def node_env(self, name: str, *, mac: str, cert: str | None) -> dict[str, str]:
+    def node_env(
+        self, name: str, *, mac: str, cert: str | None, version: str = VERSION
+    ) -> dict[str, str]:
         """A fake node for the agent: its cmdline naming the node listener, its NIC's
         MAC (mac), its root, and its certificate dir (cert's files, or none)."""
         node = self.root / "nodes" / name
         (node / "root/etc/netroot").mkdir(parents=True)
-        (node / "root/etc/netroot/version").write_text(f"{VERSION}\n")
+        (node / "root/etc/netroot/version").write_text(f"{version}\n")
         (node / "sys/class/net/lo").mkdir(parents=True)
         (node / "sys/class/net/lo/address").write_text(mac + "\n")
         (node / "cmdline").write_text(
-            f"root=nfs4:127.0.0.1:/demo/{VERSION} ro netroot.label=demo"
+            f"root=nfs4:127.0.0.1:/demo/{version} ro netroot.label=demo"
             f" netroot.mqtt=127.0.0.1:{self.node_port} netroot.heartbeat=0\n"
         )
-        (node / "mountinfo").write_text(f"23 1 0:31 / / ro - nfs4 127.0.0.1:/demo/{VERSION} ro\n")
+        (node / "mountinfo").write_text(f"23 1 0:31 / / ro - nfs4 127.0.0.1:/demo/{version} ro\n")
         creds = node / "root/etc/netroot/mqtt"
         creds.mkdir()
         (creds / "ca.crt").write_bytes((self.pki / "ca.crt").read_bytes())
@@ -377,14 +379,17 @@ def test_the_controller_connects_with_username_and_password_file(
     ws = Workspace(tmp_path / "ws", extra_config=mqtt)
     make_root_tree(ws.tree)
     ws.write()
+    ws.run("build", "demo", "--activate")  # reports are accepted only for a version that exists
     status = Subscription(site, "netroot/controller/status", 1, client="mon",
                           user="netroot-monitor")  # fmt: skip
     controller = Controller(ws).start()
     try:
         (line,) = status.lines()
         assert json.loads(line.split(" ", 1)[1])["data"]["status"] == "online"
-        # The agent's report through the node listener reaches the daemon's subscription.
-        assert site.agent("report", site.node_env("a", mac=A, cert=A)).returncode == 0
+        # The agent's report through the node listener reaches the daemon's subscription
+        # (for a version that exists: reports naming others are refused).
+        env = site.node_env("a", mac=A, cert=A, version=str(ws.active()))
+        assert site.agent("report", env).returncode == 0
         wait_for(lambda: [n for n in ws.json("nodes") if n["mac"] == A], "the node stored")
     finally:
         controller.cleanup()

@@ -16,13 +16,15 @@ from controller.daemon.emit import Emitter
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.scheduler import failure
 from controller.daemon.spool import DhcpRecord, SpoolListener, now, spool_dir, write_record
-from controller.db import Database
-from controller.events import MAX_REPORT_BYTES, Envelope, Topics
+from controller.db import Database, NodeGuard
+from controller.events import MAX_REPORT_BYTES, Envelope, Topics, VersionSummary
+from controller.liveness import WILL_WINDOW_S
 from controller.mqtt import Message, backoff_delay
 
 MAC = "52:54:00:ab:cd:ef"
 OTHER = "52:54:00:ab:cd:00"
 BOOT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+OTHER_BOOT = "9c3b6f3e-2d0a-4d7e-8a51-1f0e6c2b7a10"
 V1 = "20250301T120000.000Z-0000aaaa"
 V2 = "20250302T120000.000Z-0000bbbb"
 
@@ -43,7 +45,25 @@ def book(tmp_path: Path) -> NodeBook:
         root=tmp_path,
     )
     db = Database(tmp_path / "netroot.db")
-    return NodeBook(db, Emitter(Topics(), source="netroot://test"), config)
+    with db.transaction() as tx:  # reports are accepted only for versions the store has
+        for version in (V1, V2):
+            summary = VersionSummary(
+                version=version, built_at=datetime.now(UTC), kind="full", file_count=1,
+                size_bytes=1,
+            )
+            tx.record_version("demo", summary)
+    clock = Clock()
+    return NodeBook(db, Emitter(Topics(), source="netroot://test"), config, clock=clock)
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def report(mac: str = MAC, *, topic_mac: str | None = None, **fields: object) -> Message:
@@ -140,8 +160,54 @@ def test_a_will_marks_the_node_lost(book: NodeBook) -> None:
     will_payload = json.dumps({"kind": "offline", "mac": MAC}).encode()
     will = Message(f"netroot/node/{MAC}/report", will_payload)
     book.ingest([will])
+    # Held first: a broker going down fires every will just before our link drops.
+    assert book.db.nodes()[0].state == "up"
+    assert MAC in book.gate.held
+    verdicts = book.gate.due(1000.0 + WILL_WINDOW_S, connected=True)
+    assert [w.mac for w in verdicts.lost] == [MAC]
+    with book.db.transaction() as tx:
+        book.offline(tx, verdicts.lost[0])
     assert book.db.nodes()[0].state == "lost"
     assert (f"netroot/events/node/{MAC}", "node.lost") in published(book)
+
+
+def test_a_report_for_a_version_the_store_lacks_is_refused(book: NodeBook) -> None:
+    activate(book, V1)
+    assert book.ingest([report(version="20250101T000000.000Z-00000000")]) == 0
+    assert book.ingest([report(label="other")]) == 0
+    assert book.db.nodes() == []
+    assert book.ingest([report()]) == 1
+
+
+def test_new_nodes_beyond_max_nodes_are_refused_with_one_log_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = parse_config(
+        {"labels": {"demo": {"recipe": "demo.toml"}}, "max_nodes": 2,
+         "nodes": {"52:54:00:00:00:09": {"label": "demo"}}},
+        source="test",
+        root=tmp_path,
+    )
+    db = Database(tmp_path / "netroot.db")
+    with db.transaction() as tx:
+        tx.record_version("demo", VersionSummary(
+            version=V1, built_at=datetime.now(UTC), kind="full", file_count=1, size_bytes=1))
+    book = NodeBook(db, Emitter(Topics(), source="netroot://test"), config)
+    logsetup.configure()  # onto capsys's stderr
+    macs = [f"52:54:00:00:00:0{i}" for i in range(5)]
+    assert book.ingest([report(mac) for mac in macs]) == 2
+    assert book.ingest([report(macs[0], boot_id=OTHER_BOOT)]) == 1  # a known node still reports
+    assert book.ingest([report("52:54:00:00:00:09")]) == 1  # a configured node always counts
+    assert sorted(book.nodes) == [*macs[:2], "52:54:00:00:00:09"]
+    assert book.refused_at_cap == 3
+    assert capsys.readouterr().err.count("node cap reached") == 1
+    with db.transaction() as tx:
+        book.forget(tx, macs[0])
+        book.forget(tx, macs[1])
+    assert book.ingest([report(macs[4])]) == 1  # room again
+    assert [n.mac for n in db.nodes()] == [macs[4], "52:54:00:00:00:09"]
+    cleared = [r for r in db.outbox_head(1000) if r.topic == f"netroot/state/node/{macs[0]}"]
+    assert (cleared[-1].payload, cleared[-1].retain) == (b"", True)  # retained state deleted
 
 
 def test_memory_follows_a_rolled_back_transaction(book: NodeBook) -> None:
@@ -194,3 +260,12 @@ def test_spooled_leases_are_applied_in_order_and_bad_ones_set_aside(book: NodeBo
         "00000000000000000004-link.json",
     ]
     assert [p.name for p in spool_dir(config).glob("*.json")] == []
+
+
+def test_the_gc_guard_counts_only_versions_a_node_could_have_booted(book: NodeBook) -> None:
+    activate(book, V1)
+    book.ingest([report(), report(OTHER, version=V2)])  # V2 exists but was never active
+    path = book.db.path
+    assert NodeGuard(path).versions_in_use("demo") == {V1, V2}  # without history: trusted
+    history = [(V1, datetime(2020, 1, 1, tzinfo=UTC))]
+    assert NodeGuard(path, lambda label: history).versions_in_use("demo") == {V1}
