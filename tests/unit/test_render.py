@@ -102,6 +102,18 @@ def test_remote_broker_is_given_to_nodes_as_configured() -> None:
     )
 
 
+@pytest.mark.parametrize(("interval", "word"), [(60, None), (15, "netroot.heartbeat=15"),
+                                               (0, "netroot.heartbeat=0"),
+                                               (0.2, "netroot.heartbeat=1")])  # fmt: skip
+def test_nodes_are_told_the_heartbeat_interval_the_timeout_counts_on(
+    interval: float, word: str | None
+) -> None:
+    config = make_config(heartbeat_interval=interval)
+    words = kernel_cmdline(boot_target(config, "debian12", V1)).split()
+    given = [w for w in words if w.startswith("netroot.heartbeat=")]
+    assert given == ([word] if word else [])
+
+
 def test_without_a_broker_no_mqtt_argument() -> None:
     config = make_config(mqtt={"enabled": False})
     assert "netroot.mqtt" not in kernel_cmdline(boot_target(config, "debian12", V1))
