@@ -345,6 +345,27 @@ def test_timeout_stops_everything_and_says_why(lab: Lab) -> None:
     assert lab.running() == []
 
 
+def test_a_vm_that_stops_making_progress_fails_fast_with_the_console_tail(lab: Lab) -> None:
+    """Issue 13: a frozen guest ends the boot on the stall bound, not on a test timeout."""
+    vm = lab.boot("debian12", MAC4, "--ssh-port", "0", "--stall", "20", "--timeout", "3600")
+    try:
+        deadline = time.monotonic() + BOOT_WAIT
+        while "kernel" not in vm.milestones():
+            assert vm.process.poll() is None, vm.output()
+            assert time.monotonic() < deadline, vm.output()
+            time.sleep(0.5)
+        (qemu,) = [p.split(":")[0] for p in lab.running() if "qemu-system" in p]
+        os.kill(int(qemu), signal.SIGSTOP)  # the guest hangs as a stuck KVM guest does
+        status = vm.process.wait(180)  # the acceptance: it fails in under 3 minutes
+    finally:
+        vm.stop()
+    assert status == 1, vm.output()
+    output = vm.output()
+    assert "no progress: no new boot milestone within 20 s" in output, output
+    assert "  | " in output  # the console tail, quoted in the error
+    assert lab.running() == []
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
