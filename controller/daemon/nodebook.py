@@ -32,6 +32,9 @@ from controller.nodes import (
     transition,
 )
 
+REJECT_LOG_BURST = 20  # rejected-message lines logged per window
+REJECT_LOG_WINDOW_S = 60.0
+
 log = get_logger("nodes")
 
 
@@ -68,6 +71,9 @@ class NodeBook:
         }
         self._versions: dict[str, frozenset[str]] = {}
         self._at_cap = False
+        self._warn_window = 0.0  # start of the current rejection-logging window
+        self._warned = 0  # rejections logged in it
+        self._unlogged = 0  # rejections not logged since the last line
 
     def policy(self, label: str | None) -> Policy:
         """What the controller may tell the label's stale nodes to do on its own."""
@@ -239,5 +245,17 @@ class NodeBook:
 
     def _reject(self, topic: str, reason: str) -> None:
         self.rejected += 1
+        # A flood of bad messages must not become a flood of log lines: at most
+        # REJECT_LOG_BURST lines a minute, then one line counting the rest.
+        now = self.clock()
+        if now - self._warn_window >= REJECT_LOG_WINDOW_S:
+            if self._unlogged:
+                log.warning("rejected node messages not logged", count=self._unlogged,
+                            total=self.rejected)  # fmt: skip
+            self._warn_window, self._warned, self._unlogged = now, 0, 0
+        if self._warned >= REJECT_LOG_BURST:
+            self._unlogged += 1
+            return
+        self._warned += 1
         shown = topic if len(topic) <= 200 else topic[:200] + "..."
         log.warning("rejected node message", topic=shown, reason=reason)

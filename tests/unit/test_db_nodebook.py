@@ -145,6 +145,24 @@ def test_bad_messages_are_refused_and_change_nothing(
     assert reason in err
 
 
+def test_a_flood_of_bad_messages_logs_a_bounded_number_of_lines(
+    book: NodeBook, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logsetup.configure()
+    clock = [1000.0]
+    book.clock = lambda: clock[0]
+    bad = Message(f"netroot/node/{MAC}/report", b"not json")
+    book.ingest([bad] * 5000)
+    clock[0] += 61  # the next window: one line counts what was not logged
+    book.ingest([bad])
+    assert book.rejected == 5001
+    lines = capsys.readouterr().err.splitlines()
+    (summary,) = [line for line in lines if "not logged" in line]
+    logged = [line for line in lines if "rejected node message" in line and line != summary]
+    assert len(logged) == 21  # 20 in the flood's minute, then the next one
+    assert "4980" in summary
+
+
 def test_a_node_cannot_change_another_nodes_state(book: NodeBook) -> None:
     activate(book, V1)
     book.ingest([report(OTHER)])
