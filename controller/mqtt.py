@@ -13,7 +13,7 @@ import contextlib
 import random
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
@@ -36,6 +36,19 @@ MAX_INFLIGHT = 64
 # MQTT 5: a persistent session outlives a restart of the controller by this much
 # (the broker keeps node reports for it meanwhile).
 SESSION_EXPIRY_S = 7 * 24 * 3600
+# MQTT 5 receive maximum: with manual acknowledgement, how many received QoS 1
+# messages the broker lets wait for our acknowledgement. Above one ingest batch,
+# so the next batch arrives while one commits; it bounds what a crash re-delivers.
+RECEIVE_MAXIMUM = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Which delivery a received message was: its acknowledgement names it."""
+
+    connection: int  # BrokerLink.connections when it arrived: a packet id means nothing on another
+    mid: int
+    qos: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +61,8 @@ class Message:
     retain: bool = False
     content_type: str | None = None  # MQTT 5 content type
     expiry_s: int | None = None  # MQTT 5 message expiry: the broker drops it after this
+    # Set on a message received under manual acknowledgement: pass it to acknowledge().
+    receipt: Receipt | None = field(default=None, compare=False, repr=False)
 
 
 def _publish_properties(message: Message, packet: int = PacketTypes.PUBLISH) -> Properties | None:
@@ -91,9 +106,7 @@ def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     if not config.tls:
         return None
     try:
-        context = ssl.create_default_context(
-            cafile=str(config.ca_file) if config.ca_file else None
-        )
+        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
         if config.cert_file is not None:
             key = str(config.key_file) if config.key_file else None
             context.load_cert_chain(str(config.cert_file), key)
@@ -122,14 +135,21 @@ class BrokerLink:
         will: Callable[[], Message] | None = None,
         hello: Callable[[], Message] | None = None,
         clean_session: bool = True,
+        manual_ack: bool = False,
     ) -> None:
-        """will and hello are made anew for each connection: each is a new event."""
+        """will and hello are made anew for each connection: each is a new event.
+
+        With manual_ack, a received QoS 1 message is acknowledged to the broker only
+        when the consumer calls `acknowledge()` (after it made the message durable);
+        with a persistent session the broker re-delivers the others after a crash.
+        """
         self.config = config
         self.client_id = client_id
         self.subscriptions = tuple(subscriptions)
         self.will = will
         self.hello = hello
         self.clean_session = clean_session
+        self.manual_ack = manual_ack
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.attempted = asyncio.Event()  # the first connection attempt has finished
         self.connections = 0
@@ -176,6 +196,8 @@ class BrokerLink:
             )
         connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect.SessionExpiryInterval = 0 if self.clean_session else SESSION_EXPIRY_S
+        if self.manual_ack:
+            connect.ReceiveMaximum = RECEIVE_MAXIMUM
         client = aiomqtt.Client(
             config.host,
             config.port,
@@ -194,6 +216,10 @@ class BrokerLink:
         # aiomqtt warns (and counts its pending calls) on every publish above this
         # threshold: with a window of acknowledgements in flight, that is every one.
         client.pending_calls_threshold = 1_000_000
+        if self.manual_ack:
+            # aiomqtt 2.5 has no option for it; its paho client has (paho acks in
+            # on_message otherwise, before the message is even in our inbox).
+            client._client.manual_ack_set(True)
         return client
 
     async def run(self) -> None:
@@ -249,13 +275,18 @@ class BrokerLink:
             self._client = client
             self._connected.set()
             self.attempted.set()
+            connection = self.connections
             async for received in client.messages:
+                receipt = None
+                if self.manual_ack and received.qos > 0:
+                    receipt = Receipt(connection, received.mid, received.qos)
                 self.inbox.put_nowait(
                     Message(
                         received.topic.value,
                         _payload_bytes(received.payload),
                         received.qos,
                         received.retain,
+                        receipt=receipt,
                     )
                 )
 
@@ -293,6 +324,26 @@ class BrokerLink:
                 raise error  # a bug, not the network
             log.warning("publish interrupted", acked=acked, pending=len(messages) - acked)
         return acked
+
+    def acknowledge(self, messages: Sequence[Message]) -> int:
+        """Acknowledge received messages to the broker, in the order given; returns how many.
+
+        Call once they are applied durably, in the order they arrived (MQTT wants
+        acknowledgements in order). A message that came on an earlier connection is
+        skipped: the broker delivers it again on this one (a duplicate to tolerate).
+        """
+        client = self._client
+        if client is None:
+            return 0
+        paho = client._client  # see _make_client
+        sent = 0
+        for message in messages:
+            receipt = message.receipt
+            if receipt is None or receipt.connection != self.connections:
+                continue
+            paho.ack(receipt.mid, receipt.qos)
+            sent += 1
+        return sent
 
     def reconfigure(self, config: MqttConfig, subscriptions: Sequence[str] | None = None) -> None:
         """Use new settings: reconnect at once if they differ."""

@@ -144,8 +144,10 @@ class Daemon:
             subscriptions=[ctx.emitter.topics.node_reports()],
             will=ctx.emitter.will,
             hello=self.beacon.hello,
-            # A persistent session: the broker keeps node reports for us while we restart.
+            # A persistent session: the broker keeps node reports for us while we restart,
+            # and each stays unacknowledged (re-delivered) until its ingest commits.
             clean_session=False,
+            manual_ack=True,
         )
 
     async def _serve(self, db: Database) -> None:
@@ -162,7 +164,9 @@ class Daemon:
         self.beacon = StatusBeacon(ctx, self.scheduler)
         self.link = self.beacon.link = self._link(ctx)
         inbox: asyncio.Queue[Message] = self.link.inbox if self.link else asyncio.Queue()
-        self.tracker = NodeTracker(inbox, ctx.nodes)
+        self.tracker = NodeTracker(
+            inbox, ctx.nodes, ack=self.link.acknowledge if self.link else None
+        )
         self.publisher = Publisher(
             db, self.link, ingest_idle=self.tracker.idle, emitter=ctx.emitter
         )
@@ -247,6 +251,10 @@ class Daemon:
             await _cancel(tasks[name])
         await _cancel(tasks["scheduler"])  # running builds are killed and recorded
         await _cancel(tasks["index"])
+        # Reports the broker delivered: applied and acknowledged while still connected,
+        # and their events flushed with the rest.
+        await _cancel(tasks["tracker"])
+        self.tracker.drain()
         try:
             async with asyncio.timeout(FLUSH_S):
                 await self.publisher.flush()
@@ -257,8 +265,6 @@ class Daemon:
         if self.link is not None:
             await self.link.close(self.beacon.goodbye())
             await asyncio.wait([tasks["mqtt"]])
-        self.tracker.drain()  # reports the broker delivered before we left
-        await _cancel(tasks["tracker"])
         await _cancel(tasks["watchdog"])
 
     async def on_batch(self, batch: Batch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -128,37 +129,56 @@ class Publisher(_Component):
 
 
 class NodeTracker(_Component):
-    """Applies node reports from the broker to node states, many per transaction."""
+    """Applies node reports from the broker to node states, many per transaction.
+
+    A report is acknowledged to the broker (`ack`) only after the transaction that
+    applied it committed: the broker's PUBACK to the node is a promise, and a report
+    this process still held when it died is delivered again (an idempotent repeat).
+    """
 
     name = "tracker"
 
-    def __init__(self, inbox: asyncio.Queue[Message], nodes: NodeBook) -> None:
+    def __init__(
+        self,
+        inbox: asyncio.Queue[Message],
+        nodes: NodeBook,
+        ack: Callable[[Sequence[Message]], object] | None = None,
+    ) -> None:
         self.inbox = inbox
         self.nodes = nodes
+        self.ack = ack
         self.received = 0
         self.idle = asyncio.Event()  # set while no report waits
         self.idle.set()
+        # Taken from the inbox, not yet applied: drain() applies them if run() is cancelled.
+        self._held: list[Message] = []
 
     async def run(self) -> None:
         """Take what has arrived, apply it, yield to the other components, repeat."""
         while True:
-            batch = [await self.inbox.get()]
+            self._held.append(await self.inbox.get())
             self.idle.clear()
             await asyncio.sleep(GATHER_S)
-            self._take(batch)
+            self._take()
             if self.inbox.empty():
                 self.idle.set()
 
-    def _take(self, batch: list[Message]) -> None:
+    def _take(self) -> None:
+        batch, self._held = self._held, []
         while len(batch) < INGEST_BATCH and not self.inbox.empty():
             batch.append(self.inbox.get_nowait())
+        if not batch:
+            return
         self.received += len(batch)
-        self.nodes.ingest(batch)
+        # Refused reports are acknowledged too: sent again, they would be refused again.
+        self.nodes.ingest(batch)  # commits, or raises and nothing is acknowledged
+        if self.ack is not None:
+            self.ack(batch)
 
     def drain(self) -> None:
-        """Apply whatever the broker already delivered (at shutdown)."""
-        while not self.inbox.empty():
-            self._take([])
+        """Apply (and acknowledge) whatever the broker already delivered (at shutdown)."""
+        while self._held or not self.inbox.empty():
+            self._take()
 
 
 class StatusBeacon(_Component):
