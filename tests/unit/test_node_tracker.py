@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from controller.daemon.emit import Emitter
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.publisher import NodeTracker
 from controller.db import Database
-from controller.events import Topics
+from controller.events import Topics, VersionSummary
 from controller.mqtt import Message, Receipt
 
 BOOT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -37,7 +38,13 @@ def book(tmp_path: Path) -> NodeBook:
     config = parse_config(
         {"labels": {"demo": {"recipe": "demo.toml"}}}, source="test", root=tmp_path
     )
-    return NodeBook(Database(tmp_path / "netroot.db"), Emitter(Topics()), config)
+    db = Database(tmp_path / "netroot.db")
+    with db.transaction() as tx:  # reports are accepted only for versions the store has
+        summary = VersionSummary(
+            version=V1, built_at=datetime.now(UTC), kind="full", file_count=1, size_bytes=1
+        )
+        tx.record_version("demo", summary)
+    return NodeBook(db, Emitter(Topics()), config)
 
 
 class Acks:
