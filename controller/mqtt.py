@@ -136,12 +136,15 @@ class BrokerLink:
         hello: Callable[[], Message] | None = None,
         clean_session: bool = True,
         manual_ack: bool = False,
+        max_packet_size: int | None = None,
     ) -> None:
         """will and hello are made anew for each connection: each is a new event.
 
         With manual_ack, a received QoS 1 message is acknowledged to the broker only
         when the consumer calls `acknowledge()` (after it made the message durable);
         with a persistent session the broker re-delivers the others after a crash.
+        With max_packet_size (MQTT 5), the broker drops any larger message meant
+        for us instead of sending it: an oversized payload is never read here.
         """
         self.config = config
         self.client_id = client_id
@@ -150,6 +153,7 @@ class BrokerLink:
         self.hello = hello
         self.clean_session = clean_session
         self.manual_ack = manual_ack
+        self.max_packet_size = max_packet_size
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.attempted = asyncio.Event()  # the first connection attempt has finished
         self.connections = 0
@@ -198,6 +202,8 @@ class BrokerLink:
         connect.SessionExpiryInterval = 0 if self.clean_session else SESSION_EXPIRY_S
         if self.manual_ack:
             connect.ReceiveMaximum = RECEIVE_MAXIMUM
+        if self.max_packet_size is not None:
+            connect.MaximumPacketSize = self.max_packet_size
         client = aiomqtt.Client(
             config.host,
             config.port,

@@ -33,7 +33,7 @@ from controller.daemon.spool import SpoolListener
 from controller.db import Database, db_path
 from controller.debounce import Batch, affected_labels
 from controller.errors import NetrootError
-from controller.events import ConfigRejected, ConfigReloaded, Topics
+from controller.events import MAX_REPORT_BYTES, ConfigRejected, ConfigReloaded, Topics
 from controller.log import get_logger
 from controller.mqtt import BrokerLink, Message
 from controller.recovery import recover
@@ -148,6 +148,9 @@ class Daemon:
             # and each stays unacknowledged (re-delivered) until its ingest commits.
             clean_session=False,
             manual_ack=True,
+            # Larger node reports are refused anyway: the broker drops them
+            # rather than making us read them (room for the topic and header).
+            max_packet_size=MAX_REPORT_BYTES + 1024,
         )
 
     async def _serve(self, db: Database) -> None:
