@@ -4,6 +4,7 @@ mosquitto and real `netroot serve` and CLI processes."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,7 +71,8 @@ def schemas(ws: Workspace) -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def scene(tmp_path: Path, broker: Broker) -> Iterator[Scene]:
     # A one-second heartbeat (in [mqtt]): the status refresh is seen within the test.
-    mqtt = broker.mqtt_config() + "status_interval = 1\n"
+    # keepalive 5: a SIGSTOPped controller is given up by the broker within 7.5 s.
+    mqtt = broker.mqtt_config() + "status_interval = 1\nkeepalive = 5\n"
     ws = Workspace(tmp_path, keep_versions=1, extra_config=QUICK + mqtt)
     make_root_tree(ws.tree)
     ws.write()
@@ -179,6 +181,21 @@ def changes_by_hand(scene: Scene) -> None:
     assert by_hand[4]["data"]["versions"]
 
 
+def stopped_past_the_keepalive(scene: Scene) -> None:
+    """A frozen controller: the broker fires its will; thawed, it is online with a new id."""
+    wills = len([s for s in statuses(scene.outside) if s["data"].get("will")])
+    online = len(statuses(scene.outside, "online"))
+    scene.controller.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: len([s for s in statuses(scene.outside) if s["data"].get("will")])
+                 > wills, "the will of a frozen controller")  # fmt: skip
+        assert scene.outside.derived()["controller"] == "offline"
+    finally:
+        scene.controller.signal(signal.SIGCONT)
+    wait_for(lambda: len(statuses(scene.outside, "online")) > online, "online after the thaw")
+    scene.quiet("after SIGSTOP past the keepalive")
+
+
 def broker_restart(scene: Scene) -> None:
     online = len(statuses(scene.outside, "online"))
     scene.broker.stop()
@@ -189,11 +206,14 @@ def broker_restart(scene: Scene) -> None:
 
 def test_an_outsider_follows_crashes_restarts_and_cli_changes(scene: Scene) -> None:
     first_start(scene)
+    stopped_past_the_keepalive(scene)
     automatic_build(scene)
     cli_build_while_serving(scene)
     killed(scene)
     changes_by_hand(scene)
     broker_restart(scene)
+    # none was marked lost by the restart (they run an older version: stale)
+    assert set(scene.real()["nodes"].values()) == {"stale"}
     assert scene.controller.stop() == 0
     wait_for(lambda: statuses(scene.outside)[-1]["data"]["status"] == "offline", "the goodbye")
     scene.quiet("stopped")
