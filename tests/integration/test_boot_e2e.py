@@ -181,8 +181,10 @@ class Lab:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if str(self.state) in cmdline and "pytest" not in cmdline:
-                found.append(f"{entry.name}: {cmdline[:200]}")
+            # Not the test runner itself (the state directory is under pytest's
+            # temporary directory, so every process of the lab names "pytest").
+            if str(self.state) in cmdline and " -m pytest" not in cmdline:
+                found.append(f"{entry.name}: {cmdline[:300]}")
         return found
 
 
