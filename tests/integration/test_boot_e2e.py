@@ -431,6 +431,9 @@ def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa
     loop.parent.mkdir(parents=True, exist_ok=True)
     loop.write_text(LOOP_V1)
     loop.chmod(0o755)
+    unit = lab.overlays / "debian12" / "etc" / "systemd" / "system" / "netroot-loop.service"
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(f"[Unit]\nDescription=netroot test loop\n\n[Service]\nExecStart=/{LOOP}\n")
     version = lab.build("debian12")
     before = json.loads(lab.netroot("--json", "versions", "debian12").stdout)
     again = lab.netroot("build", "debian12", "--activate")
@@ -472,7 +475,7 @@ def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa
                 time.sleep(5)
             raise AssertionError(f"{printed} failed: {done.stderr}")
 
-        keys = on_node("ls /etc/ssh; systemd-run --unit=netroot-loop /" + LOOP)
+        keys = on_node("ls /etc/ssh; systemctl start netroot-loop")
         assert "ssh_host_ed25519_key" in keys.split()  # made on the node at boot
         wait_started = time.monotonic() + 300
         while "v1" not in on_node("cat /run/netroot-loop.log 2>/dev/null || true"):
@@ -497,8 +500,12 @@ def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa
         _, remounted = events.wait("remounted", after=seen)
         assert remounted["state"] == "up"
         assert on_node("cat /etc/motd") == "live-edited\n"
-        log_lines = on_node("cat /run/netroot-loop.log").split("\n")
         pid_after = on_node("systemctl show -p MainPID --value netroot-loop").strip()
+        wait_v2 = time.monotonic() + 120  # the restarted service writes its first line
+        while f"v2 {pid_after}" not in (log := on_node("cat /run/netroot-loop.log")):
+            assert time.monotonic() < wait_v2, log
+            time.sleep(2)
+        log_lines = log.split("\n")
         assert [line.split()[0] for line in log_lines if line] == ["v1", "v2"], log_lines
         assert pid_after != pid_before and f"v2 {pid_after}" in log_lines
     finally:
@@ -545,6 +552,8 @@ def test_up_stops_everything_on_sighup_while_its_vm_boots_and_the_next_up_starts
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait(30)
+        if up.stderr is not None:
+            up.stderr.close()
     assert up.returncode == 128 + signal.SIGHUP, err
     assert "stopped by SIGHUP" in err, err
     deadline = time.monotonic() + 60  # children get their parent-death signal and exit
