@@ -324,6 +324,10 @@ class BuildScheduler:
                     version=manifest.version,
                     error=proc.tail(done.stderr, 5),
                 )
+            else:
+                # The child wrote the events into the outbox; the log says so too,
+                # for an operator without a broker.
+                log.info("built and activated", label=label, version=manifest.version)
         else:
             log.info("built; activation is manual", label=label, version=manifest.version)
         self.reconcile(label)
