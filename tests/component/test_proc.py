@@ -118,8 +118,12 @@ def test_child_netroot_runs_this_installation_not_the_working_directorys(tmp_pat
     assert ours.stdout.startswith("netroot ")
 
 
+WAIT_S = 30.0  # a guard against hanging, not a timing assertion
+
+
 def _wait_text(path: Path) -> str:
-    for _ in range(200):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
         if path.exists() and (text := path.read_text().strip()):
             return text
         time.sleep(0.05)
@@ -127,7 +131,8 @@ def _wait_text(path: Path) -> str:
 
 
 def _wait_state(pid: int, states: tuple[str, ...]) -> bool:
-    for _ in range(200):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
         if _state(pid) in states:
             return True
         time.sleep(0.05)
