@@ -1,4 +1,5 @@
-"""Per-label exclusive lock: one build, activation or gc of a label at a time.
+"""Exclusive file locks: per label (one build, activation or gc of a label at a
+time) and for files several labels rewrite.
 
 flock(2) is released by the kernel when the holder dies, even by SIGKILL,
 so a crashed build never leaves the label locked.
@@ -10,15 +11,19 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from controller.layout import LabelPaths
 
 
 @contextlib.contextmanager
-def label_lock(paths: LabelPaths, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold the label's lock; on_wait is called once if another process holds it."""
-    paths.images.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def file_lock(
+    lock: Path, on_wait: Callable[[], None] | None = None, mode: int = 0o600
+) -> Iterator[None]:
+    """Hold an exclusive flock on the file lock (made if missing, with its directory);
+    on_wait is called once if another process holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -29,3 +34,11 @@ def label_lock(paths: LabelPaths, on_wait: Callable[[], None] | None = None) -> 
         yield
     finally:
         os.close(fd)
+
+
+def label_lock(
+    paths: LabelPaths, on_wait: Callable[[], None] | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """Hold the label's lock; on_wait is called once if another process holds it."""
+    paths.images.mkdir(parents=True, exist_ok=True)
+    return file_lock(paths.lock, on_wait, mode=0o644)

@@ -12,10 +12,9 @@ node keeps the export it booted from.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from controller.activation import Prepared, Step
 from controller.config import Config, Model
 from controller.errors import StoreError
 from controller.layout import is_version_id, label_paths
+from controller.locking import file_lock
 from controller.log import get_logger
 from controller.render import ExportSpec, export_specs, render_exports, render_ganesha
 from controller.render.ganesha import EXPORT_ID_LIMIT, export_key
@@ -111,16 +111,8 @@ def export_ids_file(config: Config) -> Path:
     return config.state_dir / "export-ids.json"
 
 
-@contextlib.contextmanager
-def _ids_lock(config: Config) -> Iterator[None]:
-    lock = config.state_dir / "run" / "export-ids.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _ids_lock(config: Config) -> contextlib.AbstractContextManager[None]:
+    return file_lock(config.state_dir / "run" / "export-ids.lock")
 
 
 def _read_ids(path: Path) -> ExportIds:
@@ -298,18 +290,10 @@ class Applied:
     notes: list[str] = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def _apply_lock(config: Config) -> Iterator[None]:
+def _apply_lock(config: Config) -> contextlib.AbstractContextManager[None]:
     # Two activations of different labels both rewrite these files: one at a
     # time, so the last write is never computed from an older store.
-    lock = config.state_dir / "run" / "nfs.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(config.state_dir / "run" / "nfs.lock", mode=0o644)
 
 
 def _stage_if_changed(prepared: Prepared, path: Path, text: str) -> bool:
