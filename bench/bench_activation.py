@@ -16,8 +16,8 @@ from pathlib import Path
 
 from common import build, workspace
 
-from controller import activation
-from controller.layout import label_paths
+from controller.store import activation
+from controller.store.layout import label_paths
 
 SIZES = (1_000, 10_000, 100_000)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from common import REPO
 
-from controller.config import load_config
+from controller.config.models import load_config
 
 MILESTONES = ("pxe", "boot-files", "kernel", "nfs-root", "switch-root", "login", "agent", "report")
 
@@ -63,8 +63,22 @@ def to_toml(data: dict[str, Any], prefix: str = "") -> str:
 
 def boot(config: Path, label: str, *, direct: bool) -> dict[str, float]:
     """One boot; milestone -> seconds since qemu started."""
-    argv = [sys.executable, "-m", "controller", "--config", str(config), "--json", "boot", label,
-            "--headless", "--stop-after-report", "--ssh-port", "0", "--timeout", "1800"]
+    argv = [
+        sys.executable,
+        "-m",
+        "controller",
+        "--config",
+        str(config),
+        "--json",
+        "boot",
+        label,
+        "--headless",
+        "--stop-after-report",
+        "--ssh-port",
+        "0",
+        "--timeout",
+        "1800",
+    ]
     if direct:
         argv.append("--direct")
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from common import workspace
 
-from controller.config import Config
-from controller.debounce import Batch, affected_labels
-from controller.watch import Watcher, recipe_dependencies, watch_specs
+from controller.config.models import Config
+from controller.daemon.debounce import Batch, affected_labels
+from controller.daemon.watch import Watcher, recipe_dependencies, watch_specs
 
 
 async def one_run(config: Config, recipe: Path, writes: int, span: float) -> tuple[int, float, int]:

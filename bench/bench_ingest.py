@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 import paho.mqtt.client as paho
 from test_daemon_harness import Broker, Controller, report, wait_for
 
-from controller.db import Database
+from controller.daemon.db import Database
 
 
 def mac_of(i: int, phase: int) -> str:
@@ -40,8 +40,21 @@ def mac_of(i: int, phase: int) -> str:
 def baseline(broker: Broker, count: int) -> subprocess.Popen[str]:
     """mosquitto_sub draining the report stream: one receive timestamp and topic per line."""
     sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
-         "-t", "netroot/node/+/report", "-C", str(count), "-F", "%U %t"],
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker.port),
+            "-q",
+            "1",
+            "-t",
+            "netroot/node/+/report",
+            "-C",
+            str(count),
+            "-F",
+            "%U %t",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -120,13 +133,19 @@ def show(name: str, r: dict[str, float]) -> None:
     ctl_rate = r["stored"] / r["controller_s"]
     base_rate = r["count"] / r["baseline_s"]
     print(f"{name}: {int(r['count'])} reports published in {r['publish_s']:.2f} s")
-    print(f"  controller: {int(r['stored'])}/{int(r['count'])} stored in "
-          f"{r['controller_s']:.2f} s = {ctl_rate:,.0f} reports/s; "
-          f"latency p50 {r['p50'] * 1e3:.0f} ms, p99 {r['p99'] * 1e3:.0f} ms")
-    print(f"  mosquitto_sub: drained in {r['baseline_s']:.2f} s = {base_rate:,.0f} reports/s; "
-          f"latency p50 {r['base_p50'] * 1e3:.0f} ms, p99 {r['base_p99'] * 1e3:.0f} ms")
-    print(f"  ratio controller/mosquitto_sub: {ctl_rate / base_rate:.2f} (target >= 0.5); "
-          f"lost: {int(r['count'] - r['stored'])}")
+    print(
+        f"  controller: {int(r['stored'])}/{int(r['count'])} stored in "
+        f"{r['controller_s']:.2f} s = {ctl_rate:,.0f} reports/s; "
+        f"latency p50 {r['p50'] * 1e3:.0f} ms, p99 {r['p99'] * 1e3:.0f} ms"
+    )
+    print(
+        f"  mosquitto_sub: drained in {r['baseline_s']:.2f} s = {base_rate:,.0f} reports/s; "
+        f"latency p50 {r['base_p50'] * 1e3:.0f} ms, p99 {r['base_p99'] * 1e3:.0f} ms"
+    )
+    print(
+        f"  ratio controller/mosquitto_sub: {ctl_rate / base_rate:.2f} (target >= 0.5); "
+        f"lost: {int(r['count'] - r['stored'])}"
+    )
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from common import build, run, timed, workspace
 
-from controller import activation
-from controller.layout import label_paths
+from controller.store import activation
+from controller.store.layout import label_paths
 
 
 def main() -> None:

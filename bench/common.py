@@ -14,13 +14,13 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from support import Workspace, make_root_tree  # noqa: E402
 
-from controller import log  # noqa: E402
-from controller.build import run_build  # noqa: E402
+from controller.build.pipeline import run_build  # noqa: E402
+from controller.core import log  # noqa: E402
 
 log.configure(
     level=int(__import__("os").environ.get("NETROOT_BENCH_LOG", "30"))
 )  # warnings only: the figures are the output
-from controller.config import Config, load_config  # noqa: E402
+from controller.config.models import Config, load_config  # noqa: E402
 
 
 def quiet(step: str, message: str) -> None:

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 
 from controller import __version__
-from controller import log as logsetup
 from controller.cli import (
     boot_cmds,
     daemon_cmds,
@@ -20,7 +19,8 @@ from controller.cli import (
     store_cmds,
     up_cmds,
 )
-from controller.errors import NetrootError, describe
+from controller.core import log as logsetup
+from controller.core.errors import NetrootError, describe
 
 # Each command module adds its subcommands; handlers return an exit status.
 COMMAND_MODULES = [store_cmds, daemon_cmds, boot_cmds, shell_cmds, up_cmds, hosts_cmds]

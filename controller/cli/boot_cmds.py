@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller import bootfiles, bootvm, bootvm_console, dhcp, nbd, nfs, proc, store
-from controller.bootvm_milestones import STALL_SECONDS, Hit
 from controller.cli.output import emit_json
-from controller.config import Config, check_label, load_config
-from controller.errors import NetrootError
-from controller.events import normalize_mac
-from controller.layout import label_paths
+from controller.config.models import Config, load_config
+from controller.core import proc
+from controller.core.errors import NetrootError
+from controller.core.ids import check_label
+from controller.events.wire import normalize_mac
 from controller.recipes import load_recipe
 from controller.render import (
     boot_target,
@@ -30,6 +29,12 @@ from controller.render import (
 from controller.render.grub import GRUB_DEFAULT
 from controller.render.ipxe import IPXE_DEFAULT
 from controller.render.pxelinux import PXELINUX_DEFAULT
+from controller.serve import bootfiles, dhcp, nbd, nfs
+from controller.store import versions as store
+from controller.store.layout import label_paths
+from controller.vm import boot as bootvm
+from controller.vm import console as bootvm_console
+from controller.vm.milestones import STALL_SECONDS, Hit
 
 KINDS = ("pxelinux", "ipxe", "grub", "exports", "ganesha", "dnsmasq", "nbd")
 

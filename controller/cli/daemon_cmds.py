@@ -19,16 +19,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controller import log as logsetup
 from controller.cli.output import emit_json, printable, table
-from controller.config import Config, load_config
+from controller.config.models import Config, load_config
+from controller.core import log as logsetup
+from controller.core.errors import NetrootError
 from controller.daemon import serve
+from controller.daemon.db import Database, db_path
 from controller.daemon.lock import holder_pid, lock_path
+from controller.daemon.mqtt import BrokerLink, Message
 from controller.daemon.spool import DhcpRecord, write_record
-from controller.db import Database, db_path
-from controller.errors import NetrootError
-from controller.events import Envelope, Topics, json_schemas
-from controller.mqtt import BrokerLink, Message
+from controller.events.wire import Envelope, Topics, json_schemas
 
 DHCP_IGNORED = ("del", "init", "tftp", "arp", "arp-del", "relay-snoop")
 

@@ -9,10 +9,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from controller import fsops, hostsfile
 from controller.cli.output import emit_json, printable
-from controller.config import load_config, parse_config
-from controller.errors import ConfigError, NetrootError
+from controller.config import hostsfile
+from controller.config.models import load_config, parse_config
+from controller.core.errors import ConfigError, NetrootError
+from controller.store import fsops
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from controller.errors import BuildError, NetrootError
+from controller.core.errors import BuildError, NetrootError
 
 
 def error(exc: NetrootError) -> None:

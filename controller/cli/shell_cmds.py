@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller import bootfiles, shell
+from controller.build import shell
 from controller.cli.output import Progress, emit_json
-from controller.config import check_label, load_config
-from controller.errors import NetrootError
-from controller.layout import label_paths
-from controller.locking import label_lock
-from controller.recovery import recover_label
+from controller.config.models import load_config
+from controller.core.errors import NetrootError
+from controller.core.ids import check_label
+from controller.serve import bootfiles
+from controller.store.layout import label_paths
+from controller.store.locking import label_lock
+from controller.store.recovery import recover_label
 
 REMOUNT_WARNING = (
     "netroot: warning: {label} {version} was changed in place while it is served; running "
@@ -32,13 +34,20 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--live edits the active version in place instead, as the original tool did.",
     )
     p.add_argument("label")
-    p.add_argument("--live", action="store_true",
-                   help="edit the active, served tree in place (recorded; nodes may need to "
-                   "remount /)")
-    p.add_argument("--activate", action="store_true",
-                   help="activate the new version the session produced")
-    p.add_argument("-c", "--command", metavar="CMD",
-                   help="run CMD with /bin/sh -c instead of an interactive shell")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="edit the active, served tree in place (recorded; nodes may need to remount /)",
+    )
+    p.add_argument(
+        "--activate", action="store_true", help="activate the new version the session produced"
+    )
+    p.add_argument(
+        "-c",
+        "--command",
+        metavar="CMD",
+        help="run CMD with /bin/sh -c instead of an interactive shell",
+    )
     p.set_defaults(handler=cmd_shell)
 
 
@@ -53,26 +62,41 @@ def cmd_shell(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.json)
 
     def waiting() -> None:
-        print(f"netroot: waiting for another build or activation of {args.label}...",
-              file=sys.stderr)
+        print(
+            f"netroot: waiting for another build or activation of {args.label}...", file=sys.stderr
+        )
 
     with label_lock(paths, on_wait=waiting):
         recover_label(config, args.label, bootfiles.renderer(config))
-        outcome = shell.open_shell(config, args.label, live=args.live, activate=args.activate,
-                                   command=args.command, progress=progress)
+        outcome = shell.open_shell(
+            config,
+            args.label,
+            live=args.live,
+            activate=args.activate,
+            command=args.command,
+            progress=progress,
+        )
     if args.json:
-        emit_json({"label": outcome.label, "parent": outcome.parent, "live": outcome.live,
-                   "status": outcome.status, "changed": list(outcome.changed),
-                   "version": outcome.version, "activated": outcome.activated,
-                   "live_edits": outcome.live_edits, "stdout": outcome.stdout,
-                   "stderr": outcome.stderr})
+        emit_json(
+            {
+                "label": outcome.label,
+                "parent": outcome.parent,
+                "live": outcome.live,
+                "status": outcome.status,
+                "changed": list(outcome.changed),
+                "version": outcome.version,
+                "activated": outcome.activated,
+                "live_edits": outcome.live_edits,
+                "stdout": outcome.stdout,
+                "stderr": outcome.stderr,
+            }
+        )
     else:
         sys.stdout.write(outcome.stdout)
         sys.stderr.write(outcome.stderr)
         _report(outcome)
     if outcome.live and outcome.changed:
-        print(REMOUNT_WARNING.format(label=outcome.label, version=outcome.parent),
-              file=sys.stderr)
+        print(REMOUNT_WARNING.format(label=outcome.label, version=outcome.parent), file=sys.stderr)
     return 0
 
 
@@ -81,10 +105,14 @@ def _report(outcome: shell.Outcome) -> None:
     if not outcome.changed:
         print(f"{outcome.label}: no changes; {outcome.parent} stays as it was")
     elif outcome.live:
-        print(f"{outcome.label} {outcome.parent}: {len(outcome.changed)} paths changed in place "
-              f"({shown}); live edit #{outcome.live_edits} recorded")
+        print(
+            f"{outcome.label} {outcome.parent}: {len(outcome.changed)} paths changed in place "
+            f"({shown}); live edit #{outcome.live_edits} recorded"
+        )
     else:
-        print(f"{outcome.label}: new version {outcome.version} from {outcome.parent}, "
-              f"{len(outcome.changed)} paths changed ({shown})")
+        print(
+            f"{outcome.label}: new version {outcome.version} from {outcome.parent}, "
+            f"{len(outcome.changed)} paths changed ({shown})"
+        )
         if outcome.activated:
             print(f"activated {outcome.label} {outcome.version} (was {outcome.parent})")

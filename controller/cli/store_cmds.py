@@ -11,20 +11,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller import activation, bootfiles, gc, nodeside, secretscan, store, treeindex
-from controller.build import new_build_id, run_build
+from controller.build import nodeside, secretscan
+from controller.build.overlays import scan_overlays
+from controller.build.pipeline import new_build_id, run_build
 from controller.cli.output import Progress, emit_json, human_size, table
-from controller.config import Config, check_label, load_config
+from controller.config.models import Config, load_config
+from controller.core.errors import BuildError
+from controller.core.ids import check_label
 from controller.daemon.announce import STAMP_FORMAT, Announcer
-from controller.db import NodeGuard, db_path
-from controller.errors import BuildError
-from controller.events import ActivationReason, BuildKind
-from controller.layout import LabelPaths, label_paths
-from controller.locking import label_lock
-from controller.manifest import Manifest
-from controller.overlays import scan_overlays
+from controller.daemon.db import NodeGuard, db_path
+from controller.events.wire import ActivationReason, BuildKind
 from controller.recipes import load_recipe
-from controller.recovery import Recovered, known_labels, recover_label
+from controller.serve import bootfiles
+from controller.store import activation, gc, treeindex
+from controller.store import versions as store
+from controller.store.layout import LabelPaths, label_paths
+from controller.store.locking import label_lock
+from controller.store.manifest import Manifest
+from controller.store.recovery import Recovered, known_labels, recover_label
 
 Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
 

@@ -22,11 +22,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from controller import proc, upbroker
-from controller.bootvm import random_mac
-from controller.config import BUILTIN, Config, check_label, load_config
+from controller.config.models import BUILTIN, Config, load_config
+from controller.core import proc
+from controller.core.errors import NetrootError
+from controller.core.ids import check_label
 from controller.daemon.notify import NotifySocket
-from controller.errors import NetrootError
+from controller.vm import broker as upbroker
+from controller.vm.boot import random_mac
 
 READY_WITHIN_S = 120.0  # recovery of a large store comes before READY=1
 LAST_EVENT_WITHIN_S = 20.0  # the event a step ends with: published within a few seconds

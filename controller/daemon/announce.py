@@ -20,12 +20,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from controller import history, store
-from controller.config import Config
+from controller.config.models import Config
+from controller.core.errors import StoreError
+from controller.daemon.db import BuildRow, Database, DatabaseError, Tx, db_path
 from controller.daemon.emit import Emitter
-from controller.db import BuildRow, Database, DatabaseError, Tx, db_path
-from controller.errors import StoreError
-from controller.events import (
+from controller.events.wire import (
     Activated,
     ActivationReason,
     BuildFailed,
@@ -37,8 +36,10 @@ from controller.events import (
     Topics,
     VersionSummary,
 )
-from controller.layout import LabelPaths
-from controller.manifest import Manifest
+from controller.store import history
+from controller.store import versions as store
+from controller.store.layout import LabelPaths
+from controller.store.manifest import Manifest
 
 MAX_TEXT = 1024
 MAX_TAIL = 16384

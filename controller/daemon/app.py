@@ -18,26 +18,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
-from controller import __version__, bootfiles
-from controller.config import Config
+from controller import __version__
+from controller.config.models import Config
+from controller.core.errors import NetrootError
+from controller.core.log import get_logger
 from controller.daemon.context import Context
+from controller.daemon.db import Database, db_path
+from controller.daemon.debounce import Batch, affected_labels
 from controller.daemon.emit import Emitter
 from controller.daemon.images import ImageBook
 from controller.daemon.liveness import NodeWatch
 from controller.daemon.lock import exclusive, holder_pid, lock_path
+from controller.daemon.mqtt import BrokerLink, Message
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.notify import Watchdog, reloading, sd_notify
 from controller.daemon.publisher import IndexKeeper, NodeTracker, Publisher, StatusBeacon
 from controller.daemon.scheduler import BuildScheduler
 from controller.daemon.spool import SpoolListener
-from controller.db import Database, db_path
-from controller.debounce import Batch, affected_labels
-from controller.errors import NetrootError
-from controller.events import MAX_REPORT_BYTES, ConfigRejected, ConfigReloaded, Topics
-from controller.log import get_logger
-from controller.mqtt import BrokerLink, Message
-from controller.recovery import recover
-from controller.watch import Watcher, recipe_dependencies, watch_specs
+from controller.daemon.watch import Watcher, recipe_dependencies, watch_specs
+from controller.events.wire import MAX_REPORT_BYTES, ConfigRejected, ConfigReloaded, Topics
+from controller.serve import bootfiles
+from controller.store.recovery import recover
 
 log = get_logger("daemon")
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from controller import store
-from controller.builders import builder_for
-from controller.config import Config
-from controller.debounce import Rebuild
-from controller.errors import NetrootError
-from controller.layout import label_paths
-from controller.log import get_logger
-from controller.overlays import overlay_digest, scan_overlays
+from controller.build.builders import builder_for
+from controller.build.overlays import overlay_digest, scan_overlays
+from controller.config.models import Config
+from controller.core.errors import NetrootError
+from controller.core.log import get_logger
+from controller.daemon.debounce import Rebuild
 from controller.recipes import load_recipe
+from controller.store import versions as store
+from controller.store.layout import label_paths
 
 log = get_logger("catchup")
 

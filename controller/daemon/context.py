@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.config import Config
+from controller.config.models import Config
+from controller.daemon.db import Database
 from controller.daemon.emit import Emitter
 from controller.daemon.images import ImageBook
 from controller.daemon.nodebook import NodeBook
-from controller.db import Database
 
 
 @dataclass

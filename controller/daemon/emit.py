@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from controller import __version__
-from controller.db import OutboxRow, Tx
-from controller.events import (
+from controller.core.log import get_logger
+from controller.daemon.db import OutboxRow, Tx
+from controller.daemon.mqtt import Message
+from controller.events.nodes import Effect, PublishEvent, PublishState, SendCommand
+from controller.events.wire import (
     COMMAND_EXPIRY_S,
     CONTENT_TYPE,
     ControllerStatus,
@@ -22,9 +25,6 @@ from controller.events import (
     Topics,
     envelope_json,
 )
-from controller.log import get_logger
-from controller.mqtt import Message
-from controller.nodes import Effect, PublishEvent, PublishState, SendCommand
 
 log = get_logger("events")
 

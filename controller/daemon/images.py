@@ -13,17 +13,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from controller import history, liveedits, store
-from controller.config import Config
+from controller.config.models import Config
+from controller.core.errors import StoreError
+from controller.core.log import get_logger
 from controller.daemon.announce import announce_history, entry_time, summary
+from controller.daemon.db import Database, Tx
 from controller.daemon.emit import Emitter
 from controller.daemon.nodebook import NodeBook
-from controller.db import Database, Tx
-from controller.errors import StoreError
-from controller.events import ImageState, Pruned, VersionSummary
-from controller.layout import LabelPaths, label_paths
-from controller.locking import label_lock
-from controller.log import get_logger
+from controller.events.wire import ImageState, Pruned, VersionSummary
+from controller.store import history, liveedits
+from controller.store import versions as store
+from controller.store.layout import LabelPaths, label_paths
+from controller.store.locking import label_lock
 
 log = get_logger("images")
 

@@ -1,4 +1,4 @@
-"""The node liveness component: the IO shell around controller.liveness.
+"""The node liveness component: the IO shell around controller.events.liveness.
 
 Every tick it looks at the broker link (reconnects are counted by
 `BrokerLink.connections`), asks the nodes it believes up to `report` after a
@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
+from controller.core.log import get_logger
 from controller.daemon.context import Context
-from controller.liveness import Resync, expired, last_seen_due, silent
-from controller.log import get_logger
-from controller.mqtt import BrokerLink
-from controller.nodes import RUNNING, Offline
+from controller.daemon.mqtt import BrokerLink
+from controller.events.liveness import Resync, expired, last_seen_due, silent
+from controller.events.nodes import RUNNING, Offline
 
 log = get_logger("liveness")
 

@@ -7,20 +7,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from controller.config import Config
+from controller.config.models import Config
+from controller.core.log import get_logger
+from controller.daemon.db import Database, Tx
 from controller.daemon.emit import Emitter
-from controller.db import Database, Tx
-from controller.events import (
-    NodeCommand,
-    NodeMessageError,
-    NodeReport,
-    NodeState,
-    parse_node_message,
-)
-from controller.liveness import HeldWill, WillGate
-from controller.log import get_logger
-from controller.mqtt import Message
-from controller.nodes import (
+from controller.daemon.mqtt import Message
+from controller.events.liveness import HeldWill, WillGate
+from controller.events.nodes import (
     Activation,
     Effect,
     LiveEdit,
@@ -30,6 +23,13 @@ from controller.nodes import (
     PublishState,
     report_input,
     transition,
+)
+from controller.events.wire import (
+    NodeCommand,
+    NodeMessageError,
+    NodeReport,
+    NodeState,
+    parse_node_message,
 )
 
 REJECT_LOG_BURST = 20  # rejected-message lines logged per window

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
-from controller.log import get_logger
+from controller.core.log import get_logger
 
 log = get_logger("notify")
 

@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from controller.core.log import get_logger
 from controller.daemon.context import Context
+from controller.daemon.db import Database
 from controller.daemon.emit import Emitter, Health
+from controller.daemon.mqtt import BrokerLink, LinkDown, Message
 from controller.daemon.nodebook import NodeBook
-from controller.db import Database
-from controller.events import StateIndex
-from controller.log import get_logger
-from controller.mqtt import BrokerLink, LinkDown, Message
+from controller.events.wire import StateIndex
 
 if TYPE_CHECKING:
     from controller.daemon.scheduler import BuildScheduler

@@ -26,18 +26,19 @@ from types import TracebackType
 from typing import Self
 
 import controller
-from controller import proc, store
-from controller.build import new_build_id
+from controller.build.pipeline import new_build_id
+from controller.core import proc
+from controller.core.errors import NetrootError, ProcessError
+from controller.core.log import get_logger
 from controller.daemon.announce import manifest_or_none, summary
 from controller.daemon.catchup import stale_labels
 from controller.daemon.context import Context
+from controller.daemon.db import BuildRow
 from controller.daemon.images import LabelBusy
-from controller.db import BuildRow
-from controller.errors import NetrootError, ProcessError
-from controller.events import BuildFailed, BuildKind, BuildSucceeded
-from controller.layout import label_paths
-from controller.log import get_logger
-from controller.manifest import Manifest
+from controller.events.wire import BuildFailed, BuildKind, BuildSucceeded
+from controller.store import versions as store
+from controller.store.layout import label_paths
+from controller.store.manifest import Manifest
 
 log = get_logger("scheduler")
 

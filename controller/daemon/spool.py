@@ -22,13 +22,14 @@ from typing import Literal, Self
 
 from pydantic import AwareDatetime, Field, IPvAnyAddress, ValidationError
 
-from controller import fsops
-from controller.config import Config, Model
+from controller.config.models import Config
+from controller.core.log import get_logger
+from controller.core.model import Model
+from controller.daemon.db import Database, Tx
 from controller.daemon.nodebook import NodeBook
-from controller.db import Database, Tx
-from controller.events import Mac
-from controller.log import get_logger
-from controller.nodes import DhcpLease
+from controller.events.nodes import DhcpLease
+from controller.events.wire import Mac
+from controller.store import fsops
 
 log = get_logger("spool")
 

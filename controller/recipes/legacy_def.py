@@ -31,8 +31,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controller import distros
-from controller.errors import RecipeError
+from controller.core.errors import RecipeError
+from controller.recipes import distros
 from controller.recipes.models import DefRecipe, DnfRecipe, MmdebstrapRecipe
 
 BOOTSTRAPS = ("yum", "dnf", "debootstrap")

@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from controller import distros
-from controller.errors import NetrootError, RecipeError
+from controller.core.errors import NetrootError, RecipeError
+from controller.recipes import distros
 from controller.recipes.inputs import source_files
 from controller.recipes.legacy_def import load_def
 from controller.recipes.models import BUILDERS, DefRecipe, Recipe

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from controller import distros
-from controller.config import Model
+from controller.core.model import Model
+from controller.recipes import distros
 
 
 class ImportRecipe(Model):
@@ -169,8 +169,9 @@ class DnfRepository(Model):
     """One package repository for dnf, given by its baseurl."""
 
     name: str = Field(description="repository id, e.g. epel or site-local")
-    baseurl: str = Field(description="http(s):// or file:// URL; dnf expands $releasever, "
-                         "$basearch")
+    baseurl: str = Field(
+        description="http(s):// or file:// URL; dnf expands $releasever, $basearch"
+    )
     gpgkey: str | None = Field(None, description="URL of the signing key (file:// allowed)")
     gpgcheck: bool | None = Field(None, description="default: the recipe's gpgcheck")
 
@@ -223,8 +224,9 @@ class DnfRecipe(PackageRecipe):
 
     @model_validator(mode="after")
     def _end_of_life(self) -> DnfRecipe:
-        distros.require_named_sources(self.info, self.release, mirror=self.mirror,
-                                      repositories=len(self.repositories))
+        distros.require_named_sources(
+            self.info, self.release, mirror=self.mirror, repositories=len(self.repositories)
+        )
         return self
 
 

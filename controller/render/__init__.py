@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from controller.errors import StoreError
+from controller.core.errors import StoreError
 from controller.render.cmdline import (
     BootTarget,
     boot_menu,

@@ -14,17 +14,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from controller.config import (
-    HOST_ALLOWED,
-    LABEL_ALLOWED,
-    LABEL_RE,
-    TFTP_LINK_DIR,
-    TFTP_VERSIONS_DIR,
-    Config,
-    Model,
-    is_host,
-)
-from controller.errors import ConfigError, StoreError
+from controller.config.models import HOST_ALLOWED, TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config, is_host
+from controller.core.errors import ConfigError, StoreError
+from controller.core.ids import LABEL_ALLOWED, LABEL_RE
+from controller.core.model import Model
 
 # One character class for every word of the command line: it holds nothing
 # that pxelinux, iPXE (`${`), GRUB (quotes, `$`, `;`, `#`, wildcards) or a
@@ -52,7 +45,7 @@ _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 # the active version's files (the store swaps that link).
 TFTP_DIR = TFTP_LINK_DIR
 # Menus name each version's files through <tftp_root>/netroot/_versions/<label>/<version>/
-# (hard links to that version's boot/ files, kept by controller.activation): the
+# (hard links to that version's boot/ files, kept by controller.store.activation): the
 # menu alone switches a node to a new version, so a node that read the old menu
 # just before an activation still gets the kernel and initramfs that match it.
 KERNEL_NAME = "vmlinuz"

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from controller.config import Model
+from controller.core.model import Model
 from controller.render.cmdline import GENERATED, PATH_ALLOWED, PATH_RE
 from controller.render.grub import GRUB_DIR
 from controller.render.ipxe import IPXE_ENTRY

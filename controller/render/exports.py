@@ -8,22 +8,11 @@ from typing import Any
 
 from pydantic import model_validator
 
-from controller.config import (
-    CLIENTS_ALLOWED,
-    LABEL_ALLOWED,
-    LABEL_RE,
-    Config,
-    Model,
-    client_network_problem,
-)
-from controller.errors import ConfigError
-from controller.render.cmdline import (
-    GENERATED,
-    PATH_ALLOWED,
-    PATH_RE,
-    VERSION_ALLOWED,
-    VERSION_RE,
-)
+from controller.config.models import CLIENTS_ALLOWED, Config, client_network_problem
+from controller.core.errors import ConfigError
+from controller.core.ids import LABEL_ALLOWED, LABEL_RE
+from controller.core.model import Model
+from controller.render.cmdline import GENERATED, PATH_ALLOWED, PATH_RE, VERSION_ALLOWED, VERSION_RE
 
 FSID_LIMIT = 2**31 - 1  # fsid= is a 32-bit field; stay positive for every tool that prints it
 

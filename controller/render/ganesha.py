@@ -18,7 +18,7 @@ import ipaddress
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
-from controller.errors import ConfigError
+from controller.core.errors import ConfigError
 from controller.render.cmdline import GENERATED, PATH_ALLOWED, PATH_RE
 from controller.render.exports import ExportSpec, assign_ids, check_clients
 
@@ -102,7 +102,7 @@ def render_ganesha(
 ) -> str:
     """The whole ganesha.nfsd config: core parameters, NFSv4 options and every export.
 
-    ids (by export_key) are the ones stored with the versions (controller.nfs);
+    ids (by export_key) are the ones stored with the versions (controller.serve.nfs);
     without them ids derive from the names, for a one-off config.
     """
     networks = ", ".join(check_clients(clients))

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from support import Workspace, snapshot
 
-from controller import bootfiles, nfs
-from controller.config import load_config
-from controller.layout import label_paths
+from controller.config.models import load_config
+from controller.serve import bootfiles, nfs
+from controller.store.layout import label_paths
 
 MAC = "52:54:00:12:34:56"
 
@@ -142,8 +142,10 @@ def test_missing_boot_file_or_recipe_is_refused_before_any_write(served: Workspa
     kernel = paths.boot(served.active() or "") / "vmlinuz"
     kernel.rename(kernel.with_name("moved"))
     done = served.run("install", "demo", check=False)
-    assert done.returncode == 1 and "boot file" in done.stderr and "vmlinuz is missing" in (
-        done.stderr
+    assert (
+        done.returncode == 1
+        and "boot file" in done.stderr
+        and "vmlinuz is missing" in (done.stderr)
     )
     kernel.with_name("moved").rename(kernel)
     (served.root / "recipes" / "demo.toml").rename(served.root / "recipe.moved")

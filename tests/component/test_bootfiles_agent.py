@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-from controller.events import NodeReport, parse_node_message
+from controller.events.wire import NodeReport, parse_node_message
 
 AGENT = REPO / "base" / "usr" / "lib" / "netroot" / "agent"
 MAC = "52:54:00:0a:0b:0c"
@@ -147,7 +147,10 @@ def test_report_json_matches_the_controller_model(node: dict[str, str]) -> None:
                          check=True, timeout=30)  # fmt: skip
     report = NodeReport.model_validate_json(out.stdout)
     assert (report.kind, report.mac, report.label, report.version) == (
-        "boot", MAC, "debian12", VERSION
+        "boot",
+        MAC,
+        "debian12",
+        VERSION,
     )
     assert report.root is not None and report.root.fstype == "overlay"
     # the read-only NFS root under the tmpfs overlay, in root='s own notation
@@ -169,8 +172,11 @@ def test_agent_reports_answers_and_leaves_a_will(node: dict[str, str], broker: B
         publish(broker.port, cmd, {"command": "report", "id": "c1"})
         assert len(sub.reports("boot", 2)) == 2
         # not meant for this boot, or not a command it runs: ignored
-        publish(broker.port, cmd, {"command": "reboot", "id": "c2",
-                                   "boot_id": "00000000-0000-0000-0000-000000000000"})
+        publish(
+            broker.port,
+            cmd,
+            {"command": "reboot", "id": "c2", "boot_id": "00000000-0000-0000-0000-000000000000"},
+        )
         publish(broker.port, cmd, {"command": "rm -rf /", "id": "c3"})
         # a command that changes the node must name this boot (harmless here if obeyed)
         publish(broker.port, cmd, {"command": "remount", "id": "c5"})

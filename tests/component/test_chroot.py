@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.builders import chroot
-from controller.errors import ProcessError
+from controller.build.builders import chroot
+from controller.core.errors import ProcessError
 
 TOOLS = ("sh", "cat", "sleep", "touch", "ls")
 
@@ -100,7 +100,7 @@ def test_failure_leaves_no_mount(tiny_root: Path) -> None:
 
 def test_sigkill_of_the_caller_leaves_no_mount(tiny_root: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from controller.builders import chroot; "
+        "import sys; from pathlib import Path; from controller.build.builders import chroot; "
         "chroot.run(Path(sys.argv[1]), ['/bin/sh', '-c', 'touch /ready; sleep 60'])"
     )
     caller = subprocess.Popen([sys.executable, "-c", code, str(tiny_root)], start_new_session=True)
@@ -162,7 +162,7 @@ def test_copy_on_write_merges_every_kind_of_change(tiny_root: Path, tmp_path: Pa
 
 
 def test_merge_upper_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
-    from controller.builders import cow
+    from controller.build.builders import cow
 
     root, upper = tmp_path / "root", tmp_path / "upper"
     (root / "etc").mkdir(parents=True)

@@ -12,10 +12,10 @@ from collections import Counter
 import pytest
 from support import Workspace
 
-from controller import store
-from controller.build import STEPS
-from controller.config import load_config
-from controller.layout import TMP_MARK, label_paths
+from controller.build.pipeline import STEPS
+from controller.config.models import load_config
+from controller.store import versions as store
+from controller.store.layout import TMP_MARK, label_paths
 
 BUILD_FAILPOINTS = [f"build:{name}" for name, _ in STEPS] + [
     "build:done",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.builders import customize, pkgstage
-from controller.errors import RecipeError
+from controller.build.builders import customize, pkgstage
+from controller.core.errors import RecipeError
 from controller.recipes import MmdebstrapRecipe
 from controller.recipes.load import parse_recipe
 
@@ -32,8 +32,9 @@ def tiny_root(root: Path) -> Path:
 
 
 def recipe(tmp_path: Path, **fields: object) -> MmdebstrapRecipe:
-    r = parse_recipe({"distro": "debian", "release": "12", **fields}, source="r.toml",
-                     root=tmp_path)
+    r = parse_recipe(
+        {"distro": "debian", "release": "12", **fields}, source="r.toml", root=tmp_path
+    )
     assert isinstance(r, MmdebstrapRecipe)
     return r
 
@@ -43,12 +44,23 @@ def test_files_and_post_script(tmp_path: Path) -> None:
     (tmp_path / "motd").write_text("welcome\n")
     (tmp_path / "conf.d").mkdir()
     (tmp_path / "conf.d" / "a.conf").write_text("a\n")
-    r = recipe(tmp_path, files=[{"src": "motd", "dest": "/etc/motd", "mode": "0600"},
-                                {"src": "conf.d", "dest": "/etc/thing/conf.d"}],
-               post='cat /etc/motd > /etc/copied\necho "$NETROOT_LABEL" > /etc/label\n')
+    r = recipe(
+        tmp_path,
+        files=[
+            {"src": "motd", "dest": "/etc/motd", "mode": "0600"},
+            {"src": "conf.d", "dest": "/etc/thing/conf.d"},
+        ],
+        post='cat /etc/motd > /etc/copied\necho "$NETROOT_LABEL" > /etc/label\n',
+    )
     said: list[str] = []
-    customize.customize(root, r, log_file=tmp_path / "log", source="r.toml", say=said.append,
-                        env={"NETROOT_LABEL": "demo"})
+    customize.customize(
+        root,
+        r,
+        log_file=tmp_path / "log",
+        source="r.toml",
+        say=said.append,
+        env={"NETROOT_LABEL": "demo"},
+    )
     assert (root / "etc/motd").stat().st_mode & 0o777 == 0o600
     assert (root / "etc/thing/conf.d/a.conf").read_text() == "a\n"
     assert (root / "etc/copied").read_text() == "welcome\n"
@@ -61,8 +73,7 @@ def test_failing_post_script_names_recipe_and_field(tmp_path: Path) -> None:
     root = tiny_root(tmp_path / "image")
     r = recipe(tmp_path, post="true\nfalse\ntouch /etc/not-reached\n")
     with pytest.raises(RecipeError) as info:
-        customize.customize(root, r, log_file=tmp_path / "log", source="r.toml",
-                            say=lambda _: None)
+        customize.customize(root, r, log_file=tmp_path / "log", source="r.toml", say=lambda _: None)
     assert str(info.value).startswith("r.toml: post: the post script failed with status 1")
     assert not (root / "etc/not-reached").exists()  # sh -e stops at the first failure
 
@@ -70,12 +81,22 @@ def test_failing_post_script_names_recipe_and_field(tmp_path: Path) -> None:
 def test_missing_file_and_zone_name_the_field(tmp_path: Path) -> None:
     root = tiny_root(tmp_path / "image")
     with pytest.raises(RecipeError) as info:
-        customize.customize(root, recipe(tmp_path, files=[{"src": "nope", "dest": "/etc/x"}]),
-                            log_file=tmp_path / "log", source="r.toml", say=lambda _: None)
+        customize.customize(
+            root,
+            recipe(tmp_path, files=[{"src": "nope", "dest": "/etc/x"}]),
+            log_file=tmp_path / "log",
+            source="r.toml",
+            say=lambda _: None,
+        )
     assert info.value.field == "files"
     with pytest.raises(RecipeError) as info:
-        customize.customize(root, recipe(tmp_path, timezone="Europe/Rome"),
-                            log_file=tmp_path / "log", source="r.toml", say=lambda _: None)
+        customize.customize(
+            root,
+            recipe(tmp_path, timezone="Europe/Rome"),
+            log_file=tmp_path / "log",
+            source="r.toml",
+            say=lambda _: None,
+        )
     assert info.value.field == "timezone"
 
 
@@ -94,8 +115,10 @@ def test_post_script_never_writes_through_a_shared_inode(tmp_path: Path) -> None
     cache.copy_out(stage, out, tmp_path / "log")
     cached, cloned = stage.rootfs / "etc/shared.conf", out / "etc/shared.conf"
     assert cached.stat().st_ino == cloned.stat().st_ino  # a clone: hard links here
-    script = ("echo appended >> /etc/shared.conf\n"  # in place, through the shared inode
-              "echo gone > /dev/null; : > /etc/new\n")
+    script = (
+        "echo appended >> /etc/shared.conf\n"  # in place, through the shared inode
+        "echo gone > /dev/null; : > /etc/new\n"
+    )
     r = recipe(tmp_path, post=script + "cat /etc/gone > /etc/was-there\n")
     customize.customize(out, r, log_file=tmp_path / "log", source="r.toml", say=lambda _: None)
     assert cloned.read_text() == "original\nappended\n"

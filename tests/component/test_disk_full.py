@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from support import Workspace, make_root_tree
 
-from controller import store
-from controller.config import load_config
-from controller.layout import label_paths
+from controller.config.models import load_config
+from controller.store import versions as store
+from controller.store.layout import label_paths
 
 
 def _sh(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from controller import nfs
 from controller.render.exports import ExportSpec
 from controller.render.ganesha import render_ganesha
+from controller.serve import nfs
 
 LABEL, VERSION = "demo", "20261204T050000.000Z-0123abcd"
 

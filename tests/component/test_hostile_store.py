@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from support import Workspace, snapshot
 
-from controller import nfs
-from controller.config import load_config
-from controller.layout import label_paths
+from controller.config.models import load_config
 from controller.render import export_id_for
+from controller.serve import nfs
+from controller.store.layout import label_paths
 
 
 def _one_error(stderr: str) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.builders.apptainer import ApptainerBuilder
-from controller.builders.legacy import DefBuilder, host_rpm_writes, run_setup, setup_sources
-from controller.errors import RecipeError
+from controller.build.builders.apptainer import ApptainerBuilder
+from controller.build.builders.legacy import DefBuilder, host_rpm_writes, run_setup, setup_sources
+from controller.core.errors import RecipeError
 from controller.recipes import DefRecipe, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from support import KVER, Workspace
 
-from controller import initramfs, secretscan
+from controller.build import cpio as initramfs
+from controller.build import secretscan
 
 HASH = "$6$salt$" + "x" * 86
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import proc
-from controller.errors import ProcessError
+from controller.core import proc
+from controller.core.errors import ProcessError
 
 
 def test_failure_carries_argv_status_and_stderr_tail() -> None:

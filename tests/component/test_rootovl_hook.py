@@ -26,7 +26,10 @@ die() { echo "die: $*" >&2; exit 1; }
 def run_hook(lower: Path, newroot: Path, cfg: str) -> subprocess.CompletedProcess[str]:
     script = f'{STUBS}\n. "{MODULE / "rootovl-mount.sh"}"\nrootovl_apply_all "$1"\n'
     return subprocess.run(
-        ["sh", "-c", script, "hook", cfg], capture_output=True, text=True, check=False,
+        ["sh", "-c", script, "hook", cfg],
+        capture_output=True,
+        text=True,
+        check=False,
         env={"PATH": "/usr/bin:/bin", "ROOTOVL_LOWER": str(lower), "NEWROOT": str(newroot)},
     )
 
@@ -45,7 +48,8 @@ def trees(tmp_path: Path) -> tuple[Path, Path]:
     (newroot / "var/cache").mkdir(parents=True)
     (newroot / "var/cache/big").write_text("x")
     (lower / "etc/rootovl/b/.rootovldel").write_text(
-        "# comment\n/etc/unwanted\nvar/cache\n/etc/../etc/node.conf\n")
+        "# comment\n/etc/unwanted\nvar/cache\n/etc/../etc/node.conf\n"
+    )
     return lower, newroot
 
 
@@ -70,8 +74,9 @@ def test_unknown_and_hostile_names_are_ignored(trees: tuple[Path, Path]) -> None
     assert (newroot / "etc/node.conf").read_text() == "from b\n"
 
 
-@pytest.mark.parametrize("script", sorted(
-    [*MODULE.glob("*.sh"), REPO / "base/usr/lib/netroot/boot-iface"], key=str))
+@pytest.mark.parametrize(
+    "script", sorted([*MODULE.glob("*.sh"), REPO / "base/usr/lib/netroot/boot-iface"], key=str)
+)
 def test_base_scripts_parse(script: Path) -> None:
     shell = "bash" if script.read_text().startswith("#!/bin/bash") else "sh"
     done = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True, check=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from support import Workspace, make_root_tree
 
-from controller import store
+from controller.store import versions as store
 
 VICTIM = "usr/lib/pkg0000/file000000"
 

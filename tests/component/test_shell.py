@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from support import Workspace
 
-from controller import liveedits, treeindex
-from controller.layout import LabelPaths
-from controller.shell import meaningful_changes, update_index, upper_entries
+from controller.build.shell import meaningful_changes, update_index, upper_entries
+from controller.store import liveedits, treeindex
+from controller.store.layout import LabelPaths
 
 TOOLS = ("sh", "cat", "rm", "mkdir", "ls", "chmod", "ln", "echo", "touch", "hostname", "mount")
 
@@ -188,7 +188,7 @@ def test_index_update_matches_a_full_scan(tmp_path: Path) -> None:
         "var/old",
         "var/old/y",
     ]
-    from controller.builders import cow
+    from controller.build.builders import cow
 
     cow.merge_upper(upper, lower)
     update_index(index, lower, entries)

@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import pytest
 
-from controller.events import NodeReport, parse_node_message
+from controller.events.wire import NodeReport, parse_node_message
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT_WAIT = 1500  # seconds for a VM to report, on a loaded machine
@@ -66,8 +66,14 @@ class Reports:
             topic, _, payload = line.rstrip("\n").partition(" ")
             self.reports.append(parse_node_message(topic, payload.encode()))
 
-    def wait(self, mac: str, kind: str = "boot", count: int = 1, within: float = BOOT_WAIT,
-             vm: Vm | None = None) -> NodeReport:
+    def wait(
+        self,
+        mac: str,
+        kind: str = "boot",
+        count: int = 1,
+        within: float = BOOT_WAIT,
+        vm: Vm | None = None,
+    ) -> NodeReport:
         """The count-th report of that kind from mac."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
@@ -159,9 +165,25 @@ class Lab:
         return vm
 
     def ssh(self, port: int, command: str) -> str:
-        argv = ["ssh", "-p", str(port), "-i", str(self.key), "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "ConnectTimeout=30", "-o", "LogLevel=ERROR", "root@127.0.0.1", command]
+        argv = [
+            "ssh",
+            "-p",
+            str(port),
+            "-i",
+            str(self.key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=30",
+            "-o",
+            "LogLevel=ERROR",
+            "root@127.0.0.1",
+            command,
+        ]
         for _attempt in range(20):  # sshd may still be starting after the report
             done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
                                   check=False)  # fmt: skip
@@ -222,11 +244,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory, broker: int) -> Lab:
     recipe = REPO / "recipes" / "debian12.toml"
     lab.config.write_text(f"""
 state_dir = "{state}"
-recipes_dir = "{REPO / 'recipes'}"
-base_dir = "{REPO / 'base'}"
+recipes_dir = "{REPO / "recipes"}"
+base_dir = "{REPO / "base"}"
 overlays_dir = "{lab.overlays}"
-export_root = "{root / 'export'}"
-tftp_root = "{root / 'tftp'}"
+export_root = "{root / "export"}"
+tftp_root = "{root / "tftp"}"
 
 [mqtt]
 host = "127.0.0.1"

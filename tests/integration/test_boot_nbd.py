@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from support import Workspace
 
-from controller import nbd
-from controller.config import load_config
+from controller.config.models import load_config
 from controller.render import boot_target
+from controller.serve import nbd
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

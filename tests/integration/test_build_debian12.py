@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.builders import chroot
+from controller.build.builders import chroot
 
 REPO = Path(__file__).resolve().parents[2]
 COLD_TIMEOUT = 1500  # a cold build downloads ~170 packages
@@ -51,7 +51,11 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "controller", "--config", str(self.config), *args],
-            cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def versions(self, label: str) -> list[dict[str, object]]:
@@ -78,11 +82,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     lab = Lab(tmp_path_factory.mktemp("lab"))
     lab.config.write_text(f"""
 state_dir = "{lab.state}"
-recipes_dir = "{REPO / 'recipes'}"
-base_dir = "{REPO / 'base'}"
-overlays_dir = "{lab.root / 'overlays'}"
-export_root = "{lab.root / 'export'}"
-tftp_root = "{lab.root / 'tftp'}"
+recipes_dir = "{REPO / "recipes"}"
+base_dir = "{REPO / "base"}"
+overlays_dir = "{lab.root / "overlays"}"
+export_root = "{lab.root / "export"}"
+tftp_root = "{lab.root / "tftp"}"
 
 [labels.debian12]
 recipe = "debian12.toml"
@@ -118,8 +122,10 @@ def cold(lab: Lab) -> dict[str, object]:
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-4000:]
     result: dict[str, object] = json.loads(done.stdout)["version"]
-    print(f"\ncold build: {seconds:.0f} s, {result['size_bytes']} bytes, "
-          f"{result['file_count']} entries")
+    print(
+        f"\ncold build: {seconds:.0f} s, {result['size_bytes']} bytes, "
+        f"{result['file_count']} entries"
+    )
     return result
 
 
@@ -178,13 +184,17 @@ def test_post_only_change_reuses_the_package_stage(lab: Lab, cold: dict[str, obj
     assert not (cold_rootfs / "etc" / "netroot-marker").exists()
 
 
-@pytest.mark.parametrize(("recipe", "field", "words"), [
-    ('packages = ["netroot-no-such-package"]\n', "packages", "netroot-no-such-package"),
-    ('post = "echo failing on purpose; exit 7"\n', "post", "status 7"),
-    ('root_password = "netroot"\n', "root_password", "plaintext"),
-])
-def test_bad_recipe_fails_cleanly(lab: Lab, cold: dict[str, object], recipe: str, field: str,
-                                  words: str) -> None:
+@pytest.mark.parametrize(
+    ("recipe", "field", "words"),
+    [
+        ('packages = ["netroot-no-such-package"]\n', "packages", "netroot-no-such-package"),
+        ('post = "echo failing on purpose; exit 7"\n', "post", "status 7"),
+        ('root_password = "netroot"\n', "root_password", "plaintext"),
+    ],
+)
+def test_bad_recipe_fails_cleanly(
+    lab: Lab, cold: dict[str, object], recipe: str, field: str, words: str
+) -> None:
     active = lab.active("edit") or lab.active("debian12")
     before = {v["version"] for v in lab.versions("edit")}
     lab.write_edit(recipe)

@@ -21,9 +21,9 @@ import pytest
 from support import REPO, Workspace, make_root_tree
 from test_daemon_harness import Broker, Controller, free_port, wait_for
 
-from controller import upbroker
-from controller.config import MqttConfig
-from controller.errors import NetrootError
+from controller.config.models import MqttConfig
+from controller.core.errors import NetrootError
+from controller.vm import broker as upbroker
 
 pytestmark = pytest.mark.integration
 

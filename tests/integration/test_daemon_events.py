@@ -127,7 +127,9 @@ def test_a_recipe_edit_gives_one_build_one_activation_and_the_events(lab: Lab) -
     assert str(lab.recipe) in started["data"]["paths"]
     assert succeeded["data"]["version"] == v2
     assert image_topic_types(lab) == [
-        ("build.started", None), ("build.succeeded", v2), ("activated", v2)
+        ("build.started", None),
+        ("build.succeeded", v2),
+        ("activated", v2),
     ]
     assert lab.manifest(v2)["recipe_sha256"] == sha256(content)
     assert len(lab.ws.versions()) == 2  # exactly one build happened
@@ -137,8 +139,12 @@ def test_a_recipe_edit_gives_one_build_one_activation_and_the_events(lab: Lab) -
     out, err = stream.communicate(timeout=120)
     assert stream.returncode == 0, err
     types = [json.loads(line)["type"].removeprefix("org.netroot.") for line in out.splitlines()]
-    assert types == ["controller.status", "image.build.started", "image.build.succeeded",
-                     "image.activated"]
+    assert types == [
+        "controller.status",
+        "image.build.started",
+        "image.build.succeeded",
+        "image.activated",
+    ]
     assert lab.controller.stop() == 0
     offline = lab.collector.wait_event("controller.status", status="offline")
     assert offline
@@ -148,8 +154,10 @@ def test_two_hundred_rapid_edits_give_one_build_of_the_last_edit(lab: Lab) -> No
     lab.controller.start()
     for i in range(200):
         content = lab.edit_recipe(f"edit {i}")
-    wait_for(lambda: lab.manifest(lab.ws.active())["recipe_sha256"] == sha256(content),
-             "the last edit to be active")
+    wait_for(
+        lambda: lab.manifest(lab.ws.active())["recipe_sha256"] == sha256(content),
+        "the last edit to be active",
+    )
     wait_for(lab.idle, "the daemon to be idle")
     assert len(lab.builds()) == 1
     assert len(lab.ws.versions()) == 2
@@ -162,8 +170,10 @@ def test_edits_during_a_build_coalesce_into_one_follow_up(lab: Lab) -> None:
     lab.collector.wait_event("image.build.started")
     for i in range(200):
         content = lab.edit_recipe(f"during the build {i}")
-    wait_for(lambda: lab.manifest(lab.ws.active())["recipe_sha256"] == sha256(content),
-             "the last edit to be active")
+    wait_for(
+        lambda: lab.manifest(lab.ws.active())["recipe_sha256"] == sha256(content),
+        "the last edit to be active",
+    )
     wait_for(lab.idle, "the daemon to be idle")
     assert 1 <= len(lab.builds()) <= 2
     assert len(lab.collector.events("image.activated")) == len(lab.builds())
@@ -178,8 +188,10 @@ def test_a_broker_outage_delays_events_and_loses_none(lab: Lab) -> None:
         before = lab.ws.active()
         lab.edit_recipe(f"outage {i}")
         wait_for(lambda b=before: lab.ws.active() != b, "an activation without a broker")  # type: ignore[misc]
-        wait_for(lambda: lab.status()["labels"]["demo"]["active"] == lab.ws.active(),
-                 "the daemon to record the activation")
+        wait_for(
+            lambda: lab.status()["labels"]["demo"]["active"] == lab.ws.active(),
+            "the daemon to record the activation",
+        )
         versions.append(lab.ws.active())
     assert lab.status()["outbox"]["pending"] >= 9
     lab.broker.start()
@@ -202,8 +214,10 @@ def test_sigkill_and_restart_lose_no_event_and_keep_the_state(lab: Lab) -> None:
     lab.edit_recipe("while the broker is away")
     v1 = lab.ws.active()
     wait_for(lambda: lab.ws.active() != v1, "the activation")
-    wait_for(lambda: len([n for n in lab.nodes() if n["state"] == "stale"]) == 2,
-             "both nodes to be stale")
+    wait_for(
+        lambda: len([n for n in lab.nodes() if n["state"] == "stale"]) == 2,
+        "both nodes to be stale",
+    )
     before = {"nodes": lab.nodes(), "versions": lab.ws.versions()}
     pending = lab.status()["outbox"]["pending"]
     assert pending > 0
@@ -219,7 +233,9 @@ def test_sigkill_and_restart_lose_no_event_and_keep_the_state(lab: Lab) -> None:
     assert lab.nodes() == before["nodes"]
     assert lab.ws.versions() == before["versions"]
     assert image_topic_types(lab) == [
-        ("build.started", None), ("build.succeeded", v2), ("activated", v2)
+        ("build.started", None),
+        ("build.succeeded", v2),
+        ("activated", v2),
     ]
     assert lab.controller.log_text().count("recovered") >= 2
 

@@ -112,7 +112,7 @@ class Broker:
         self.proc = None
 
     def mqtt_config(self) -> str:
-        return f"[mqtt]\nhost = \"127.0.0.1\"\nport = {self.port}\n"
+        return f'[mqtt]\nhost = "127.0.0.1"\nport = {self.port}\n'
 
 
 @dataclass(frozen=True)
@@ -336,10 +336,25 @@ def agent_session(broker: Broker, mac: str, out: Path) -> Iterator[subprocess.Po
     with out.open("wb") as sink:
         proc = subprocess.Popen(
             [
-                "mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
-                "-i", f"agent-{mac.replace(':', '')}", "-t", f"netroot/node/{mac}/cmd",
-                "--will-topic", f"netroot/node/{mac}/report", "--will-payload", will,
-                "--will-qos", "1", "-k", "5",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(broker.port),
+                "-q",
+                "1",
+                "-i",
+                f"agent-{mac.replace(':', '')}",
+                "-t",
+                f"netroot/node/{mac}/cmd",
+                "--will-topic",
+                f"netroot/node/{mac}/report",
+                "--will-payload",
+                will,
+                "--will-qos",
+                "1",
+                "-k",
+                "5",
             ],
             stdout=sink,
             stderr=subprocess.STDOUT,

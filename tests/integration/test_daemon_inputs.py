@@ -18,7 +18,7 @@ import pytest
 from support import Workspace, make_root_tree
 from test_daemon_harness import Broker, Collector, Controller, wait_for
 
-from controller.builders import basetree, mmdebstrap, pkgstage
+from controller.build.builders import basetree, mmdebstrap, pkgstage
 from controller.recipes import DefRecipe, MmdebstrapRecipe, load_recipe
 
 pytestmark = pytest.mark.integration

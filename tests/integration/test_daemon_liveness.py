@@ -128,8 +128,11 @@ def test_a_broker_restart_leaves_no_live_node_lost(lab: Lab) -> None:
         (asked,) = wait_for(lambda: agent.received("report"), "the report command")
         assert asked["boot_id"] == BOOT_ID
         wait_for(lambda: lab.node(A)["last_seen"] > seen_before, "the answer applied")
-        wills = [m for m in lab.collector.all()
-                 if m.topic == f"netroot/node/{A}/report" and m.json()["kind"] == "offline"]
+        wills = [
+            m
+            for m in lab.collector.all()
+            if m.topic == f"netroot/node/{A}/report" and m.json()["kind"] == "offline"
+        ]
         assert wills, "the broker fired no will: the test would prove nothing"
         assert lab.node(A)["state"] == "up"
         assert lab.lost(A) == []

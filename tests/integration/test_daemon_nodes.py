@@ -25,9 +25,9 @@ from test_daemon_harness import (
     wait_for,
 )
 
-from controller import liveedits
-from controller.config import load_config
-from controller.layout import label_paths
+from controller.config.models import load_config
+from controller.store import liveedits
+from controller.store.layout import label_paths
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +56,11 @@ class Nodes:
         (self.ws.tree / "etc" / "motd").write_text(f"{tag}\n")
         recipe.write_text(f'builder = "import"\nsource = "../source-tree"\n# {tag}\n')
         event = wait_for(
-            lambda: [e for e in self.collector.events("image.activated")
-                     if e["data"]["previous"] == before],
+            lambda: [
+                e
+                for e in self.collector.events("image.activated")
+                if e["data"]["previous"] == before
+            ],
             f"activation after {tag}",
         )
         return str(event[0]["data"]["version"])
@@ -82,9 +85,22 @@ def nodes(tmp_path: Path, broker: Broker) -> Iterator[Nodes]:
 def retained_state(broker: Broker, mac: str) -> Any:
     """What a subscriber arriving now gets on the node's state topic."""
     done = subprocess.run(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-C", "1", "-W", "20",
-         "-t", f"netroot/state/node/{mac}"],
-        capture_output=True, check=True, timeout=30,
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker.port),
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-t",
+            f"netroot/state/node/{mac}",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=30,
     )
     return json.loads(done.stdout)
 
@@ -147,8 +163,9 @@ def test_auto_reboot_sends_the_command_to_that_node_only(tmp_path: Path, broker:
     lab.controller.start()
     try:
         v1 = lab.ws.active()
-        with agent_session(broker, A, tmp_path / "a.out"), agent_session(
-            broker, B, tmp_path / "b.out"
+        with (
+            agent_session(broker, A, tmp_path / "a.out"),
+            agent_session(broker, B, tmp_path / "b.out"),
         ):
             agent_report(broker, A, version=v1)
             lab.collector.wait_event("node.current", mac=A)
@@ -169,10 +186,16 @@ BAD_MESSAGES = [
     (f"netroot/node/{A}/report", b'{"kind": "boot", "mac": "' + b"x" * 9000 + b'"}', "exceeds"),
     (f"netroot/node/{A}/report", json.dumps({"kind": "reboot-all", "mac": A}).encode(), "kind"),
     (f"netroot/node/{A}/report", json.dumps(report(A, version="../../etc")).encode(), "version"),
-    (f"netroot/node/{A}/report", json.dumps(report(B, version=SOME_VERSION)).encode(),
-     "does not match"),
-    ("netroot/node/ff:ff:ff:ff:ff:ff/report", json.dumps(report(A, version=SOME_VERSION)).encode(),
-     "multicast"),
+    (
+        f"netroot/node/{A}/report",
+        json.dumps(report(B, version=SOME_VERSION)).encode(),
+        "does not match",
+    ),
+    (
+        "netroot/node/ff:ff:ff:ff:ff:ff/report",
+        json.dumps(report(A, version=SOME_VERSION)).encode(),
+        "multicast",
+    ),
 ]
 
 

@@ -40,7 +40,11 @@ class Lab:
     def netroot(self, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "controller", "--config", str(self.config), *args],
-            cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
 
@@ -52,17 +56,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     (lab.root / "broken.def").write_text(BROKEN_DEF)
     lab.config.write_text(f"""
 state_dir = "{lab.state}"
-recipes_dir = "{REPO / 'recipes'}"
-base_dir = "{REPO / 'base'}"
-overlays_dir = "{lab.root / 'overlays'}"
-export_root = "{lab.root / 'export'}"
-tftp_root = "{lab.root / 'tftp'}"
+recipes_dir = "{REPO / "recipes"}"
+base_dir = "{REPO / "base"}"
+overlays_dir = "{lab.root / "overlays"}"
+export_root = "{lab.root / "export"}"
+tftp_root = "{lab.root / "tftp"}"
 
 [labels.legacy]
 recipe = "debian12-base.def"
 
 [labels.broken]
-recipe = "{lab.root / 'broken.def'}"
+recipe = "{lab.root / "broken.def"}"
 """)
     seed = os.environ.get("NETROOT_TEST_DEB_CACHE")
     if seed:
@@ -91,7 +95,8 @@ def test_debian_def_builds_with_every_section(lab: Lab) -> None:
     assert (vdir / "boot" / "initrd.img").stat().st_size > 1_000_000
     # %setup on the host (both variables set), then %post inside the image, in that order
     assert (rootfs / "etc/netroot-build-info").read_text() == (
-        "debian12-base.def, %setup on the build host\n%post ran inside the image\n")
+        "debian12-base.def, %setup on the build host\n%post ran inside the image\n"
+    )
     # %files from beside the .def, %environment for login shells
     expected = (REPO / "recipes" / "def-files" / "issue.net").read_text()
     assert (rootfs / "etc/issue.net").read_text() == expected
@@ -115,8 +120,11 @@ def test_malformed_def_fails_naming_the_line(lab: Lab) -> None:
     done = lab.netroot("build", "broken", timeout=120)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("netroot: error:")]
-    assert errors == [f"netroot: error: {lab.root / 'broken.def'}:6: unknown section %psot "
-                      "(allowed: %setup, %post, %files, %environment, %runscript, %startscript, "
-                      "%test, %labels, %help, %pre)"], done.stderr
+    assert errors == [
+        f"netroot: error: {lab.root / 'broken.def'}:6: unknown section %psot "
+        "(allowed: %setup, %post, %files, %environment, %runscript, %startscript, "
+        "%test, %labels, %help, %pre)"
+    ], done.stderr
     assert not (lab.state / "images" / "broken").exists() or not [
-        p for p in (lab.state / "images" / "broken").iterdir() if p.name[:1].isdigit()]
+        p for p in (lab.state / "images" / "broken").iterdir() if p.name[:1].isdigit()
+    ]

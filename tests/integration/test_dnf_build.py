@@ -46,12 +46,24 @@ class Package:
     dirs: dict[str, str] = field(default_factory=dict)  # path -> mode
 
     def spec(self, src: Path) -> str:
-        lines = [f"Name: {self.name}", "Version: 1.0", "Release: 1", "License: MIT",
-                 f"Summary: netroot test package {self.name}", "BuildArch: noarch",
-                 "AutoReqProv: no"]
+        lines = [
+            f"Name: {self.name}",
+            "Version: 1.0",
+            "Release: 1",
+            "License: MIT",
+            f"Summary: netroot test package {self.name}",
+            "BuildArch: noarch",
+            "AutoReqProv: no",
+        ]
         lines += [f"Requires: {r}" for r in self.requires]
-        lines += ["%description", "netroot test package", "%install",
-                  "mkdir -p %{buildroot}", f"cp -a {src}/. %{{buildroot}}/", "%files"]
+        lines += [
+            "%description",
+            "netroot test package",
+            "%install",
+            "mkdir -p %{buildroot}",
+            f"cp -a {src}/. %{{buildroot}}/",
+            "%files",
+        ]
         for path, mode in self.dirs.items():
             lines.append(f"%dir %attr({mode},root,root) {path}")
         lines += sorted(self.files)
@@ -74,18 +86,27 @@ def _host_busybox() -> dict[str, bytes | tuple[str, str]]:
 def _packages() -> tuple[list[Package], list[Package]]:
     """(packages of the base repository, packages of the extra one)."""
     base = [
-        Package("filesystem", {"/etc/os-release": b'ID=netroot-test\nVERSION_ID="9"\n'},
-                dirs={"/tmp": "1777", "/root": "0700", "/var": "0755", "/boot": "0755"}),
+        Package(
+            "filesystem",
+            {"/etc/os-release": b'ID=netroot-test\nVERSION_ID="9"\n'},
+            dirs={"/tmp": "1777", "/root": "0700", "/var": "0755", "/boot": "0755"},
+        ),
         Package("busybox", _host_busybox(), requires=("filesystem",)),
         Package("kernel", {f"/usr/lib/modules/{KVER}/vmlinuz": b"fake kernel " + KVER.encode()}),
         Package("dracut", {"/usr/bin/dracut": FAKE_DRACUT.encode()}, requires=("busybox",)),
-        Package("dracut-network", {"/usr/lib/dracut/modules.d/40network/README": b"net\n"},
-                requires=("dracut",)),
+        Package(
+            "dracut-network",
+            {"/usr/lib/dracut/modules.d/40network/README": b"net\n"},
+            requires=("dracut",),
+        ),
     ]
-    base += [Package(name, {f"/usr/share/doc/{name}/README": b"stand-in\n"})
-             for name in BOOT_STANDINS]
-    extra = [Package("netroot-test-tool", {"/usr/share/netroot-test/hello": b"hello\n"}),
-             Package("netroot-site-tool", {"/usr/share/netroot-test/site": b"site\n"})]
+    base += [
+        Package(name, {f"/usr/share/doc/{name}/README": b"stand-in\n"}) for name in BOOT_STANDINS
+    ]
+    extra = [
+        Package("netroot-test-tool", {"/usr/share/netroot-test/hello": b"hello\n"}),
+        Package("netroot-site-tool", {"/usr/share/netroot-test/site": b"site\n"}),
+    ]
     return base, extra
 
 
@@ -103,16 +124,22 @@ def _rpmbuild(pkg: Package, work: Path, out: Path) -> None:
         (src / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
     spec = work / f"{pkg.name}.spec"
     spec.write_text(pkg.spec(src))
-    defines = {"_topdir": str(work / "top"), "_rpmdir": str(out),
-               "_build_name_fmt": "%%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm",
-               "_binaries_in_noarch_packages_terminate_build": "0",
-               "__os_install_post": "%{nil}", "__spec_install_post": "%{nil}",
-               "debug_package": "%{nil}", "_build_id_links": "none"}
+    defines = {
+        "_topdir": str(work / "top"),
+        "_rpmdir": str(out),
+        "_build_name_fmt": "%%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm",
+        "_binaries_in_noarch_packages_terminate_build": "0",
+        "__os_install_post": "%{nil}",
+        "__spec_install_post": "%{nil}",
+        "debug_package": "%{nil}",
+        "_build_id_links": "none",
+    }
     argv = ["rpmbuild", "-bb", "--quiet"]
     for key, value in defines.items():
         argv += ["--define", f"{key} {value}"]
-    subprocess.run([*argv, str(spec)], check=True, capture_output=True,
-                   env={**os.environ, "HOME": str(work)})
+    subprocess.run(
+        [*argv, str(spec)], check=True, capture_output=True, env={**os.environ, "HOME": str(work)}
+    )
 
 
 def _createrepo(directory: Path) -> None:
@@ -149,7 +176,11 @@ class RpmLab:
     def netroot(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "controller", "--config", str(self.config), *args],
-            cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
 
@@ -168,8 +199,9 @@ class RpmLab:
         return [v["version"] for v in json.loads(done.stdout)]
 
 
-def rocky_recipe(lab: RpmLab, extra: str = "",
-                 packages: str = '"netroot-test-tool", "netroot-site-tool"') -> str:
+def rocky_recipe(
+    lab: RpmLab, extra: str = "", packages: str = '"netroot-test-tool", "netroot-site-tool"'
+) -> str:
     return f"""
 distro = "rocky"
 release = "9"
@@ -209,10 +241,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> RpmLab:
     lab.config.write_text(f"""
 state_dir = "{lab.state}"
 recipes_dir = "{lab.root}"
-base_dir = "{REPO / 'base'}"
-overlays_dir = "{lab.root / 'overlays'}"
-export_root = "{lab.root / 'export'}"
-tftp_root = "{lab.root / 'tftp'}"
+base_dir = "{REPO / "base"}"
+overlays_dir = "{lab.root / "overlays"}"
+export_root = "{lab.root / "export"}"
+tftp_root = "{lab.root / "tftp"}"
 
 [labels.rocky]
 recipe = "rocky.toml"
@@ -252,11 +284,21 @@ def test_dnf_installs_from_the_local_repository(lab: RpmLab, rocky: dict[str, ob
     # packages from the mirror's BaseOS and AppStream and from the extra repository
     assert (rootfs / "usr/share/netroot-test/hello").read_text() == "hello\n"
     assert (rootfs / "usr/share/netroot-test/site").read_text() == "site\n"
-    installed = subprocess.run(["rpm", "--root", str(rootfs), "--dbpath", "/var/lib/rpm",
-                                "-qa", "--qf", "%{NAME}\n"], capture_output=True, text=True,
-                               check=True).stdout.split()
-    assert {"kernel", "dracut", "dracut-network", "busybox", "netroot-test-tool",
-            "netroot-site-tool", *BOOT_STANDINS} <= set(installed)
+    installed = subprocess.run(
+        ["rpm", "--root", str(rootfs), "--dbpath", "/var/lib/rpm", "-qa", "--qf", "%{NAME}\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert {
+        "kernel",
+        "dracut",
+        "dracut-network",
+        "busybox",
+        "netroot-test-tool",
+        "netroot-site-tool",
+        *BOOT_STANDINS,
+    } <= set(installed)
     assert (rootfs / "var/lib/rpm/rpmdb.sqlite").is_file()  # where Rocky 9's rpm looks
     # base/ went in, the post script ran inside the image, the version is stamped
     assert (rootfs / "etc/dracut.conf.d/90-netroot.conf").is_file()
@@ -302,15 +344,22 @@ baseurl = "file://{lab.site}"
     assert (rootfs / "etc/netroot-post").read_text() == "fedora\n"
 
 
-@pytest.mark.parametrize(("extra", "field", "words"), [
-    ("packages", "packages", "netroot-no-such-package"),
-    ("", "mirror", "cannot fetch"),
-    ('post = "echo failing on purpose; exit 7"\n', "post", "status 7"),
-])
-def test_bad_recipe_fails_cleanly(lab: RpmLab, rocky: dict[str, object], extra: str, field: str,
-                                  words: str) -> None:
-    text = rocky_recipe(lab, extra) if extra != "packages" else \
-        rocky_recipe(lab, packages='"netroot-test-tool", "netroot-no-such-package"')
+@pytest.mark.parametrize(
+    ("extra", "field", "words"),
+    [
+        ("packages", "packages", "netroot-no-such-package"),
+        ("", "mirror", "cannot fetch"),
+        ('post = "echo failing on purpose; exit 7"\n', "post", "status 7"),
+    ],
+)
+def test_bad_recipe_fails_cleanly(
+    lab: RpmLab, rocky: dict[str, object], extra: str, field: str, words: str
+) -> None:
+    text = (
+        rocky_recipe(lab, extra)
+        if extra != "packages"
+        else rocky_recipe(lab, packages='"netroot-test-tool", "netroot-no-such-package"')
+    )
     if field == "mirror":
         text = text.replace(f"file://{lab.mirror}", f"file://{lab.root}/no-such-mirror")
     lab.recipe("broken").write_text(text)

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from support import KVER, Workspace, make_root_tree
 
-from controller import dhcp
-from controller.config import load_config
+from controller.config.models import load_config
+from controller.serve import dhcp
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -34,12 +34,17 @@ def _processes_mentioning(text: str) -> list[str]:
 @pytest.mark.integration
 def test_up_builds_activates_streams_events_and_stops_everything(tmp_path: Path) -> None:
     port = _free_port()
-    ws = Workspace(tmp_path, extra_config=f"[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n")
+    ws = Workspace(tmp_path, extra_config=f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n')
     make_root_tree(ws.tree)
     ws.write()
     result = subprocess.run(
-        ws.argv("up", "demo", "--no-boot"), capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, check=False,
+        ws.argv("up", "demo", "--no-boot"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert f"mosquitto on 127.0.0.1:{port}" in result.stderr

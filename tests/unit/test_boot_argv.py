@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from controller import bootfiles, dhcp, nbd, nfs, qemu
-from controller.bootvm_milestones import Watcher
-from controller.config import parse_config
-from controller.errors import ConfigError, NetrootError
+from controller.config.models import parse_config
+from controller.core.errors import ConfigError, NetrootError
 from controller.render import boot_target
+from controller.serve import bootfiles, dhcp, nbd, nfs
+from controller.vm import qemu
+from controller.vm.milestones import Watcher
 
 V1 = "20260101T120000.000Z-1a2b3c4d"
 RUN = Path("/run/nb")
@@ -174,7 +175,7 @@ def test_dhcp_hook_wrapper_is_one_exec_line() -> None:
     lines = text.splitlines()
     assert lines[0] == "#!/bin/sh" and len(lines) == 3
     assert lines[2].endswith(
-        " exec /usr/bin/python3 -m controller --config /etc/netroot/netroot.toml hook dhcp \"$@\""
+        ' exec /usr/bin/python3 -m controller --config /etc/netroot/netroot.toml hook dhcp "$@"'
     )
 
 

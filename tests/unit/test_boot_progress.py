@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from controller.bootvm_milestones import (
+from controller.vm.milestones import (
     KVM_FIRST_MILESTONE_SECONDS,
     STALL_SECONDS,
     Watcher,
     console_tail,
     progress_verdict,
 )
-from controller.qemu import KvmProbe, decide_accel, probe_saw_guest
+from controller.vm.qemu import KvmProbe, decide_accel, probe_saw_guest
 
 RUNS = KvmProbe(boot_id="b1", runs=True, detail="banner in 0.4 s")
 HANGS = KvmProbe(boot_id="b1", runs=False, detail="printed nothing within 10 s")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-from controller.config import BUILTIN, check_label, load_config
-from controller.errors import ConfigError
+from controller.config.models import BUILTIN, load_config
+from controller.core.errors import ConfigError
+from controller.core.ids import check_label
 
 
 def _load(tmp_path: Path, text: str) -> None:

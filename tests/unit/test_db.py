@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.db import Database, DatabaseError, NodeGuard
-from controller.events import NodeState, VersionSummary
+from controller.daemon.db import Database, DatabaseError, NodeGuard
+from controller.events.wire import NodeState, VersionSummary
 
 MAC_A = "52:54:00:00:00:0a"
 MAC_B = "52:54:00:00:00:0b"
@@ -26,7 +26,11 @@ def db(tmp_path: Path) -> Database:
 def node(mac: str, state: str = "up", version: str | None = V1, label: str = "demo") -> NodeState:
     action = "reboot" if state == "stale" else None
     return NodeState(
-        mac=mac, state=state, label=label, version=version, action=action  # type: ignore[arg-type]
+        mac=mac,
+        state=state,
+        label=label,
+        version=version,
+        action=action,  # type: ignore[arg-type]
     )
 
 

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from controller import log as logsetup
-from controller.config import parse_config
+from controller.config.models import parse_config
+from controller.core import log as logsetup
+from controller.daemon.db import Database, NodeGuard
 from controller.daemon.emit import Emitter
+from controller.daemon.mqtt import Message, backoff_delay
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.scheduler import failure
 from controller.daemon.spool import DhcpRecord, SpoolListener, now, spool_dir, write_record
-from controller.db import Database, NodeGuard
-from controller.events import MAX_REPORT_BYTES, Envelope, Topics, VersionSummary
-from controller.liveness import WILL_WINDOW_S
-from controller.mqtt import Message, backoff_delay
+from controller.events.liveness import WILL_WINDOW_S
+from controller.events.wire import MAX_REPORT_BYTES, Envelope, Topics, VersionSummary
 
 MAC = "52:54:00:ab:cd:ef"
 OTHER = "52:54:00:ab:cd:00"
@@ -48,7 +48,10 @@ def book(tmp_path: Path) -> NodeBook:
     with db.transaction() as tx:  # reports are accepted only for versions the store has
         for version in (V1, V2):
             summary = VersionSummary(
-                version=version, built_at=datetime.now(UTC), kind="full", file_count=1,
+                version=version,
+                built_at=datetime.now(UTC),
+                kind="full",
+                file_count=1,
                 size_bytes=1,
             )
             tx.record_version("demo", summary)
@@ -201,15 +204,22 @@ def test_new_nodes_beyond_max_nodes_are_refused_with_one_log_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = parse_config(
-        {"labels": {"demo": {"recipe": "demo.toml"}}, "max_nodes": 2,
-         "nodes": {"52:54:00:00:00:09": {"label": "demo"}}},
+        {
+            "labels": {"demo": {"recipe": "demo.toml"}},
+            "max_nodes": 2,
+            "nodes": {"52:54:00:00:00:09": {"label": "demo"}},
+        },
         source="test",
         root=tmp_path,
     )
     db = Database(tmp_path / "netroot.db")
     with db.transaction() as tx:
-        tx.record_version("demo", VersionSummary(
-            version=V1, built_at=datetime.now(UTC), kind="full", file_count=1, size_bytes=1))
+        tx.record_version(
+            "demo",
+            VersionSummary(
+                version=V1, built_at=datetime.now(UTC), kind="full", file_count=1, size_bytes=1
+            ),
+        )
     book = NodeBook(db, Emitter(Topics(), source="netroot://test"), config)
     logsetup.configure()  # onto capsys's stderr
     macs = [f"52:54:00:00:00:0{i}" for i in range(5)]
@@ -259,8 +269,9 @@ def test_spooled_leases_are_applied_in_order_and_bad_ones_set_aside(book: NodeBo
     config = book.config
     first = DhcpRecord(action="add", mac=MAC.upper(), ip="10.0.2.15", firmware=True, at=now())
     write_record(config, first)
-    write_record(config, DhcpRecord(action="old", mac=MAC, ip="10.0.2.16", firmware=False,
-                                    at=now()))
+    write_record(
+        config, DhcpRecord(action="old", mac=MAC, ip="10.0.2.16", firmware=False, at=now())
+    )
     (spool_dir(config) / "00000000000000000001-bad.json").write_text('{"kind": "dhcp"}')
     (spool_dir(config) / "00000000000000000002-big.json").write_bytes(b" " * 5000)
     # a FIFO would block the daemon's event loop on open; a symlink would read elsewhere

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import Config, parse_config
-from controller.debounce import Batch, Debouncer, affected_labels, is_noise
+from controller.config.models import Config, parse_config
+from controller.daemon.debounce import Batch, Debouncer, affected_labels, is_noise
 
 ROOT = Path("/srv/netroot")
 RECIPE = ROOT / "recipes" / "debian12.toml"

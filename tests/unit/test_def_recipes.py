@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from controller import distros
-from controller.builders import BuildRequest, builder_for, chroot, dnf
-from controller.builders.apptainer import ApptainerBuilder, find_tool, tool_argv, tool_env
-from controller.builders.legacy import DefBuilder, rpmdb_probe_argv, setup_argv, setup_env
-from controller.errors import NetrootError, RecipeError
-from controller.recipes import DefRecipe, DnfRecipe, MmdebstrapRecipe, load_recipe
+from controller.build.builders import BuildRequest, builder_for, chroot, dnf
+from controller.build.builders.apptainer import ApptainerBuilder, find_tool, tool_argv, tool_env
+from controller.build.builders.legacy import DefBuilder, rpmdb_probe_argv, setup_argv, setup_env
+from controller.core.errors import NetrootError, RecipeError
+from controller.recipes import DefRecipe, DnfRecipe, MmdebstrapRecipe, distros, load_recipe
 from controller.recipes.legacy_def import parse_def
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 
 from controller.daemon.announce import changes, entry_time
+from controller.daemon.db import OutboxRow
 from controller.daemon.emit import Emitter, Health
-from controller.db import OutboxRow
-from controller.events import (
+from controller.events.wire import (
     CONTENT_TYPE,
     ENVELOPE_REQUIRED,
     Activated,
@@ -22,7 +22,7 @@ from controller.events import (
     envelope_json,
     json_schemas,
 )
-from controller.history import Entry
+from controller.store.history import Entry
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 MAC = "52:54:00:ab:cd:ef"

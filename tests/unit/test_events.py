@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from controller.errors import NetrootError
-from controller.events import (
+from controller.core.errors import NetrootError
+from controller.events.wire import (
     EVENT_MODELS,
     Activated,
     BuildFailed,

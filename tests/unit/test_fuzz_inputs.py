@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import REPO
 
-from controller.config import Config, LabelConfig, load_config
-from controller.errors import ConfigError, NetrootError
+from controller.config.models import Config, LabelConfig, load_config
+from controller.core.errors import ConfigError, NetrootError
 from controller.recipes import load_recipe
 from controller.recipes.legacy_def import parse_def
 

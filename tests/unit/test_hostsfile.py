@@ -5,8 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from controller.config import parse_config
-from controller.hostsfile import merge_into, read_hosts, render_labels
+from controller.config.hostsfile import merge_into, read_hosts, render_labels
+from controller.config.models import parse_config
 
 PWD = Path("/srv/netroot")
 

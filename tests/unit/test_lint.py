@@ -1,4 +1,4 @@
-"""ruff and mypy --strict are part of the suite: a finding fails the tests."""
+"""ruff (check and format) and mypy --strict are part of the suite: a finding fails the tests."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def test_ruff_finds_nothing() -> None:
     result = _run("ruff", "check", "--output-format", "concise", "controller", "tests", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_changes_nothing() -> None:
+    result = _run("ruff", "format", "--check", "controller", "tests", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from controller.events import NodeState
-from controller.liveness import (
+from controller.events.liveness import (
     WILL_WINDOW_S,
     HeldWill,
     Resync,
@@ -15,6 +14,7 @@ from controller.liveness import (
     last_seen_due,
     silent,
 )
+from controller.events.wire import NodeState
 
 MAC = "52:54:00:00:03:01"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from controller import distros
-from controller.builders import basetree, builder_for, pkgstage
-from controller.builders.mmdebstrap import (
+from controller.build.builders import basetree, builder_for, pkgstage
+from controller.build.builders.mmdebstrap import (
     MmdebstrapBuilder,
     explain_failure,
     mmdebstrap_argv,
     mmdebstrap_env,
 )
-from controller.errors import RecipeError
-from controller.recipes import MmdebstrapRecipe
+from controller.core.errors import RecipeError
+from controller.recipes import MmdebstrapRecipe, distros
 from controller.recipes.load import parse_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,30 +30,43 @@ def recipe(**fields: object) -> MmdebstrapRecipe:
 def test_argv_golden_default_mirror() -> None:
     r = recipe(packages=["openssh-server", "mosquitto-clients", "procps"])
     assert mmdebstrap_argv(r, Path("/state/images/x/.staging/b/rootfs")) == [
-        "mmdebstrap", "--mode=root", "--variant=apt", "--verbose",
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=apt",
+        "--verbose",
         "--architectures=amd64",
         "--components=main",
         "--include=dracut,dracut-network,iproute2,linux-image-amd64,mosquitto-clients,"
         "nfs-common,openssh-server,procps,systemd-sysv,zstd",
         "--hook-dir=/usr/share/mmdebstrap/hooks/maybe-merged-usr",
-        "--skip=download/empty", "--skip=essential/unlink",
+        "--skip=download/empty",
+        "--skip=essential/unlink",
         '--setup-hook=mkdir -p "$1/var/cache/apt/archives" && '
         'mount --bind "$NETROOT_DEB_CACHE" "$1/var/cache/apt/archives"',
         '--setup-hook=tar --extract --file "$NETROOT_BASE_TAR" --directory "$1" '
         "--numeric-owner --same-owner --preserve-permissions --no-overwrite-dir",
         '--customize-hook=umount "$1/var/cache/apt/archives"',
-        "bookworm", "/state/images/x/.staging/b/rootfs",
+        "bookworm",
+        "/state/images/x/.staging/b/rootfs",
     ]
 
 
 def test_argv_golden_mirror_components_arch() -> None:
-    r = recipe(distro="ubuntu", release="24.04", arch="arm64", mirror="file:///srv/mirror/ubuntu",
-               components=["main", "universe", "restricted"], packages=["htop"])
+    r = recipe(
+        distro="ubuntu",
+        release="24.04",
+        arch="arm64",
+        mirror="file:///srv/mirror/ubuntu",
+        components=["main", "universe", "restricted"],
+        packages=["htop"],
+    )
     argv = mmdebstrap_argv(r, Path("/t"))
     assert "--architectures=arm64" in argv
     assert "--components=main,universe,restricted" in argv
-    assert "--include=dracut,dracut-network,htop,iproute2,linux-image-generic,nfs-common," \
-           "procps,systemd-sysv,zstd" in argv
+    assert (
+        "--include=dracut,dracut-network,htop,iproute2,linux-image-generic,nfs-common,"
+        "procps,systemd-sysv,zstd" in argv
+    )
     assert argv[-3:] == ["noble", "/t", "file:///srv/mirror/ubuntu"]
 
 
@@ -64,13 +76,21 @@ def test_hooks_carry_no_path_and_env_carries_them() -> None:
     assert any("$NETROOT_DEB_CACHE" in h for h in hooks)
     assert any("$NETROOT_BASE_TAR" in h for h in hooks)
     assert mmdebstrap_env(Path("/c/debs"), Path("/c/base.tar")) == {
-        "NETROOT_DEB_CACHE": "/c/debs", "NETROOT_BASE_TAR": "/c/base.tar", "INITRD": "No",
+        "NETROOT_DEB_CACHE": "/c/debs",
+        "NETROOT_BASE_TAR": "/c/base.tar",
+        "INITRD": "No",
     }
 
 
 def test_dracut_argv_for_the_image_kernel() -> None:
     assert distros.dracut_argv("6.1.0-27-amd64", "/boot/initrd.img-6.1.0-27-amd64") == [
-        "dracut", "-N", "--force", "--add", "nfs network", "--kver", "6.1.0-27-amd64",
+        "dracut",
+        "-N",
+        "--force",
+        "--add",
+        "nfs network",
+        "--kver",
+        "6.1.0-27-amd64",
         "/boot/initrd.img-6.1.0-27-amd64",
     ]
 
@@ -80,8 +100,11 @@ def test_stage_key_ignores_post_files_password_but_not_packages_or_base() -> Non
         return pkgstage.stage_key(r, backend="mmdebstrap", backend_version="1", base_digest=base)
 
     plain = recipe(packages=["a", "b"])
-    assert key(plain) == key(recipe(packages=["b", "a", "a"], post="echo hi",
-                                    timezone="UTC", services={"enable": ["ssh"]}))
+    assert key(plain) == key(
+        recipe(
+            packages=["b", "a", "a"], post="echo hi", timezone="UTC", services={"enable": ["ssh"]}
+        )
+    )
     assert key(plain) != key(recipe(packages=["a", "b", "c"]))
     assert key(plain) != key(plain, base="other")
     assert key(plain) != key(recipe(packages=["a", "b"], mirror="file:///m"))
@@ -94,9 +117,11 @@ def test_input_key_follows_recipe_files_and_base(tmp_path: Path) -> None:
     (base / "etc" / "x.conf").write_text("one\n")
     motd = tmp_path / "motd"
     motd.write_text("hello\n")
-    r = parse_recipe({"distro": "debian", "release": "12",
-                      "files": [{"src": "motd", "dest": "/etc/motd"}]},
-                     source="t.toml", root=tmp_path)
+    r = parse_recipe(
+        {"distro": "debian", "release": "12", "files": [{"src": "motd", "dest": "/etc/motd"}]},
+        source="t.toml",
+        root=tmp_path,
+    )
     builder = MmdebstrapBuilder(base)
     first = builder.input_key(r, tmp_path / "t.toml")
     assert builder.input_key(r, tmp_path / "t.toml") == first
@@ -136,14 +161,25 @@ def test_shipped_base_has_the_overlay_root_module() -> None:
     assert not any(r.split("/")[0] in ("lib", "bin", "sbin", "lib64") for r in rels)
 
 
-@pytest.mark.parametrize(("line", "field", "words"), [
-    ("E: Unable to locate package no-such-pkg", "packages", "'no-such-pkg'"),
-    ("E: Package 'ghost' has no installation candidate", "packages", "'ghost'"),
-    ("W: Failed to fetch http://192.0.2.1/debian/dists/bookworm/InRelease  Could not connect",
-     "mirror", "cannot fetch"),
-    ("Err:1 file:/nowhere bookworm Release\n E: The repository 'x' does not have a Release file.",
-     "mirror", "Release file"),
-])
+@pytest.mark.parametrize(
+    ("line", "field", "words"),
+    [
+        ("E: Unable to locate package no-such-pkg", "packages", "'no-such-pkg'"),
+        ("E: Package 'ghost' has no installation candidate", "packages", "'ghost'"),
+        (
+            "W: Failed to fetch http://192.0.2.1/debian/dists/bookworm/InRelease"
+            "  Could not connect",
+            "mirror",
+            "cannot fetch",
+        ),
+        (
+            "Err:1 file:/nowhere bookworm Release\n"
+            " E: The repository 'x' does not have a Release file.",
+            "mirror",
+            "Release file",
+        ),
+    ],
+)
 def test_failures_name_the_field(line: str, field: str, words: str) -> None:
     err = explain_failure(f"noise\n{line}\nE: mmdebstrap failed\n", recipe(), "debian12.toml")
     assert isinstance(err, RecipeError)
@@ -157,7 +193,7 @@ def test_unexplained_failure_is_left_alone() -> None:
 
 
 def test_progress_counts_packages_not_index_files() -> None:
-    from controller.builders.mmdebstrap import _Reporter
+    from controller.build.builders.mmdebstrap import _Reporter
 
     said: list[str] = []
     report = _Reporter(said.append)

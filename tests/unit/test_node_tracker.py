@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import parse_config
+from controller.config.models import parse_config
+from controller.daemon.db import Database
 from controller.daemon.emit import Emitter
+from controller.daemon.mqtt import Message, Receipt
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.publisher import NodeTracker
-from controller.db import Database
-from controller.events import Topics, VersionSummary
-from controller.mqtt import Message, Receipt
+from controller.events.wire import Topics, VersionSummary
 
 BOOT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 V1 = "20250301T120000.000Z-0000aaaa"

@@ -8,8 +8,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from controller.events import NodeReport, NodeState, RootMount
-from controller.nodes import (
+from controller.events.nodes import (
     Activation,
     Booted,
     DhcpLease,
@@ -28,6 +27,7 @@ from controller.nodes import (
     transition,
     versions_in_use,
 )
+from controller.events.wire import NodeReport, NodeState, RootMount
 
 MAC = "52:54:00:ab:cd:ef"
 LABEL = "debian12"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.builders import builder_for
-from controller.config import Config, parse_config
+from controller.build.builders import builder_for
+from controller.config.models import Config, parse_config
 from controller.daemon.catchup import Inputs, decide
-from controller.debounce import affected_labels
+from controller.daemon.debounce import affected_labels
+from controller.daemon.watch import WatchSpec, recipe_dependencies, watch_specs
 from controller.recipes.load import load_with_inputs, recipe_inputs
-from controller.watch import WatchSpec, recipe_dependencies, watch_specs
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "base"

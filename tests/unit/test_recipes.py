@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import RecipeError
+from controller.core.errors import RecipeError
 from controller.recipes import DnfRecipe, ImportRecipe, MmdebstrapRecipe, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
-HASH = "$6$netrootTestSalt$LHGAQsC3XM8YeJZCRLcRIGJc.wXMcF9ZMKQWOToeELEAfv2IChl1eyjGobDNi2NtnSR" \
-       "atoZeDDKmjzkzeDb6R1"
+HASH = (
+    "$6$netrootTestSalt$LHGAQsC3XM8YeJZCRLcRIGJc.wXMcF9ZMKQWOToeELEAfv2IChl1eyjGobDNi2NtnSR"
+    "atoZeDDKmjzkzeDb6R1"
+)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -31,7 +33,11 @@ def test_builder_and_defaults_derive_from_distro(tmp_path: Path) -> None:
     deb = load_recipe(write(tmp_path, "d.toml", 'distro = "debian"\nrelease = "12"\n'))
     assert isinstance(deb, MmdebstrapRecipe)
     assert (deb.builder, deb.arch, deb.components, deb.suite) == (
-        "mmdebstrap", "amd64", ("main",), "bookworm")
+        "mmdebstrap",
+        "amd64",
+        ("main",),
+        "bookworm",
+    )
     assert deb.mirror is None  # the tool's default mirror
     ubuntu = load_recipe(write(tmp_path, "u.toml", 'distro = "ubuntu"\nrelease = "24.04"\n'))
     assert ubuntu.builder == "mmdebstrap" and "universe" in ubuntu.components
@@ -41,8 +47,13 @@ def test_builder_and_defaults_derive_from_distro(tmp_path: Path) -> None:
 
 
 def test_package_set_adds_what_booting_needs(tmp_path: Path) -> None:
-    r = load_recipe(write(tmp_path, "d.toml",
-                          'distro = "debian"\nrelease = "bookworm"\npackages = ["vim", "vim"]\n'))
+    r = load_recipe(
+        write(
+            tmp_path,
+            "d.toml",
+            'distro = "debian"\nrelease = "bookworm"\npackages = ["vim", "vim"]\n',
+        )
+    )
     assert isinstance(r, MmdebstrapRecipe)
     assert r.package_set == tuple(sorted(r.package_set))
     for name in ("vim", "linux-image-amd64", "dracut", "dracut-network", "procps", "nfs-common"):
@@ -59,7 +70,10 @@ def test_import_recipes_still_work(tmp_path: Path) -> None:
 
 def test_extends_merges_in_order(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
-    write(tmp_path, "base.toml", f'''
+    write(
+        tmp_path,
+        "base.toml",
+        f'''
 distro = "debian"
 release = "12"
 packages = ["a", "b"]
@@ -71,8 +85,12 @@ src = "motd"
 dest = "/etc/motd"
 [services]
 enable = ["ssh"]
-''')
-    child = write(tmp_path / "sub", "child.toml", '''
+''',
+    )
+    child = write(
+        tmp_path / "sub",
+        "child.toml",
+        """
 extends = "../base.toml"
 packages = ["b", "c"]
 timezone = "Europe/Rome"
@@ -83,7 +101,8 @@ dest = "/etc/issue"
 [services]
 enable = ["munge"]
 disable = ["cron"]
-''')
+""",
+    )
     r = load_recipe(child)
     assert isinstance(r, MmdebstrapRecipe)
     assert r.packages == ("a", "b", "c")
@@ -113,29 +132,45 @@ def test_plaintext_password_refused_unless_allowed(tmp_path: Path) -> None:
 
 
 def test_plaintext_password_in_a_parent_names_the_parent(tmp_path: Path) -> None:
-    parent = write(tmp_path, "parent.toml",
-                   'distro = "debian"\nrelease = "12"\nroot_password = "x"\n')
+    parent = write(
+        tmp_path, "parent.toml", 'distro = "debian"\nrelease = "12"\nroot_password = "x"\n'
+    )
     child = write(tmp_path, "child.toml", 'extends = "parent.toml"\n')
     assert str(error_of(child)).startswith(f"{parent}: root_password: ")
 
 
-@pytest.mark.parametrize(("text", "field", "words"), [
-    ('distro = "debian"\nrelease = "99"\n', "release", "unknown debian release"),
-    ('distro = "debian"\nrelease = "12"\narch = "x86_64"\n', "arch", "amd64"),
-    ('distro = "gentoo"\nrelease = "1"\n', "distro", "unknown distro"),
-    ('distro = "debian"\nrelease = "12"\nroot_password_hash = "secret"\n',
-     "root_password_hash", "crypt"),
-    ('distro = "debian"\nrelease = "12"\npackages = ["ok", "bad name"]\n', "packages",
-     "'bad name'"),
-    ('distro = "debian"\nrelease = "12"\nmirorr = "x"\n', "mirorr", "unknown field"),
-    ('distro = "debian"\n', "release", "missing"),
-    ('builder = "dnf"\ndistro = "debian"\nrelease = "12"\n', "distro", "not allowed"),
-    ('builder = "rpmbuild"\n', "builder", "unknown builder"),
-    ('distro = "debian"\nrelease = "12"\n[[files]]\nsrc = "a"\ndest = "etc/a"\n', "files.0.dest",
-     "absolute"),
-    ('distro = "debian"\nrelease = "12"\ntimezone = "../../etc/shadow"\n', "timezone",
-     "invalid"),
-])
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ('distro = "debian"\nrelease = "99"\n', "release", "unknown debian release"),
+        ('distro = "debian"\nrelease = "12"\narch = "x86_64"\n', "arch", "amd64"),
+        ('distro = "gentoo"\nrelease = "1"\n', "distro", "unknown distro"),
+        (
+            'distro = "debian"\nrelease = "12"\nroot_password_hash = "secret"\n',
+            "root_password_hash",
+            "crypt",
+        ),
+        (
+            'distro = "debian"\nrelease = "12"\npackages = ["ok", "bad name"]\n',
+            "packages",
+            "'bad name'",
+        ),
+        ('distro = "debian"\nrelease = "12"\nmirorr = "x"\n', "mirorr", "unknown field"),
+        ('distro = "debian"\n', "release", "missing"),
+        ('builder = "dnf"\ndistro = "debian"\nrelease = "12"\n', "distro", "not allowed"),
+        ('builder = "rpmbuild"\n', "builder", "unknown builder"),
+        (
+            'distro = "debian"\nrelease = "12"\n[[files]]\nsrc = "a"\ndest = "etc/a"\n',
+            "files.0.dest",
+            "absolute",
+        ),
+        (
+            'distro = "debian"\nrelease = "12"\ntimezone = "../../etc/shadow"\n',
+            "timezone",
+            "invalid",
+        ),
+    ],
+)
 def test_errors_name_file_and_field(tmp_path: Path, text: str, field: str, words: str) -> None:
     path = write(tmp_path, "bad.toml", text)
     err = error_of(path)
@@ -150,8 +185,9 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     assert "line 4" in str(error_of(path))
 
 
-@pytest.mark.parametrize("name", ["debian12", "debian13", "ubuntu24.04", "rocky9", "alma9",
-                                  "fedora", "hpcnode"])
+@pytest.mark.parametrize(
+    "name", ["debian12", "debian13", "ubuntu24.04", "rocky9", "alma9", "fedora", "hpcnode"]
+)
 def test_shipped_recipes_load(name: str) -> None:
     r = load_recipe(REPO / "recipes" / f"{name}.toml")
     assert isinstance(r, MmdebstrapRecipe | DnfRecipe)

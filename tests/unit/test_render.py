@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.config import Config, parse_config
-from controller.errors import ConfigError, StoreError
+from controller.config.models import Config, parse_config
+from controller.core.errors import ConfigError, StoreError
 from controller.render import (
     BootTarget,
     DnsmasqSpec,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import UnsafePathError
-from controller.safepath import ImageRoot
+from controller.core.errors import UnsafePathError
+from controller.store.safepath import ImageRoot
 
 
 @pytest.fixture

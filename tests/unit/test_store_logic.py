@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from controller.builders.importer import copy_tree_argv, tar_extract_argv
-from controller.fsops import clone_tree_argv
-from controller.gc import select_prunable
-from controller.history import Entry, parse, replay
-from controller.layout import is_version_id, new_version_id
+from controller.build.builders.importer import copy_tree_argv, tar_extract_argv
+from controller.store.fsops import clone_tree_argv
+from controller.store.gc import select_prunable
+from controller.store.history import Entry, parse, replay
+from controller.store.layout import is_version_id, new_version_id
 
 
 def test_version_ids_sort_by_time_and_carry_the_content_hash() -> None:

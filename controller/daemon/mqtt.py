@@ -1,0 +1,382 @@
+"""The broker connection: the only module that imports aiomqtt.
+
+`BrokerLink` keeps one connection alive (reconnecting with jittered
+exponential backoff), publishes batches in order and says how many the broker
+acknowledged, and hands received messages to an asyncio queue. Callers deal
+in `Message` values and `LinkDown`, never in aiomqtt types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from controller.config.models import MqttConfig
+from controller.core.errors import NetrootError
+from controller.core.log import get_logger
+
+log = get_logger("mqtt")
+
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+ACK_TIMEOUT_S = 30.0
+MAX_INFLIGHT = 64
+# MQTT 5: a persistent session outlives a restart of the controller by this much
+# (the broker keeps node reports for it meanwhile).
+SESSION_EXPIRY_S = 7 * 24 * 3600
+# MQTT 5 receive maximum: with manual acknowledgement, how many received QoS 1
+# messages the broker lets wait for our acknowledgement. Above one ingest batch,
+# so the next batch arrives while one commits; it bounds what a crash re-delivers.
+RECEIVE_MAXIMUM = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Which delivery a received message was: its acknowledgement names it."""
+
+    connection: int  # BrokerLink.connections when it arrived: a packet id means nothing on another
+    mid: int
+    qos: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message to publish, or one received."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    content_type: str | None = None  # MQTT 5 content type
+    expiry_s: int | None = None  # MQTT 5 message expiry: the broker drops it after this
+    # Set on a message received under manual acknowledgement: pass it to acknowledge().
+    receipt: Receipt | None = field(default=None, compare=False, repr=False)
+
+
+def _publish_properties(message: Message, packet: int = PacketTypes.PUBLISH) -> Properties | None:
+    if message.content_type is None and message.expiry_s is None:
+        return None
+    props = Properties(packet)  # type: ignore[no-untyped-call]
+    if message.content_type is not None:
+        props.ContentType = message.content_type
+    if message.expiry_s is not None:
+        props.MessageExpiryInterval = message.expiry_s
+    return props
+
+
+class LinkDown(NetrootError):
+    """The broker is not connected, or the connection dropped during a publish."""
+
+
+def backoff_delay(
+    attempt: int, *, first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S
+) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0-based): capped doubling, jittered.
+
+    The jitter (50-100% of the step) keeps a fleet of controllers or nodes
+    from reconnecting in lock-step after a broker restart.
+    """
+    step: float = min(cap, first * 2.0 ** min(attempt, 16))
+    return step * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not cryptography)
+
+
+def _password(config: MqttConfig) -> str | None:
+    if config.password_file is None:
+        return None
+    try:
+        # Read at every connect, so a rotated password needs no restart.
+        return config.password_file.read_text().rstrip("\n")
+    except OSError as exc:
+        raise LinkDown(f"cannot read mqtt.password_file {config.password_file}: {exc}") from None
+
+
+def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    if not config.tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+        if config.cert_file is not None:
+            key = str(config.key_file) if config.key_file else None
+            context.load_cert_chain(str(config.cert_file), key)
+    except (OSError, ssl.SSLError) as exc:
+        raise LinkDown(f"mqtt TLS files: {exc}") from None
+    return context
+
+
+def _payload_bytes(payload: object) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()
+
+
+class BrokerLink:
+    """One broker connection, kept alive by `run()`; an async context manager."""
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        client_id: str,
+        subscriptions: Sequence[str] = (),
+        will: Callable[[], Message] | None = None,
+        hello: Callable[[], Message] | None = None,
+        clean_session: bool = True,
+        manual_ack: bool = False,
+        max_packet_size: int | None = None,
+    ) -> None:
+        """will and hello are made anew for each connection: each is a new event.
+
+        With manual_ack, a received QoS 1 message is acknowledged to the broker only
+        when the consumer calls `acknowledge()` (after it made the message durable);
+        with a persistent session the broker re-delivers the others after a crash.
+        With max_packet_size (MQTT 5), the broker drops any larger message meant
+        for us instead of sending it: an oversized payload is never read here.
+        """
+        self.config = config
+        self.client_id = client_id
+        self.subscriptions = tuple(subscriptions)
+        self.will = will
+        self.hello = hello
+        self.clean_session = clean_session
+        self.manual_ack = manual_ack
+        self.max_packet_size = max_packet_size
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.attempted = asyncio.Event()  # the first connection attempt has finished
+        self.connections = 0
+        self.connected_since: datetime | None = None  # when the current connection came up
+        self._connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._session: asyncio.Task[None] | None = None
+        self._closing = False
+        self._restart = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        if self._session is not None:
+            self._session.cancel()
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is up."""
+        return self._client is not None
+
+    async def wait_connected(self) -> None:
+        """Return once a connection is up."""
+        await self._connected.wait()
+
+    def _make_client(self) -> aiomqtt.Client:
+        config = self.config
+        will = None
+        if self.will is not None:
+            last = self.will()
+            will = aiomqtt.Will(
+                last.topic,
+                last.payload,
+                qos=last.qos,
+                retain=last.retain,
+                properties=_publish_properties(last, PacketTypes.WILLMESSAGE),
+            )
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.SessionExpiryInterval = 0 if self.clean_session else SESSION_EXPIRY_S
+        if self.manual_ack:
+            connect.ReceiveMaximum = RECEIVE_MAXIMUM
+        if self.max_packet_size is not None:
+            connect.MaximumPacketSize = self.max_packet_size
+        client = aiomqtt.Client(
+            config.host,
+            config.port,
+            username=config.username,
+            password=_password(config),
+            identifier=self.client_id,
+            will=will,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=self.clean_session,
+            properties=connect,
+            keepalive=config.keepalive,
+            timeout=CONNECT_TIMEOUT_S,
+            tls_context=_tls_context(config),
+            max_inflight_messages=MAX_INFLIGHT,
+        )
+        # aiomqtt warns (and counts its pending calls) on every publish above this
+        # threshold: with a window of acknowledgements in flight, that is every one.
+        client.pending_calls_threshold = 1_000_000
+        if self.manual_ack:
+            # aiomqtt 2.5 has no option for it; its paho client has (paho acks in
+            # on_message otherwise, before the message is even in our inbox).
+            client._client.manual_ack_set(True)
+        return client
+
+    async def run(self) -> None:
+        """Connect, subscribe, deliver messages to `inbox`; reconnect until closed."""
+        attempt = 0
+        while not self._closing:
+            self._restart.clear()
+            self._session = asyncio.create_task(self._connection(), name="mqtt-session")
+            before = self.connections
+            try:
+                await self._session
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # run() itself is being cancelled
+                pass  # reconfigure() or close() ended the session
+            except (aiomqtt.MqttError, LinkDown) as exc:
+                log.warning(
+                    "broker unreachable or connection lost",
+                    host=self.config.host,
+                    port=self.config.port,
+                    error=str(exc),
+                )
+            finally:
+                self._client = None
+                self._connected.clear()
+                self.attempted.set()
+            if self.connections > before:
+                attempt = 0  # it was up: the next try is a quick one
+            if self._closing:
+                break
+            if self._restart.is_set():
+                continue
+            delay = backoff_delay(attempt)
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._restart.wait(), delay)
+
+    async def _connection(self) -> None:
+        client = self._make_client()
+        async with client:
+            self.connections += 1
+            self.connected_since = datetime.now(UTC)
+            log.info("connected to broker", host=self.config.host, port=self.config.port)
+            if self.hello is not None:
+                m = self.hello()
+                hello = _publish_properties(m)
+                await client.publish(
+                    m.topic, m.payload, qos=m.qos, retain=m.retain, properties=hello
+                )
+            for topic in self.subscriptions:
+                await client.subscribe(topic, qos=1)
+            self._client = client
+            self._connected.set()
+            self.attempted.set()
+            connection = self.connections
+            async for received in client.messages:
+                receipt = None
+                if self.manual_ack and received.qos > 0:
+                    receipt = Receipt(connection, received.mid, received.qos)
+                self.inbox.put_nowait(
+                    Message(
+                        received.topic.value,
+                        _payload_bytes(received.payload),
+                        received.qos,
+                        received.retain,
+                        receipt=receipt,
+                    )
+                )
+
+    async def publish(self, messages: Sequence[Message]) -> int:
+        """Publish in order; returns how many, from the first, the broker acknowledged.
+
+        All are handed to the client before any acknowledgement is awaited, so
+        they go out in order on one connection; a QoS 0 message counts once sent.
+        """
+        client = self._client
+        if client is None:
+            raise LinkDown("not connected to the broker")
+        calls = [
+            asyncio.ensure_future(
+                client.publish(
+                    m.topic,
+                    m.payload,
+                    qos=m.qos,
+                    retain=m.retain,
+                    properties=_publish_properties(m),
+                    timeout=ACK_TIMEOUT_S,
+                )
+            )
+            for m in messages
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        acked = 0
+        for result in results:
+            if isinstance(result, BaseException):
+                break
+            acked += 1
+        if acked < len(messages):
+            error = results[acked]
+            if isinstance(error, Exception) and not isinstance(error, aiomqtt.MqttError):
+                raise error  # a bug, not the network
+            log.warning("publish interrupted", acked=acked, pending=len(messages) - acked)
+        return acked
+
+    def acknowledge(self, messages: Sequence[Message]) -> int:
+        """Acknowledge received messages to the broker, in the order given; returns how many.
+
+        Call once they are applied durably, in the order they arrived (MQTT wants
+        acknowledgements in order). A message that came on an earlier connection is
+        skipped: the broker delivers it again on this one (a duplicate to tolerate).
+        """
+        client = self._client
+        if client is None:
+            return 0
+        paho = client._client  # see _make_client
+        sent = 0
+        for message in messages:
+            receipt = message.receipt
+            if receipt is None or receipt.connection != self.connections:
+                continue
+            paho.ack(receipt.mid, receipt.qos)
+            sent += 1
+        return sent
+
+    def reconfigure(self, config: MqttConfig, subscriptions: Sequence[str] | None = None) -> None:
+        """Use new settings: reconnect at once if they differ."""
+        subs = self.subscriptions if subscriptions is None else tuple(subscriptions)
+        if config == self.config and subs == self.subscriptions:
+            return
+        self.config, self.subscriptions = config, subs
+        self._restart.set()
+        if self._session is not None:
+            self._session.cancel()
+
+    async def close(self, goodbye: Message | None = None, wait_s: float = 5.0) -> None:
+        """Publish goodbye (if connected) and disconnect cleanly; run() returns."""
+        self._closing = True
+        client = self._client
+        if client is not None and goodbye is not None:
+            try:
+                await client.publish(
+                    goodbye.topic,
+                    goodbye.payload,
+                    qos=goodbye.qos,
+                    retain=goodbye.retain,
+                    properties=_publish_properties(goodbye),
+                    timeout=wait_s,
+                )
+            except aiomqtt.MqttError as exc:
+                log.warning("could not publish the goodbye message", error=str(exc))
+        self._restart.set()
+        if self._session is not None:
+            self._session.cancel()

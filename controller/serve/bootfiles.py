@@ -1,0 +1,481 @@
+"""Boot files in a TFTP root: loaders, rendered menus and per-version links.
+
+Every rendered file is replaced atomically (DESIGN.md section 4). The plan
+is computed and checked in full before the first write, so a label without
+boot files or a bad override renders nothing half-way. Menus are written
+last: they are the switch point (controller.render.cmdline explains why each
+menu names its version's own files). One flock per TFTP root serialises
+renders of labels that share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.config.models import TFTP_VERSIONS_DIR, Config, load_config
+from controller.core import proc
+from controller.core.errors import StoreError
+from controller.core.log import get_logger
+from controller.render import (
+    BootTarget,
+    ExportSpec,
+    boot_target,
+    export_specs,
+    render_all,
+    render_exports,
+    render_ganesha,
+    render_pxelinux,
+)
+from controller.render.cmdline import INITRD_NAME, KERNEL_NAME, TFTP_DIR, version_boot_dir
+from controller.render.grub import GRUB_DIR
+from controller.render.ipxe import IPXE_DIR
+from controller.render.pxelinux import PXELINUX_DIR
+from controller.serve import nfs
+from controller.store import fsops
+from controller.store import versions as store
+from controller.store.activation import (
+    BootRenderer,
+    Prepared,
+    Step,
+    check_link_slot,
+    publish_boot_files,
+)
+from controller.store.layout import TMP_MARK, LabelPaths, label_paths
+
+log = get_logger("bootfiles")
+
+DEFAULT_CHOICE = f"{TFTP_DIR}/.default-label"  # labels cannot start with "."
+LOCK_NAME = f"{TFTP_DIR}/.render.lock"
+# Files this module owns in the directories it renders into, beside the ones
+# it renders now: anything matching and not rendered is stale and removed.
+_OWNED = {
+    PXELINUX_DIR: re.compile(r"01(-[0-9a-f]{2}){6}|netroot-[a-z0-9][a-z0-9._-]*|default"),
+    IPXE_DIR: re.compile(r"01(-[0-9a-f]{2}){6}\.ipxe|boot\.ipxe|default\.ipxe"),
+    GRUB_DIR: re.compile(r"grub\.cfg(-01(-[0-9a-f]{2}){6})?"),
+}
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """Everything one TFTP root should hold, computed before anything is written."""
+
+    files: dict[str, str]  # path relative to the TFTP root -> text
+    links: dict[str, Path]  # netroot/_versions/<label>/<version>/ holds the files of boot/
+    default: str
+    skipped: tuple[str, ...] = ()  # why an override or label was left out
+
+
+@dataclass
+class Written:
+    """What write_plan changed."""
+
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+def label_menu_path(label: str) -> str:
+    """The label's own one-entry pxelinux menu (also what activation re-renders)."""
+    return f"{PXELINUX_DIR}/netroot-{label}"
+
+
+def served_labels(config: Config, tftp_root: Path) -> list[str]:
+    """Configured labels whose boot files live in this TFTP root."""
+    return sorted(name for name in config.labels if config.label_tftp_root(name) == tftp_root)
+
+
+def read_default_choice(tftp_root: Path) -> str | None:
+    """The label `netroot install` last made the default of this TFTP root."""
+    try:
+        return (tftp_root / DEFAULT_CHOICE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def choose_default(labels: Iterable[str], choice: str | None) -> str:
+    """The installed choice if it is served, else the first served label by name."""
+    served = sorted(labels)
+    if not served:
+        raise StoreError("no label has a version to serve: build and activate one first")
+    return choice if choice in served else served[0]
+
+
+def check_boot_files(paths: LabelPaths, version: str) -> Path:
+    """The version's boot/ directory; StoreError naming what is missing."""
+    boot = paths.boot(version)
+    for name in (KERNEL_NAME, INITRD_NAME):
+        if not (boot / name).is_file():
+            raise StoreError(
+                f"{paths.label} {version}: boot file {boot / name} is missing;"
+                f" rebuild the label (`netroot build {paths.label}`)"
+            )
+    return boot
+
+
+def version_links(config: Config, labels: Iterable[str]) -> dict[str, Path]:
+    """Boot files per version still in the store, so a node keeps the files of the menu it read."""
+    links: dict[str, Path] = {}
+    for label in labels:
+        paths = label_paths(config, label)
+        for version in store.version_ids(paths):
+            links[version_boot_dir(label, version)] = paths.boot(version)
+    return links
+
+
+def plan_boot(
+    targets: Iterable[BootTarget],
+    links: Mapping[str, Path],
+    *,
+    default: str,
+    macs: Mapping[str, str],
+    skipped: Iterable[str] = (),
+) -> BootPlan:
+    """Render the menus of the targets (pure apart from nothing: text in, text out)."""
+    targets = tuple(targets)
+    files = render_all(targets, default=default, macs=macs)
+    for target in targets:
+        # A one-entry menu per label, the form activation always kept up to date.
+        files[label_menu_path(target.label)] = f"# netroot: {target.label} {target.version}\n" + (
+            render_pxelinux([target], target.label)
+        )
+    return BootPlan(files, dict(links), default, tuple(skipped))
+
+
+def plan_tftp_root(
+    config: Config,
+    tftp_root: Path,
+    *,
+    require: bool = True,
+    default: str | None = None,
+    pending: Mapping[str, str] | None = None,
+) -> BootPlan:
+    """The plan for a TFTP root from the store: each served label's active version.
+
+    default overrides the installed choice of default label. require=True
+    (install, render) raises for a label whose boot files are missing and
+    when nothing is served. require=False (activation) leaves such a label
+    out, so one broken label never blocks another's activation, and with
+    nothing to serve the plan is empty: writing it removes the menus.
+    pending names versions about to become active (an activation plans
+    before its commit).
+    """
+    targets: list[BootTarget] = []
+    skipped: list[str] = []
+    labels = served_labels(config, tftp_root)
+    for label in labels:
+        paths = label_paths(config, label)
+        active = (pending or {}).get(label) or store.active_version(paths)
+        if active is None:
+            continue
+        try:
+            check_boot_files(paths, active)
+        except StoreError as exc:
+            if require:
+                raise
+            skipped.append(str(exc))
+            continue
+        targets.append(boot_target(config, label, active))
+    served = {target.label for target in targets}
+    macs: dict[str, str] = {}
+    for mac, node in sorted(config.nodes.items()):
+        if config.label_tftp_root(node.label) != tftp_root:
+            continue
+        if node.label in served:
+            macs[mac] = node.label
+        else:
+            skipped.append(f"node {mac}: label {node.label} has no active version yet")
+    if not served and not require:
+        return BootPlan({}, version_links(config, labels), "", tuple(skipped))
+    if default is not None and default not in served:
+        raise StoreError(f"label {default!r} has no version to serve: build and activate one first")
+    default = choose_default(served, default or read_default_choice(tftp_root))
+    return plan_boot(
+        targets, version_links(config, labels), default=default, macs=macs, skipped=skipped
+    )
+
+
+@contextlib.contextmanager
+def tftp_lock(tftp_root: Path) -> Iterator[None]:
+    """Hold the TFTP root's render lock (taken after any label lock, never before)."""
+    lock = tftp_root / LOCK_NAME
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sweep(directory: Path, keep: set[str], owned: re.Pattern[str] | None) -> list[str]:
+    removed = []
+    try:
+        entries = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    for name in entries:
+        stale = TMP_MARK in name or (
+            owned is not None and owned.fullmatch(name) is not None and name not in keep
+        )
+        if stale:
+            (directory / name).unlink(missing_ok=True)
+            removed.append(str(directory / name))
+    return removed
+
+
+def _prune_links(root: Path, links: Mapping[str, Path]) -> list[str]:
+    removed: list[str] = []
+    versions_dir = root / TFTP_VERSIONS_DIR
+    if not versions_dir.is_dir():
+        return removed
+    for label in sorted(os.listdir(versions_dir)):
+        label_dir = versions_dir / label
+        if label_dir.is_symlink() or not label_dir.is_dir():
+            continue
+        for name in sorted(os.listdir(label_dir)):
+            rel = f"{TFTP_VERSIONS_DIR}/{label}/{name}"
+            if rel not in links:
+                fsops.remove_tree(label_dir / name)
+                removed.append(rel)
+        with contextlib.suppress(OSError):
+            label_dir.rmdir()  # only when empty
+    return removed
+
+
+def stage_plan(tftp_root: Path, plan: BootPlan, prepared: Prepared) -> Written:
+    """Stage the plan into prepared: links first, menus last (the switch point).
+
+    Caller holds the TFTP root's lock until prepared is published or
+    discarded. Written fills in as prepared publishes.
+    """
+    done = Written()
+    for directory in _OWNED:
+        # Leftover temporaries of an interrupted render go before anything is staged.
+        done.removed += _sweep(tftp_root / directory, set(), None)
+    for rel, boot in sorted(plan.links.items()):
+        # New names for committed versions, whole by rename: nothing names them
+        # before the menus do.
+        if publish_boot_files(boot, tftp_root / rel):
+            done.written.append(rel)
+    for rel, text in sorted(plan.files.items()):
+        path = tftp_root / rel
+        data = text.encode()
+        try:
+            if path.read_bytes() == data:
+                continue
+        except OSError:
+            pass
+        # Not fsynced: recovery renders every menu again after a crash.
+        prepared.menus.append(Step(fsops.stage_file(path, data, durable=False), path))
+        done.written.append(rel)
+
+    def sweep() -> None:
+        for directory, owned in _OWNED.items():
+            keep = {Path(r).name for r in plan.files if Path(r).parent.as_posix() == directory}
+            done.removed += _sweep(tftp_root / directory, keep, owned)
+        done.removed += _prune_links(tftp_root, plan.links)
+        for reason in plan.skipped:
+            log.warning("boot override skipped", tftp_root=str(tftp_root), reason=reason)
+
+    prepared.sweep.append(sweep)
+    return done
+
+
+def write_plan(tftp_root: Path, plan: BootPlan) -> Written:
+    """Links first, menus last (the switch point); stale overrides and links removed."""
+    prepared = Prepared()
+    try:
+        done = stage_plan(tftp_root, plan, prepared)
+    except BaseException:
+        prepared.discard()
+        raise
+    prepared.publish()
+    return done
+
+
+def render_tftp_root(
+    config: Config, tftp_root: Path, *, require: bool = True
+) -> tuple[BootPlan, Written]:
+    """Plan and write the TFTP root from the store, under its render lock."""
+    with tftp_lock(tftp_root):
+        plan = plan_tftp_root(config, tftp_root, require=require)
+        written = write_plan(tftp_root, plan)
+    return plan, written
+
+
+def set_default_choice(tftp_root: Path, label: str) -> None:
+    """Make label the default boot of this TFTP root (what `netroot install` does)."""
+    fsops.write_atomic(tftp_root / DEFAULT_CHOICE, f"{label}\n".encode())
+
+
+# --- loaders -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A boot loader file copied from a Debian package into the TFTP root."""
+
+    dest: str
+    sources: tuple[str, ...]
+    package: str
+
+
+LOADERS = (
+    Loader("pxelinux.0", ("/usr/lib/PXELINUX/pxelinux.0",), "pxelinux"),
+    # pxelinux loads its core module from the directory it came from.
+    Loader("ldlinux.c32", ("/usr/lib/syslinux/modules/bios/ldlinux.c32",), "syslinux-common"),
+    Loader(f"{IPXE_DIR}/undionly.kpxe", ("/usr/lib/ipxe/undionly.kpxe",), "ipxe"),
+    Loader(f"{IPXE_DIR}/ipxe.efi", ("/usr/lib/ipxe/ipxe.efi",), "ipxe"),
+)
+GRUB_IMAGE = f"{GRUB_DIR}/grubx64.efi"  # what DnsmasqSpec hands UEFI clients
+GRUB_MODULE_DIR = Path("/usr/lib/grub/x86_64-efi")
+GRUB_MODULES = (
+    "normal", "configfile", "linux", "boot", "efinet", "net", "tftp", "gzio", "echo", "test",
+    "sleep", "reboot", "halt", "ls", "cat", "efi_gop", "efi_uga", "serial", "terminal",
+)  # fmt: skip
+
+
+def grub_mkimage_argv(output: Path, module_dir: Path = GRUB_MODULE_DIR) -> list[str]:
+    """A network GRUB image for x86-64 UEFI reading /grub/grub.cfg from its TFTP server."""
+    # The prefix has no device: GRUB takes the one it was loaded from, the
+    # TFTP server, so the same image works behind any boot server address.
+    return [
+        "grub-mkimage",
+        "--format=x86_64-efi",
+        f"--directory={os.fspath(module_dir)}",
+        f"--prefix=/{GRUB_DIR}",
+        f"--output={os.fspath(output)}",
+        *GRUB_MODULES,
+    ]
+
+
+@dataclass
+class LoaderReport:
+    """Loader files installed, and those whose package is missing."""
+
+    installed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def _copy_if_changed(source: Path, dest: Path) -> bool:
+    data = source.read_bytes()
+    try:
+        if dest.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    fsops.write_atomic(dest, data)
+    return True
+
+
+def install_loaders(
+    tftp_root: Path,
+    *,
+    loaders: Iterable[Loader] = LOADERS,
+    grub: bool = True,
+    grub_modules: Path = GRUB_MODULE_DIR,
+) -> LoaderReport:
+    """Copy the loaders of the installed packages into the TFTP root; build GRUB's image."""
+    report = LoaderReport()
+    for loader in loaders:
+        source = next((Path(s) for s in loader.sources if Path(s).is_file()), None)
+        if source is None:
+            report.missing.append(f"{loader.dest} (package {loader.package})")
+            continue
+        _copy_if_changed(source, tftp_root / loader.dest)
+        report.installed.append(loader.dest)
+    if not grub:
+        return report
+    if (grub_modules / "normal.mod").is_file():
+        dest = tftp_root / GRUB_IMAGE
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staged = dest.with_name(f"{dest.name}{TMP_MARK}mkimage")
+        proc.run(grub_mkimage_argv(staged, grub_modules))
+        os.replace(staged, dest)
+        report.installed.append(GRUB_IMAGE)
+    else:
+        report.missing.append(f"{GRUB_IMAGE} (package grub-efi-amd64-bin)")
+    return report
+
+
+# The longest version id there is (ids have one fixed width): what validate renders.
+SAMPLE_VERSION = "20991231T235959.999Z-ffffffff"
+
+
+def check_servable(config: Config) -> None:
+    """Render what an activation of each label would, so what validate accepts activates.
+
+    Boot targets (host names, kernel arguments, the command line's length),
+    the exports of both NFS servers and the paths the links go to; raises
+    the ConfigError or StoreError an activation would, naming file and field.
+    """
+    labels = sorted(config.labels)
+    specs = []
+    for label in labels:
+        boot_target(config, label, SAMPLE_VERSION)
+        paths = label_paths(config, label)
+        field = f"labels.{label}.export_path" if config.label(label).export_path else "export_root"
+        check_link_slot(paths.export_link, field)
+        field = f"labels.{label}.tftp_root" if config.label(label).tftp_root else "tftp_root"
+        check_link_slot(paths.tftp_link, field)
+        rootfs = Path(os.path.realpath(paths.images)) / SAMPLE_VERSION / "rootfs"
+        specs.append(ExportSpec(label=label, path=str(rootfs), version=SAMPLE_VERSION))
+    nfs_config = config.nfs
+    render_exports(
+        export_specs(config, labels), clients=nfs_config.clients, insecure=nfs_config.insecure
+    )
+    render_ganesha(
+        specs,
+        clients=nfs_config.clients,
+        insecure=nfs_config.insecure,
+        bind_addr=nfs.SYSTEM_BIND,
+        port=nfs_config.port,
+        recovery_root=nfs.SYSTEM_RECOVERY,
+    )
+
+
+def load_servable(path: Path | None) -> Config:
+    """load_config, then check_servable: the config the daemon may switch to."""
+    config = load_config(path)
+    check_servable(config)
+    return config
+
+
+def prepare(config: Config, paths: LabelPaths, version: str | None) -> Prepared:
+    """Stage NFS exports and the label's TFTP root as they are with version active.
+
+    Nothing is switched until the result is published: a bad config or a
+    full disk fails here, before an activation commits.
+    """
+    prepared = Prepared()
+    pending = {paths.label: version} if version else {}
+    try:
+        # A node may read the new menu as soon as it is renamed into place:
+        # its export is published (and reloaded) first.
+        nfs.prepare(config, prepared, pending)
+        prepared.held.enter_context(tftp_lock(paths.tftp_root))
+        plan = plan_tftp_root(config, paths.tftp_root, require=False, pending=pending)
+        stage_plan(paths.tftp_root, plan, prepared)
+    except BaseException:
+        prepared.discard()
+        raise
+    return prepared
+
+
+def refresh(config: Config, paths: LabelPaths) -> None:
+    """Re-apply NFS exports, then the label's TFTP root (after a gc)."""
+    prepare(config, paths, None).publish()
+
+
+def renderer(config: Config) -> BootRenderer:
+    """The activation callback (activation.BootRenderer) with this config."""
+
+    def render(paths: LabelPaths, version: str) -> Prepared:
+        return prepare(config, paths, version)
+
+    return render
