@@ -17,11 +17,11 @@ from support import REPO
 ATTACH = """
 import asyncio, sys
 from pathlib import Path
-from controller import bootvm_console
+from controller.vm import console
 
 async def main() -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(bootvm_console.attach(Path(sys.argv[1]), stop))
+    task = asyncio.create_task(console.attach(Path(sys.argv[1]), stop))
     await stop.wait()
     task.cancel()
     print("detached", flush=True)
