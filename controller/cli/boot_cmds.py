@@ -34,6 +34,7 @@ from controller.store import versions as store
 from controller.store.layout import label_paths
 from controller.vm import boot as bootvm
 from controller.vm import console as bootvm_console
+from controller.vm import guest
 from controller.vm.milestones import STALL_SECONDS, Hit
 
 KINDS = ("pxelinux", "ipxe", "grub", "exports", "ganesha", "dnsmasq", "nbd")
@@ -184,7 +185,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         raise NetrootError("--stall: must be 0 (no bound) or a positive number of seconds")
     args.console = not args.headless and not args.json and bootvm_console.interactive()
     public, private = _ssh_key(config, args.ssh_key) if args.ssh_port else ("", None)
-    options = bootvm.BootOptions(
+    options = guest.BootOptions(
         label=args.label,
         headless=args.headless,
         console=args.console,
@@ -260,7 +261,7 @@ def _ssh_key(config: Config, given: str | None) -> tuple[str, Path | None]:
         text = public.read_text()
     except OSError as exc:
         raise NetrootError(f"--ssh-key: cannot read {public}: {exc.strerror}") from None
-    bootvm.ssh_key_word(text, str(public))
+    guest.ssh_key_word(text, str(public))
     private = public.with_suffix("")
     return text.strip(), private if private.exists() else None
 

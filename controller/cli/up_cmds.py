@@ -28,7 +28,7 @@ from controller.core.errors import NetrootError
 from controller.core.ids import check_label
 from controller.daemon.notify import NotifySocket
 from controller.vm import broker as upbroker
-from controller.vm.boot import random_mac
+from controller.vm.guest import random_mac
 
 READY_WITHIN_S = 120.0  # recovery of a large store comes before READY=1
 LAST_EVENT_WITHIN_S = 20.0  # the event a step ends with: published within a few seconds

@@ -28,7 +28,7 @@ from controller.core.errors import ConfigError
 from controller.core.ids import LABEL_ALLOWED, LABEL_RE, MAC_ALLOWED, MAC_RE, check_label
 from controller.core.model import Model
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 BUILTIN = "built-in defaults"
 
 

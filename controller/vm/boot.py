@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
-import secrets
 import shutil
 import signal
 import sys
@@ -33,13 +31,14 @@ from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import NetrootError
 from controller.events import wire as events
-from controller.render import BootTarget, boot_target, kernel_cmdline
-from controller.render.cmdline import INITRD_NAME, KERNEL_NAME
+from controller.render import BootTarget
+from controller.render.cmdline import KERNEL_NAME
 from controller.serve import bootfiles, nfs
 from controller.store import versions as store
 from controller.store.layout import label_paths
 from controller.vm import accel as bootvm_accel
 from controller.vm import console as bootvm_console
+from controller.vm.guest import BootOptions, prepare_tftp, random_mac, vm_spec, vm_target
 from controller.vm.milestones import (
     KVM_FIRST_MILESTONE_SECONDS,
     STALL_SECONDS,
@@ -49,46 +48,17 @@ from controller.vm.milestones import (
     progress_verdict,
 )
 from controller.vm.qemu import (
-    GUEST_MQTT_PORT,
-    GUEST_NFS_PORT,
-    GUEST_SERVER,
     OVMF_CODE,
-    OVMF_VARS,
     Accel,
-    AccelRequest,
-    DirectKernel,
-    Forward,
-    VmSpec,
     mosquitto_sub_argv,
     qemu_argv,
 )
 from controller.vm.servers import Background, lab_ganesha, new_run_dir
 
-CONSOLE_ARG = "console=ttyS0,115200"
-GRUB_BOOTFILE = bootfiles.GRUB_IMAGE
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
 FATAL_GRACE_SECONDS = 2.0  # after a fatal console line: the lines that explain it
 TAIL_LINES = 20
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class BootOptions:
-    """What `netroot boot` was asked for."""
-
-    label: str
-    headless: bool = False
-    console: bool = False  # join this terminal to the VM's console (bootvm_console)
-    timeout: float | None = None
-    uefi: bool = False
-    direct: bool = False
-    ssh_port: int | None = 2222
-    mac: str | None = None
-    memory_mb: int = 1024
-    accel: AccelRequest = "auto"
-    stop_after_report: bool = False
-    stall: float | None = None  # seconds without a new milestone (None: by accel; 0: no bound)
-    ssh_key: str | None = None  # an ssh public key line root accepts on this VM only
 
 
 @dataclass
@@ -120,101 +90,6 @@ class _Stopped(Exception):
 
 
 FALL_BACK: Final = "fall back to TCG"
-
-
-def random_mac() -> str:
-    """A locally administered unicast MAC in qemu's 52:54:00 range."""
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-
-
-_SSH_KEY_TYPE = re.compile(r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-[a-z0-9@.-]+)")
-_SSH_KEY_BLOB = re.compile(r"[A-Za-z0-9+/]+=*")
-
-
-def ssh_key_word(public_key: str, source: str) -> str:
-    """`netroot.ssh_key=TYPE:BASE64` for an OpenSSH public key line: the node agent's
-    netroot-node-keys adds it to root's authorized_keys (kernel command line words
-    cannot hold the spaces of the usual form)."""
-    fields = public_key.split()
-    if len(fields) < 2 or not _SSH_KEY_TYPE.fullmatch(fields[0]):
-        raise NetrootError(f"{source}: not an ssh public key (TYPE BASE64 [COMMENT])")
-    if not _SSH_KEY_BLOB.fullmatch(fields[1]):
-        raise NetrootError(f"{source}: the key is not base64")
-    return f"netroot.ssh_key={fields[0]}:{fields[1]}"
-
-
-def vm_target(config: Config, label: str, version: str, ssh_key: str | None = None) -> BootTarget:
-    """The boot target as the guest sees it: everything at GUEST_SERVER, a serial console."""
-    target = boot_target(
-        config,
-        label,
-        version,
-        server=GUEST_SERVER,
-        mqtt_host=GUEST_SERVER if config.mqtt.enabled else None,
-        mqtt_port=GUEST_MQTT_PORT,
-        nfs="ganesha",
-    )
-    extra = target.extra_cmdline
-    # Milestones are read from the serial console (debug mode already adds it).
-    if not target.debug and not any(word.startswith("console=ttyS0") for word in extra):
-        extra = (*extra, CONSOLE_ARG)
-    if ssh_key is not None:  # this VM's own menu: never the version's files
-        extra = (*extra, ssh_key_word(ssh_key, "--ssh-key"))
-    return target.model_copy(update={"extra_cmdline": extra})
-
-
-def prepare_tftp(config: Config, target: BootTarget, tftp_root: Path, *, uefi: bool) -> None:
-    """The private TFTP root: loaders, this label's menus and its version links."""
-    report = bootfiles.install_loaders(tftp_root, grub=uefi)
-    needed = [GRUB_BOOTFILE] if uefi else ["pxelinux.0", "ldlinux.c32"]
-    missing = [name for name in needed if name not in report.installed]
-    if missing:
-        raise NetrootError(
-            f"boot loader files missing: {', '.join(missing)} ({'; '.join(report.missing)})"
-        )
-    links = bootfiles.version_links(config, [target.label])
-    plan = bootfiles.plan_boot([target], links, default=target.label, macs={})
-    bootfiles.write_plan(tftp_root, plan)
-
-
-def _vm_spec(
-    config: Config,
-    options: BootOptions,
-    target: BootTarget,
-    run_dir: Path,
-    *,
-    mac: str,
-    nfs_port: int,
-    accel: Accel,
-) -> VmSpec:
-    forwards = [Forward(GUEST_NFS_PORT, "127.0.0.1", nfs_port)]
-    if config.mqtt.enabled:
-        forwards.append(Forward(GUEST_MQTT_PORT, config.mqtt.host, config.mqtt.port))
-    uefi_vars = None
-    if options.uefi:
-        uefi_vars = run_dir / "OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, uefi_vars)
-    direct = None
-    if options.direct:
-        boot = label_paths(config, options.label).boot(target.version)
-        direct = DirectKernel(boot / KERNEL_NAME, boot / INITRD_NAME, kernel_cmdline(target))
-    return VmSpec(
-        name=f"netroot-{options.label}",
-        mac=mac,
-        serial_log=run_dir / "serial.log",
-        console_socket=run_dir / "console.sock",
-        pid_file=run_dir / "qemu.pid",
-        forwards=tuple(forwards),
-        tftp_root=None if options.direct else run_dir / "tftp",
-        bootfile=GRUB_BOOTFILE if options.uefi else "pxelinux.0",
-        direct=direct,
-        ssh_port=options.ssh_port,
-        memory_mb=options.memory_mb,
-        accel=accel,
-        uefi_vars=uefi_vars,
-        uefi_code=OVMF_CODE,
-        extra=config.label(options.label).extra_qemu,
-    )
 
 
 def _keep_log(config: Config, run_dir: Path) -> Path | None:
@@ -340,7 +215,7 @@ class _Session:
         """One qemu until it ends or is stopped: why it ended, or FALL_BACK."""
         if self.stop.is_set():
             raise _Stopped
-        spec = _vm_spec(self.config, self.options, self.target, self.run_dir,
+        spec = vm_spec(self.config, self.options, self.target, self.run_dir,
                         mac=self.outcome.mac, nfs_port=lab.port, accel=accel)  # fmt: skip
         spec.serial_log.unlink(missing_ok=True)
         self.watcher = Watcher()
