@@ -27,7 +27,7 @@ COMMAND_MODULES = [store_cmds, daemon_cmds, boot_cmds, shell_cmds, up_cmds, host
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (DESIGN.md section 8)."""
+    """The full argument parser (docs/design.md §15)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",

@@ -1,4 +1,4 @@
-"""install, boot, render: serving a label and booting it in qemu (DESIGN.md section 8)."""
+"""install, boot, render: serving a label and booting it in qemu (docs/design.md §15)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Whether a node is still there: the pure decisions behind DESIGN.md section 7's liveness.
+"""Whether a node is still there: the pure decisions of docs/design.md §11.
 
 - Silence: a running node that said nothing for `heartbeat_timeout` while the
   controller was listening is lost. Time the controller spent cut off from the

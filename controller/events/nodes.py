@@ -1,4 +1,4 @@
-"""The node state machine of DESIGN.md section 7, as a pure function.
+"""The node state machine of docs/design.md §10, as a pure function.
 
     unknown -> dhcp -> booting -> up (current) <-> stale(reboot|remount) -> lost
 

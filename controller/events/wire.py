@@ -458,7 +458,7 @@ PAYLOAD_MODELS: tuple[type[Payload], ...] = (
     ControllerStatus,
     StateIndex,
 )
-# Events about the controller itself, beyond the table of DESIGN.md section 6
+# Events about the controller itself, beyond the image and node topics of docs/design.md §9
 # (published on Topics.controller_events).
 CONTROLLER_EVENT_MODELS: tuple[type[Payload], ...] = (ConfigReloaded, ConfigRejected)
 EVENT_MODELS: dict[str, type[Payload]] = {
@@ -620,7 +620,7 @@ def _check_label(label: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Every topic of DESIGN.md section 6, under one prefix."""
+    """Every topic of docs/design.md §9, under one prefix."""
 
     prefix: str = DEFAULT_PREFIX
 

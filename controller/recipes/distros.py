@@ -283,7 +283,7 @@ ROOTOVL_MODULE = "rootovl"
 
 
 def dracut_argv(kver: str, initrd: str) -> list[str]:
-    """dracut inside the image, for the image's own kernel (BOOTLAB: -N, nfs and network)."""
+    """dracut in the image, for the image's own kernel (docs/design.md §8: -N, nfs and network)."""
     return ["dracut", "-N", "--force", "--add", " ".join(DRACUT_MODULES), "--kver", kver, initrd]
 
 

@@ -1,7 +1,7 @@
 """Pure renderers: boot loader menus, NFS exports, Ganesha and dnsmasq configs.
 
 Text in, text out: nothing here reads or writes a file. The caller writes each
-rendered file atomically (DESIGN.md section 4).
+rendered file atomically (docs/design.md §5).
 """
 
 from __future__ import annotations

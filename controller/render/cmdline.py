@@ -170,7 +170,7 @@ def _node_broker(config: Config, node_server: str, override: str | None) -> str 
         return None  # no broker: tell the agent none rather than a dead address
     # The controller's own broker address is often loopback, which a node
     # cannot reach; nodes then use the boot server, the address they use for
-    # everything else (DESIGN.md section 8, `server`).
+    # everything else (docs/design.md §7, `server`).
     if _is_local(config.mqtt.host):
         return node_server
     return _check_host(config.mqtt.host, config.source, "mqtt.host")
@@ -243,7 +243,7 @@ def _check_length(target: BootTarget, source: str, field: str) -> None:
 
 
 def kernel_cmdline(target: BootTarget) -> str:
-    """The kernel command line for a target (DESIGN.md section 5)."""
+    """The kernel command line for a target (docs/design.md §7)."""
     args = [f"root=nfs4:{host_in_url(target.server)}:{target.nfs_path}"]
     args.append("rw" if target.rw else "ro")
     args += ["rd.neednet=1", "ip=dhcp"]

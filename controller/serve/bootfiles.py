@@ -1,6 +1,6 @@
 """Boot files in a TFTP root: loaders, rendered menus and per-version links.
 
-Every rendered file is replaced atomically (DESIGN.md section 4). The plan
+Every rendered file is replaced atomically (docs/design.md §5). The plan
 is computed and checked in full before the first write, so a label without
 boot files or a bad override renders nothing half-way. Menus are written
 last: they are the switch point (controller.render.cmdline explains why each

@@ -1,6 +1,6 @@
 """NFS exports applied: the kernel server's exports file, NFS-Ganesha's config, and
 the loopback Ganesha instances `netroot boot` runs. Re-applied on every
-activation and gc (DESIGN.md section 5).
+activation and gc (docs/design.md §7).
 
 Kernel server: one export per label, its link, with a stable explicit fsid;
 `exportfs -r` re-reads it. Ganesha: one export per version still in the store

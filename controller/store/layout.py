@@ -1,4 +1,4 @@
-"""Where the store keeps things (DESIGN.md section 4). Pure path arithmetic, no IO."""
+"""Where the store keeps things (docs/design.md §4). Pure path arithmetic, no IO."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ class BootArtifact(Model):
 
 
 class Manifest(Model):
-    """manifest.json of a version (DESIGN.md section 3)."""
+    """manifest.json of a version (docs/design.md §4)."""
 
     schema_version: int = MANIFEST_SCHEMA
     version: str

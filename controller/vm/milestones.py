@@ -3,7 +3,7 @@
 Each milestone is reported once, the first time a line shows it; failures
 (a panic, dracut giving up) are reported as they appear. The patterns are
 what Debian 12's firmware, loaders, kernel, dracut and systemd print on
-ttyS0 (BOOTLAB.md); the final one, the agent's report, also arrives over
+ttyS0 (docs/design.md §8); the final one, the agent's report, also arrives over
 MQTT where a broker is configured.
 """
 

@@ -2,7 +2,7 @@
 
 The guest gets qemu's user-mode network with `restrict=on`: it reaches
 nothing but qemu's own DHCP and TFTP and the guestfwd addresses, each a
-socat to one loopback service (BOOTLAB.md). libslirp splits a guestfwd
+socat to one loopback service (docs/design.md §8). libslirp splits a guestfwd
 command on spaces and runs it without a shell, so nothing here is ever
 interpreted by one; commas in option values are doubled, qemu's escape.
 """
@@ -144,7 +144,7 @@ class KvmProbe(BaseModel):
 def kvm_probe_argv(kernel: Path, serial_log: Path) -> list[str]:
     """A KVM guest booting kernel with no root: it prints PROBE_SIGN, panics and quits."""
     # `qemu -accel kvm -S` starting proves nothing: on machines of this kind
-    # /dev/kvm opens and qemu starts, yet the guest hangs or resets (BOOTLAB.md).
+    # /dev/kvm opens and qemu starts, yet the guest hangs or resets (docs/design.md §8).
     return [
         QEMU, "-accel", "kvm", *KVM_CPU, "-machine", "pc", "-nodefaults", "-no-user-config",
         "-m", "256", "-smp", "1", "-display", "none", "-monitor", "none", "-no-reboot",

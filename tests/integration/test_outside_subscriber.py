@@ -1,4 +1,4 @@
-"""The promises of DESIGN.md section 6, checked by a client that uses no netroot code
+"""The promises of docs/design.md §9, checked by a client that uses no netroot code
 (outside_client.py: paho-mqtt, the CloudEvents SDK, jsonschema) against a real
 mosquitto and real `netroot serve` and CLI processes."""
 

@@ -3,7 +3,7 @@
 Package-manager mechanics only; what to install comes from `controller.recipes.distros`.
 mmdebstrap runs in a private mount namespace (its mounts never reach the host),
 with base/ extracted by a setup hook before any package is unpacked (so the
-dracut configuration is in place when dracut configures, BOOTLAB.md) and the
+dracut configuration is in place when dracut configures, docs/design.md §8) and the
 package archives bind-mounted from `<cache>/debs/` so a rebuild downloads
 nothing twice. The kernel's own initramfs run is skipped (INITRD=No): dracut
 runs once afterwards, inside the image, for the image's kernel.
