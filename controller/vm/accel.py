@@ -4,7 +4,7 @@ The probe boots a real kernel under KVM and waits a few seconds for its
 console; the answer holds until the host reboots (keyed by its boot id) and
 is kept in a small file in the state directory, so it is measured and
 printed once. The decision itself is qemu.decide_accel; the fall-back of a
-KVM guest that shows no milestone is bootvm_milestones.progress_verdict.
+KVM guest that shows no milestone is milestones.progress_verdict.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ boots over user-mode networking with `restrict=on`, its built-in TFTP
 serving a private TFTP root rendered for the guest's view of the world (NFS
 and MQTT at GUEST_SERVER, forwarded to loopback). Milestones are reported
 as the serial console shows them, the agent's report as the broker
-receives it. A VM that shows no new milestone for a while (bootvm_milestones
+receives it. A VM that shows no new milestone for a while (vm.milestones
 sets the bound, wider under TCG) or a fatal console line is stopped and the
 console tail reported; a KVM guest chosen by `--accel auto` that shows none
 at all is booted again under TCG. Everything started is stopped on exit,
@@ -36,8 +36,8 @@ from controller.render.cmdline import KERNEL_NAME
 from controller.serve import bootfiles, nfs
 from controller.store import versions as store
 from controller.store.layout import label_paths
-from controller.vm import accel as bootvm_accel
-from controller.vm import console as bootvm_console
+from controller.vm import console
+from controller.vm.accel import choose_accel, remember_kvm_hangs
 from controller.vm.guest import BootOptions, prepare_tftp, random_mac, vm_spec, vm_target
 from controller.vm.milestones import (
     KVM_FIRST_MILESTONE_SECONDS,
@@ -169,7 +169,7 @@ class _Session:
         try:
             paths = label_paths(self.config, self.options.label)
             kernel = paths.boot(self.target.version) / KERNEL_NAME
-            accel = await self._unless_stopped(bootvm_accel.choose_accel(
+            accel = await self._unless_stopped(choose_accel(
                 self.config, self.options.accel, kernel, self.run_dir, self.say))  # fmt: skip
             async with contextlib.AsyncExitStack() as stack:
                 lab = await self._unless_stopped(stack.enter_async_context(
@@ -181,7 +181,7 @@ class _Session:
                     why = self.fell_back or (f"the KVM guest showed no boot milestone within"
                                              f" {KVM_FIRST_MILESTONE_SECONDS:.0f} s")  # fmt: skip
                     self.say(f"{why}: stopped it, booting again under TCG")
-                    bootvm_accel.remember_kvm_hangs(self.config, why)
+                    remember_kvm_hangs(self.config, why)
                     ended = await self.run_vm(lab, "tcg")
                 self.outcome.ended = ended
         except _Stopped:
@@ -228,7 +228,7 @@ class _Session:
                 tasks.append(asyncio.create_task(self.tail_serial(spec.serial_log),
                                                  name="serial"))  # fmt: skip
                 if self.options.console:
-                    attach = bootvm_console.attach(spec.console_socket, self.stop)
+                    attach = console.attach(spec.console_socket, self.stop)
                     tasks.append(asyncio.create_task(attach, name="console"))
                 ended = await self.until_done(vm, accel)
                 if ended != FALL_BACK:

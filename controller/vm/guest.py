@@ -40,7 +40,7 @@ class BootOptions:
 
     label: str
     headless: bool = False
-    console: bool = False  # join this terminal to the VM's console (bootvm_console)
+    console: bool = False  # join this terminal to the VM's console (vm.console)
     timeout: float | None = None
     uefi: bool = False
     direct: bool = False
