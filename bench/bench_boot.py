@@ -132,7 +132,8 @@ def main() -> None:
         if cells == [None, None]:
             continue
         shown = [f"{c:8.1f}" if c is not None else f"{'-':>8}" for c in cells]
-        ratio = f"{cells[0] / cells[1]:11.2f}" if None not in cells and cells[1] else f"{'-':>11}"
+        pxe, direct = cells
+        ratio = f"{pxe / direct:11.2f}" if pxe is not None and direct else f"{'-':>11}"
         print(f"{name:<12} {shown[0]} {shown[1]} {ratio}")
 
 

@@ -13,6 +13,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from common import workspace
@@ -24,7 +25,7 @@ from controller.daemon.watch import Watcher, recipe_dependencies, watch_specs
 
 async def one_run(config: Config, recipe: Path, writes: int, span: float) -> tuple[int, float, int]:
     """(builds triggered, seconds from the last write to the first build start, notifications)."""
-    starts: list[tuple[float, dict[str, str]]] = []
+    starts: list[tuple[float, Mapping[str, str]]] = []
 
     async def sink(batch: Batch) -> None:
         deps = recipe_dependencies(config)

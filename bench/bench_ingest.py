@@ -17,17 +17,14 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, Workspace, make_root_tree
-
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-
 import paho.mqtt.client as paho
-from test_daemon_harness import Broker, Controller, report, wait_for
+from common import Workspace, make_root_tree
+from integration.harness import Broker, Controller, report, wait_for
+from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.daemon.db import Database
 
@@ -64,7 +61,7 @@ def baseline(broker: Broker, count: int) -> subprocess.Popen[str]:
 
 def publish_all(broker: Broker, payloads: list[tuple[str, bytes]]) -> dict[str, float]:
     """Publish at QoS 1 as fast as possible; returns the publish time of each topic."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-agents")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-agents")
     client.max_inflight_messages_set(1000)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
@@ -96,7 +93,7 @@ def phase(ws: Workspace, broker: Broker, count: int, number: int, version: str) 
     sent = publish_all(broker, payloads)
     t0 = min(sent.values())
     out, _ = sub.communicate(timeout=600)
-    received = {}
+    received: dict[str, float] = {}
     for line in out.splitlines():
         stamp, topic = line.split(" ", 1)
         received.setdefault(topic, float(stamp))

@@ -13,6 +13,7 @@ import argparse
 import os
 import statistics
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from common import build, run, timed, workspace
@@ -46,9 +47,9 @@ def main() -> None:
             edited.write_text(f"edit {i} again\n")
             plain.append(timed(lambda: build(config, "bench")))
             os.sync()
-            cp_a.append(timed(lambda i=i: run(["cp", "-a", str(rootfs), f"{tmp}/cp-a-{i}"])))
+            cp_a.append(timed(partial(run, ["cp", "-a", str(rootfs), f"{tmp}/cp-a-{i}"])))
             os.sync()
-            cp_al.append(timed(lambda i=i: run(["cp", "-al", str(rootfs), f"{tmp}/cp-al-{i}"])))
+            cp_al.append(timed(partial(run, ["cp", "-al", str(rootfs), f"{tmp}/cp-al-{i}"])))
             os.sync()
         m_ours, m_plain, m_a, m_al = (statistics.median(x) for x in (ours, plain, cp_a, cp_al))
         print(f"{args.files} files, median of {args.runs}:")

@@ -18,8 +18,8 @@ KVER = "6.1.0-test"
 def make_root_tree(root: Path, files: int = 20, kver: str = KVER, file_size: int = 64) -> Path:
     """A small root tree with the shape of a real one: /boot kernel and initramfs,
     merged-/usr symlinks, nested directories and `files` regular files."""
-    for d in ("boot", "etc", "usr/bin", "usr/lib", "var/lib", "tmp"):
-        (root / d).mkdir(parents=True, exist_ok=True)
+    for sub in ("boot", "etc", "usr/bin", "usr/lib", "var/lib", "tmp"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "boot" / f"vmlinuz-{kver}").write_bytes(os.urandom(4096) + b"kernel")
     (root / "boot" / f"initrd.img-{kver}").write_bytes(os.urandom(8192) + b"initrd")
     for name, target in (("bin", "usr/bin"), ("lib", "usr/lib")):

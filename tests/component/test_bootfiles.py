@@ -69,6 +69,7 @@ def test_a_new_activation_switches_the_menu_and_keeps_the_old_versions_files(
     (served.overlays / "demo" / "marker").write_text("v2")
     served.run("build", "demo", "--activate")
     new = served.active()
+    assert old is not None and new is not None
     assert new != old
     default = (tftp(served) / "pxelinux.cfg/default").read_text()
     assert new in default and old not in default

@@ -100,6 +100,7 @@ def test_build_and_activate_killed_at_failpoint(served: Workspace, point: str) -
 @pytest.mark.parametrize("point", ACTIVATION_FAILPOINTS)
 def test_activation_killed_at_failpoint(served: Workspace, point: str) -> None:
     old = served.active()
+    assert old is not None
     _edit_overlay(served, "v2")
     new = served.json("build", "demo")["version"]["version"]
     result = served.run("activate", "demo", new, check=False, env={"NETROOT_FAILPOINT": point})

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from controller.build.builders.apptainer import ApptainerBuilder
-from controller.build.builders.legacy import DefBuilder, host_rpm_writes, run_setup, setup_sources
+from controller.build.builders.legacy import DefBuilder, host_rpm_writes, run_setup
 from controller.core.errors import RecipeError
 from controller.recipes import DefRecipe, load_recipe
+from controller.recipes.inputs import setup_sources
 
 REPO = Path(__file__).resolve().parents[2]
 LEGACY = REPO / "tests" / "legacy"

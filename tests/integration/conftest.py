@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_harness import Broker
+from integration.harness import Broker
 
 
 @pytest.fixture

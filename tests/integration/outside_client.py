@@ -17,6 +17,7 @@ import jsonschema
 import paho.mqtt.client as paho
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -70,15 +71,16 @@ class OutsideSubscriber:
         self.subscribed = threading.Event()
         self.topics = topics or (f"{prefix}/#",)
         self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"outside-{uuid.uuid4().hex[:10]}",
             protocol=paho.MQTTv5,
         )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.reconnect_delay_set(0.2, 1)
-        connect = Properties(PacketTypes.CONNECT)
+        # paho annotates the delays int, yet does float arithmetic with them: 0.2 s is meant
+        self.client.reconnect_delay_set(0.2, 1)  # type: ignore[arg-type]
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # as mqtt.py
         connect.SessionExpiryInterval = 3600 if persistent else 0
         self.client.connect(
             "127.0.0.1", port, keepalive=10, clean_start=not persistent, properties=connect

@@ -104,7 +104,7 @@ class Vm:
         return "\n".join(self.lines)
 
     def milestones(self) -> dict[str, float]:
-        found = {}
+        found: dict[str, float] = {}
         for line in list(self.lines):
             if line.startswith("{") and '"milestone"' in line:
                 data = json.loads(line)

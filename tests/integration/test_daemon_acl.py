@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from integration.harness import Broker, Controller, free_port, wait_for
 from support import REPO, Workspace, make_root_tree
-from test_daemon_harness import Broker, Controller, free_port, wait_for
 
 from controller.config.models import MqttConfig
 from controller.core.errors import NetrootError
@@ -404,7 +404,7 @@ def up_broker(tmp_path: Path, *, credentials: bool) -> Broker:
     secret = tmp_path / "mqtt.password"
     secret.write_text(SECRET["netroot-controller"] + "\n")
     auth = {"username": "netroot-controller", "password_file": secret} if credentials else {}
-    mqtt = MqttConfig(host="127.0.0.1", port=port, **auth)  # type: ignore[arg-type]
+    mqtt = MqttConfig(host="127.0.0.1", port=port, **auth)
     run_dir = tmp_path / "up"
     run_dir.mkdir()
     conf = upbroker.write_broker_files(mqtt, run_dir)

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, Workspace, make_root_tree
-from test_daemon_harness import (
+from integration.harness import (
     Broker,
     Collector,
     Controller,
     agent_report,
     wait_for,
 )
+from support import REPO, Workspace, make_root_tree
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ class Lab:
     def nodes(self) -> Any:
         return self.ws.json("nodes")
 
-    def manifest(self, version: str) -> Any:
+    def manifest(self, version: str | None) -> Any:
         return next(v for v in self.ws.json("versions", "demo") if v["version"] == version)
 
     def idle(self) -> bool:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from integration.harness import WAIT_S, Broker, Collector, Controller, report, wait_for
+from paho.mqtt.enums import CallbackAPIVersion
 from support import Workspace, make_root_tree
-from test_daemon_harness import WAIT_S, Broker, Collector, Controller, report, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ class Sender:
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2, client_id=f"test-fleet-{uuid.uuid4().hex[:8]}"
+            CallbackAPIVersion.VERSION2, client_id=f"test-fleet-{uuid.uuid4().hex[:8]}"
         )
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
@@ -107,10 +108,11 @@ def test_a_burst_of_boot_reports_loses_none_when_the_controller_is_sigkilled(
 
         # Each report implies node.booted and node.current: each published at least once.
         for kind in ("node.booted", "node.current"):
-            wait_for(
-                lambda kind=kind: acked <= {e["data"]["mac"] for e in collector.events(kind)},
-                f"{kind} for every node",
-            )
+
+            def all_published(kind: str = kind) -> bool:
+                return acked <= {e["data"]["mac"] for e in collector.events(kind)}
+
+            wait_for(all_published, f"{kind} for every node")
         assert controller.alive()
     finally:
         sender.close()

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from integration.harness import Broker, Collector, Controller, wait_for
 from support import Workspace, make_root_tree
-from test_daemon_harness import Broker, Collector, Controller, wait_for
 
 from controller.build.builders import basetree, mmdebstrap, pkgstage
 from controller.recipes import DefRecipe, MmdebstrapRecipe, load_recipe

@@ -13,8 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from support import Workspace, make_root_tree
-from test_daemon_harness import (
+from integration.harness import (
     BOOT_ID,
     Broker,
     Collector,
@@ -23,7 +22,9 @@ from test_daemon_harness import (
     report,
     wait_for,
 )
-from test_daemon_nodes import retained_state
+from integration.test_daemon_nodes import retained_state
+from paho.mqtt.enums import CallbackAPIVersion
+from support import Workspace, make_root_tree
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +44,14 @@ class PahoAgent:
         self.commands: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"agent-{mac.replace(':', '')}",
             clean_session=False,  # the broker keeps commands for it across its restart
         )
         will = {"kind": "offline", "mac": mac, "boot_id": BOOT_ID}
         self.client.will_set(f"netroot/node/{mac}/report", json.dumps(will), qos=1)
-        self.client.reconnect_delay_set(0.2, 1)
+        # paho annotates the delays int, yet does float arithmetic with them: 0.2 s is meant
+        self.client.reconnect_delay_set(0.2, 1)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", broker.port, keepalive=5)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from integration.harness import Broker, Collector, Controller, free_port, wait_for
 from support import Workspace, make_root_tree
-from test_daemon_harness import Broker, Collector, Controller, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 

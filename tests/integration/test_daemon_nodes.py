@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Workspace, make_root_tree
-from test_daemon_harness import (
+from integration.harness import (
     BOOT_ID_2,
     Broker,
     Collector,
@@ -24,6 +23,7 @@ from test_daemon_harness import (
     report,
     wait_for,
 )
+from support import Workspace, make_root_tree
 
 from controller.config.models import load_config
 from controller.store import liveedits

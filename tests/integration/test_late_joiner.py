@@ -12,9 +12,10 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from outside_client import OutsideSubscriber
+from integration.harness import BOOT_ID, Broker, Controller, wait_for
+from integration.outside_client import OutsideSubscriber
+from paho.mqtt.enums import CallbackAPIVersion
 from support import Workspace, make_root_tree
-from test_daemon_harness import BOOT_ID, Broker, Controller, wait_for
 
 from controller.cli.up_cmds import BROKER_CONF
 
@@ -30,7 +31,7 @@ def mac(i: int) -> str:
 
 def boot_storm(port: int, version: str) -> None:
     """Every node's agent publishes its boot report (QoS 1), many in flight at once."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"storm-{uuid.uuid4().hex}")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"storm-{uuid.uuid4().hex}")
     client.max_inflight_messages_set(500)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from outside_client import OutsideSubscriber
+from integration.harness import Broker, Controller, agent_report, wait_for
+from integration.outside_client import OutsideSubscriber
 from support import Workspace, make_root_tree
-from test_daemon_harness import Broker, Controller, agent_report, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ def test_control_characters_are_escaped_and_ordinary_text_kept() -> None:
 
 
 def test_events_shows_a_hostile_dhcp_hostname_escaped() -> None:
-    data = NodeDhcp(mac=MAC, state="dhcp", ip="10.0.2.15", firmware=True, hostname=HOSTILE)  # type: ignore[arg-type]
+    data = NodeDhcp(mac=MAC, state="dhcp", ip="10.0.2.15", firmware=True, hostname=HOSTILE)
     message = Message(
         f"netroot/events/node/{MAC}", envelope_json(data, MAC, "netroot://h", now=NOW)
     )

@@ -25,13 +25,7 @@ def db(tmp_path: Path) -> Database:
 
 def node(mac: str, state: str = "up", version: str | None = V1, label: str = "demo") -> NodeState:
     action = "reboot" if state == "stale" else None
-    return NodeState(
-        mac=mac,
-        state=state,
-        label=label,
-        version=version,
-        action=action,  # type: ignore[arg-type]
-    )
+    return NodeState(mac=mac, state=state, label=label, version=version, action=action)
 
 
 def topics(db: Database) -> list[str]:

@@ -70,7 +70,13 @@ class Clock:
 
 
 def report(mac: str = MAC, *, topic_mac: str | None = None, **fields: object) -> Message:
-    body = {"kind": "boot", "mac": mac, "label": "demo", "version": V1, "boot_id": BOOT_ID}
+    body: dict[str, object] = {
+        "kind": "boot",
+        "mac": mac,
+        "label": "demo",
+        "version": V1,
+        "boot_id": BOOT_ID,
+    }
     body.update(fields)
     return Message(f"netroot/node/{topic_mac or mac}/report", json.dumps(body).encode())
 

@@ -100,7 +100,7 @@ def test_distro_comment_and_ignored_sections(tmp_path: Path) -> None:
     )
     r = parse(text)
     assert r.native.distro == "fedora" and r.bootstrap == "dnf"
-    assert r.native.repositories[0].baseurl == "file:///srv/site/43/"  # type: ignore[union-attr]
+    assert r.native.repositories[0].baseurl == "file:///srv/site/43/"
     kinds = " ".join(r.notices)
     for word in ("SetOpt ignored", "%labels ignored", "%help ignored", "%runscript ignored"):
         assert word in kinds
@@ -316,7 +316,7 @@ def test_original_recipes_become_native_dnf_recipes(
 
 def test_centos7_end_lines_and_header_case() -> None:
     r = load_recipe(LEGACY / "centos7-base.def")
-    assert isinstance(r.native, DnfRecipe)
+    assert isinstance(r, DefRecipe) and isinstance(r.native, DnfRecipe)
     ends = [n for n in r.notices if "%end closes" in n]
     assert [n.split(": ", 1)[0] for n in ends] == [
         f"{LEGACY / 'centos7-base.def'}:{n}" for n in (12, 31)
@@ -330,12 +330,12 @@ def test_centos7_end_lines_and_header_case() -> None:
 
 def test_plaintext_password_warnings_name_the_line() -> None:
     r = load_recipe(LEGACY / "centos7-base.def")
-    assert len(r.warnings) == 1
+    assert isinstance(r, DefRecipe) and len(r.warnings) == 1
     assert r.warnings[0].startswith(
         f"{LEGACY / 'centos7-base.def'}:25: %post pipes a plaintext password to passwd"
     )
     hashed = load_recipe(LEGACY / "centos7-hpcnode.def")
-    assert hashed.warnings == ()  # chpasswd -e takes a crypt hash
+    assert isinstance(hashed, DefRecipe) and hashed.warnings == ()  # chpasswd -e takes a crypt hash
     text = (
         "Bootstrap: debootstrap\nOSVersion: 12\n%post\n  # echo x | passwd --stdin root\n"
         "  echo root:secret | chpasswd\n  printf 'a\\na\\n' | /bin/passwd root\n"

@@ -49,7 +49,7 @@ def formats(node: Any) -> set[str]:
 def validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)  # type: ignore[no-any-return]
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 def test_every_schema_names_its_dialect_and_a_versioned_id() -> None:
@@ -89,7 +89,7 @@ def test_the_envelope_requires_the_attributes_and_none_may_be_null() -> None:
 
 def test_every_event_names_the_schema_its_data_validates_against() -> None:
     schemas = {s["$id"]: s for s in json_schemas().values()}
-    node = NodeState(mac=MAC, state="up", label="demo", version=V1, ip="10.0.2.15", since=NOW)  # type: ignore[arg-type]
+    node = NodeState(mac=MAC, state="up", label="demo", version=V1, ip="10.0.2.15", since=NOW)
     for data, subject in (
         (node, MAC),
         (Activated(label="demo", version=V2, reason="auto"), "demo"),
@@ -152,5 +152,5 @@ def test_history_lines_become_changes_with_their_previous_version() -> None:
 
 @pytest.mark.parametrize("reason", ["auto", "cli", "rollback", "canary"])
 def test_activated_carries_a_reason_and_its_build(reason: str) -> None:
-    data = Activated(label="demo", version=V1, build_id="20260301T120000-abcdef", reason=reason)  # type: ignore[arg-type]
+    data = Activated(label="demo", version=V1, build_id="20260301T120000-abcdef", reason=reason)
     assert json.loads(data.model_dump_json())["reason"] == reason

@@ -51,7 +51,7 @@ def to_toml(data: dict[str, Any]) -> str:
     return "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in data.items())
 
 
-TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=24)
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=24)
 SCALARS = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),

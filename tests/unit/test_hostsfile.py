@@ -142,7 +142,7 @@ def test_recipes_inside_recipes_dir_become_relative() -> None:
 
 
 def test_rendered_labels_are_valid_toml_and_config() -> None:
-    tables = {
+    tables: dict[str, dict[str, object]] = {
         "node.1": {
             "recipe": 'we"ird\\name.def',
             "rw": True,

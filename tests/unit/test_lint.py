@@ -1,4 +1,5 @@
-"""ruff (check and format) and mypy --strict are part of the suite: a finding fails the tests."""
+"""ruff (check and format) and mypy --strict (over controller, tests and bench) are part of
+the suite: a finding fails the tests."""
 
 from __future__ import annotations
 
@@ -25,5 +26,5 @@ def test_ruff_format_changes_nothing() -> None:
 
 
 def test_mypy_strict_finds_nothing() -> None:
-    result = _run("mypy")  # files and --strict come from pyproject.toml
+    result = _run("mypy")  # files (controller, tests, bench) and --strict: pyproject.toml
     assert result.returncode == 0, result.stdout + result.stderr

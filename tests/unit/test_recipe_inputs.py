@@ -3,6 +3,7 @@ builders' input keys follow exactly those files, and the watcher maps them to la
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from controller.build.builders import builder_for
@@ -159,7 +160,7 @@ def test_the_watcher_maps_each_listed_file_to_its_label(tmp_path: Path) -> None:
     config = config_for(tmp_path, {"node": toml, "legacy": definition, "app": app})
     deps = recipe_dependencies(config)
 
-    def affected(path: Path) -> dict[str, str]:
+    def affected(path: Path) -> Mapping[str, str]:
         return affected_labels([path], config, config_file=None, recipe_deps=deps)
 
     assert affected(tmp_path / "common" / "motd") == {"node": "full"}

@@ -1,7 +1,7 @@
 """Helpers for the daemon tests (no tests here): a real mosquitto, a subscriber, the
 controller as a process that speaks sd_notify, and node agents made of mosquitto_pub.
 
-It is a test_* module only so that the daemon tests and conftest.py can import it.
+The daemon tests, conftest.py and bench/bench_ingest.py import it as `integration.harness`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from support import REPO, Workspace
 
 T = TypeVar("T")
@@ -135,14 +136,15 @@ class Collector:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=f"test-collector-{uuid.uuid4().hex[:8]}",
             clean_session=False,
         )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.reconnect_delay_set(0.2, 1)
+        # paho annotates the delays int, yet does float arithmetic with them: 0.2 s is meant
+        self.client.reconnect_delay_set(0.2, 1)  # type: ignore[arg-type]
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
         if not self._subscribed.wait(20):
