@@ -1,8 +1,9 @@
 """Controller configuration: frozen pydantic models, built-in defaults, one-line errors.
 
 A config file is TOML. Relative paths are taken relative to the file's
-directory; the built-in defaults put everything under the checkout, state in
-./var, so a first run needs no file in /etc.
+directory. The built-in defaults take recipes and base/ from the package's
+shipped data and keep state where controller.core.shipped says (./var of a
+checkout, else /var/lib/netroot as root), so a first run needs no file in /etc.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from pydantic import (
     field_validator,
 )
 
+from controller.core import shipped
 from controller.errors import ConfigError
 
 LABEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 LABEL_ALLOWED = "1-63 of a-z 0-9 . _ -, starting with a letter or digit"
 MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 MAC_ALLOWED = "six lowercase hex pairs joined by colons, like aa:bb:cc:dd:ee:ff"
-CHECKOUT = Path(__file__).resolve().parent.parent
 BUILTIN = "built-in defaults"
 
 
@@ -307,6 +308,19 @@ DEFAULT_LABELS: dict[str, dict[str, Any]] = {
 }
 
 
+def builtin_paths() -> dict[str, Path]:
+    """The paths of the built-in defaults: shipped data from the package, state by the rule."""
+    state = shipped.default_state()
+    return {
+        "state_dir": state.state_dir,
+        "recipes_dir": shipped.shipped("recipes"),
+        "overlays_dir": state.var / "overlays",
+        "base_dir": shipped.shipped("base"),
+        "export_root": state.var / "export",
+        "tftp_root": state.var / "tftp",
+    }
+
+
 def _first_error(exc: ValidationError, source: str, model: type[BaseModel]) -> ConfigError:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
@@ -429,7 +443,9 @@ def load_config(path: Path | None = None) -> Config:
     if path is None and os.environ.get("NETROOT_CONFIG"):
         path = Path(os.environ["NETROOT_CONFIG"])
     if path is None:
-        return parse_config({"labels": DEFAULT_LABELS}, source=BUILTIN, root=CHECKOUT)
+        paths = builtin_paths()
+        data = {**paths, "labels": DEFAULT_LABELS}
+        return parse_config(data, source=BUILTIN, root=paths["state_dir"])
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:

@@ -26,7 +26,7 @@ from controller.builders import BuildRequest, Progress, basetree, pkgstage
 from controller.builders.dnf import place_kernels
 from controller.builders.initramfs import make_initramfs
 from controller.builders.legacy import tree_digest
-from controller.config import CHECKOUT
+from controller.core import shipped
 from controller.errors import NetrootError
 from controller.recipes import DefRecipe, Recipe
 from controller.recipes.inputs import setup_sources
@@ -62,7 +62,7 @@ class ApptainerBuilder:
 
     def __init__(self, tool: str, base_dir: Path | None = None) -> None:
         self.name = tool
-        self.base_dir = base_dir if base_dir is not None else CHECKOUT / "base"
+        self.base_dir = base_dir if base_dir is not None else shipped.shipped("base")
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
         """The .def's content, the files %files and %setup copy in, base/ and the tool's name."""

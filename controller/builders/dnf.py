@@ -30,7 +30,7 @@ from controller import distros, proc
 from controller.builders import BuildRequest, Progress, basetree, chroot, customize, pkgstage
 from controller.builders.follow import following
 from controller.builders.initramfs import make_initramfs
-from controller.config import CHECKOUT
+from controller.core import shipped
 from controller.errors import NetrootError, ProcessError, RecipeError
 from controller.recipes import DnfRecipe, Recipe
 
@@ -236,7 +236,7 @@ class DnfBuilder:
     name = "dnf"
 
     def __init__(self, base_dir: Path | None = None) -> None:
-        self.base_dir = base_dir if base_dir is not None else CHECKOUT / "base"
+        self.base_dir = base_dir if base_dir is not None else shipped.shipped("base")
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
         """Digest of the merged recipe, the files it copies in, base/ and this backend."""

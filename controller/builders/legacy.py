@@ -26,7 +26,7 @@ from pathlib import Path
 
 from controller import distros, fsops, proc
 from controller.builders import BuildRequest, Progress, builder_for, chroot, cow, customize
-from controller.config import CHECKOUT
+from controller.core import shipped
 from controller.errors import NetrootError, ProcessError, RecipeError
 from controller.recipes import DefRecipe, DnfRecipe, Recipe
 from controller.recipes.inputs import setup_sources
@@ -159,7 +159,7 @@ class DefBuilder:
     name = "def"
 
     def __init__(self, base_dir: Path | None = None) -> None:
-        self.base_dir = base_dir if base_dir is not None else CHECKOUT / "base"
+        self.base_dir = base_dir if base_dir is not None else shipped.shipped("base")
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
         """The backend's key for the native recipe, plus %setup, what it copies, %environment."""

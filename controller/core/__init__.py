@@ -1,0 +1,1 @@
+"""The base layer: nothing here imports another netroot package."""
