@@ -20,8 +20,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.cli.output import emit_json, printable, table
-from controller.config.models import Config, load_config
+from controller.config.models import BUILTIN, Config, load_config
 from controller.core import log as logsetup
+from controller.core import shipped
 from controller.core.errors import NetrootError
 from controller.daemon import serve
 from controller.daemon.db import Database, db_path
@@ -130,6 +131,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     pid = holder_pid(lock_path(config.state_dir))
     report: dict[str, Any] = {"daemon": {"running": pid is not None, "pid": pid}}
+    report["paths"] = _paths(config)
     db = _open_db(config)
     if db is None:
         report.update(labels={}, nodes={}, outbox={"pending": 0, "dropped": 0})
@@ -141,6 +143,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     running = f"running (pid {pid})" if pid is not None else "not running"
     print(f"daemon: {running}; state {config.state_dir}")
+    paths = report["paths"]
+    rule = paths["state_rule"]
+    why = shipped.RULES[rule] if rule else f"from {paths['config']}"
+    print(f"state: {paths['state_dir']} ({why})")
+    print(f"shipped data: {paths['shipped']}")
     rows = []
     for label, info in report["labels"].items():
         build = info["last_build"] or {}
@@ -153,6 +160,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     outbox = report["outbox"]
     print(f"outbox: {outbox['pending']} undelivered, {outbox['dropped']} dropped at the bound")
     return 0
+
+
+def _paths(config: Config) -> dict[str, Any]:
+    """Where state and shipped data are; state_rule names the rule when the defaults chose."""
+    rule = shipped.default_state().rule if config.source == BUILTIN else None
+    return {
+        "config": config.source,
+        "state_dir": str(config.state_dir),
+        "state_rule": rule,
+        "shipped": str(shipped.shipped_dir()),
+        "recipes_dir": str(config.recipes_dir),
+        "base_dir": str(config.base_dir),
+    }
 
 
 def _status(config: Config, db: Database) -> dict[str, Any]:

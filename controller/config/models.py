@@ -1,8 +1,9 @@
 """Controller configuration: frozen pydantic models, built-in defaults, one-line errors.
 
 A config file is TOML. Relative paths are taken relative to the file's
-directory; the built-in defaults put everything under the checkout, state in
-./var, so a first run needs no file in /etc.
+directory. The built-in defaults take recipes and base/ from the package's
+shipped data and keep state where controller.core.shipped says (./var of a
+checkout, else /var/lib/netroot as root), so a first run needs no file in /etc.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from pydantic import (
     field_validator,
 )
 
+from controller.core import shipped
 from controller.core.errors import ConfigError
 from controller.core.ids import LABEL_ALLOWED, LABEL_RE, MAC_ALLOWED, MAC_RE, check_label
 from controller.core.model import Model
 
-CHECKOUT = Path(__file__).resolve().parents[2]
 BUILTIN = "built-in defaults"
 
 
@@ -291,6 +292,19 @@ DEFAULT_LABELS: dict[str, dict[str, Any]] = {
 }
 
 
+def builtin_paths() -> dict[str, Path]:
+    """The paths of the built-in defaults: shipped data from the package, state by the rule."""
+    state = shipped.default_state()
+    return {
+        "state_dir": state.state_dir,
+        "recipes_dir": shipped.shipped("recipes"),
+        "overlays_dir": state.var / "overlays",
+        "base_dir": shipped.shipped("base"),
+        "export_root": state.var / "export",
+        "tftp_root": state.var / "tftp",
+    }
+
+
 def _first_error(exc: ValidationError, source: str, model: type[BaseModel]) -> ConfigError:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
@@ -413,7 +427,9 @@ def load_config(path: Path | None = None) -> Config:
     if path is None and os.environ.get("NETROOT_CONFIG"):
         path = Path(os.environ["NETROOT_CONFIG"])
     if path is None:
-        return parse_config({"labels": DEFAULT_LABELS}, source=BUILTIN, root=CHECKOUT)
+        paths = builtin_paths()
+        data = {**paths, "labels": DEFAULT_LABELS}
+        return parse_config(data, source=BUILTIN, root=paths["state_dir"])
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:

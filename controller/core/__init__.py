@@ -1,4 +1,4 @@
-"""The base layer: errors, logging, subprocesses, locks, ids and the model base.
+"""The base layer: errors, logging, subprocesses, locks, ids, the model base, shipped data.
 
 Imports no other netroot package.
 """

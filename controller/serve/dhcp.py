@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from controller.config.models import BUILTIN, CHECKOUT, Config
+from controller.config.models import BUILTIN, Config
+from controller.core import shipped
 from controller.core.errors import ConfigError
 from controller.render import DnsmasqSpec, render_dnsmasq
 from controller.render.cmdline import GENERATED
@@ -33,12 +34,11 @@ def hook_wrapper(config: Config, python: str = sys.executable) -> str:
     if config.source != BUILTIN:
         argv += ["--config", os.fspath(Path(config.source).resolve())]
     command = shlex.join([*argv, "hook", "dhcp"])
-    # PYTHONPATH: the controller package also runs from a checkout never pip-installed.
-    return (
-        "#!/bin/sh\n"
-        f"# {GENERATED}\n"
-        f'PYTHONPATH={shlex.quote(os.fspath(CHECKOUT))} exec {command} "$@"\n'
-    )
+    # An installed package imports by itself; one run from a checkout never
+    # pip-installed needs the checkout on PYTHONPATH.
+    where = shipped.import_path()
+    env = "" if where is None else f"PYTHONPATH={shlex.quote(os.fspath(where))} "
+    return f'#!/bin/sh\n# {GENERATED}\n{env}exec {command} "$@"\n'
 
 
 def dnsmasq_spec(config: Config, *, tftp_root: Path | None = None) -> DnsmasqSpec:

@@ -23,7 +23,9 @@ def test_builtin_defaults_live_under_the_checkout(monkeypatch: pytest.MonkeyPatc
     config = load_config()
     assert config.source == BUILTIN
     assert config.state_dir == REPO / "var" / "lib"
-    assert config.recipes_dir == REPO / "recipes"
+    # Shipped data comes from the package (./recipes and ./base link into it).
+    assert config.recipes_dir == (REPO / "recipes").resolve()
+    assert config.base_dir == (REPO / "base").resolve()
     assert config.export_link("debian12") == REPO / "var" / "export" / "debian12"
     assert config.overlay_names("debian12") == ("common", "debian12")
 

@@ -25,8 +25,7 @@ from controller.build.builders import BuildRequest, Progress, basetree, pkgstage
 from controller.build.builders.dnf import place_kernels
 from controller.build.builders.initramfs import make_initramfs
 from controller.build.builders.legacy import tree_digest
-from controller.config.models import CHECKOUT
-from controller.core import proc
+from controller.core import proc, shipped
 from controller.core.errors import NetrootError
 from controller.recipes import DefRecipe, Recipe
 from controller.recipes.inputs import setup_sources
@@ -62,7 +61,7 @@ class ApptainerBuilder:
 
     def __init__(self, tool: str, base_dir: Path | None = None) -> None:
         self.name = tool
-        self.base_dir = base_dir if base_dir is not None else CHECKOUT / "base"
+        self.base_dir = base_dir if base_dir is not None else shipped.shipped("base")
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
         """The .def's content, the files %files and %setup copy in, base/ and the tool's name."""

@@ -25,8 +25,7 @@ import uuid
 from pathlib import Path
 
 from controller.build.builders import BuildRequest, Progress, builder_for, chroot, cow, customize
-from controller.config.models import CHECKOUT
-from controller.core import proc
+from controller.core import proc, shipped
 from controller.core.errors import NetrootError, ProcessError, RecipeError
 from controller.recipes import DefRecipe, DnfRecipe, Recipe, distros
 from controller.recipes.inputs import setup_sources
@@ -160,7 +159,7 @@ class DefBuilder:
     name = "def"
 
     def __init__(self, base_dir: Path | None = None) -> None:
-        self.base_dir = base_dir if base_dir is not None else CHECKOUT / "base"
+        self.base_dir = base_dir if base_dir is not None else shipped.shipped("base")
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
         """The backend's key for the native recipe, plus %setup, what it copies, %environment."""

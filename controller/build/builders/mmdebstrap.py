@@ -18,8 +18,7 @@ from pathlib import Path
 from controller.build.builders import BuildRequest, Progress, basetree, chroot, customize, pkgstage
 from controller.build.builders.follow import following
 from controller.build.builders.initramfs import make_initramfs
-from controller.config.models import CHECKOUT
-from controller.core import proc
+from controller.core import proc, shipped
 from controller.core.errors import NetrootError, ProcessError, RecipeError
 from controller.recipes import MmdebstrapRecipe, PackageRecipe, Recipe
 
@@ -156,7 +155,7 @@ class MmdebstrapBuilder:
     name = "mmdebstrap"
 
     def __init__(self, base_dir: Path | None = None) -> None:
-        self.base_dir = base_dir if base_dir is not None else CHECKOUT / "base"
+        self.base_dir = base_dir if base_dir is not None else shipped.shipped("base")
 
     def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
         """Digest of the merged recipe, the files it copies in, base/ and this backend."""

@@ -1,0 +1,59 @@
+"""Where the shipped data is and where state goes by default (controller.core.shipped)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from support import REPO
+
+from controller.core import shipped
+
+
+def test_shipped_data_is_the_package_data_the_top_level_links_name() -> None:
+    assert shipped.shipped_dir() == REPO / "controller" / "shipped"
+    for name in shipped.SHIPPED:
+        assert shipped.shipped(name).is_dir()
+        assert (REPO / name).resolve() == shipped.shipped(name)
+    agent = shipped.shipped("base") / "usr" / "lib" / "netroot" / "agent"
+    assert agent.stat().st_mode & stat.S_IXUSR
+    with pytest.raises(ValueError, match="allowed: recipes, base, config, systemd"):
+        shipped.shipped("tests")
+
+
+def test_base_holds_no_symlink_a_wheel_would_drop() -> None:
+    base = shipped.shipped("base")
+    assert [p for p in base.rglob("*") if p.is_symlink()] == []
+
+
+def test_a_checkout_keeps_state_under_its_var() -> None:
+    assert shipped.checkout() == REPO
+    state = shipped.default_state()
+    assert (state.rule, state.state_dir, state.var) == (
+        "checkout",
+        REPO / "var" / "lib",
+        REPO / "var",
+    )
+    # Never pip-installed into this interpreter's site-packages: children need PYTHONPATH.
+    assert shipped.import_path() == REPO
+
+
+def test_outside_a_checkout_root_uses_var_lib_netroot_and_a_user_xdg_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The uid and the checkout are the inputs of the rule; a test cannot become
+    # another user or move the package, so these two are substituted.
+    monkeypatch.setattr(shipped, "checkout", lambda: None)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert shipped.default_state() == shipped.DefaultState(
+        Path("/var/lib/netroot"), Path("/var/lib/netroot"), "root"
+    )
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert shipped.default_state().state_dir == tmp_path / "netroot"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    state = shipped.default_state()
+    assert (state.rule, state.state_dir) == ("user", tmp_path / "home" / ".local/state/netroot")
