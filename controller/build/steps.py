@@ -20,6 +20,7 @@ from controller.build.context import BuildContext, Unchanged
 from controller.build.overlays import apply_overlays, overlay_digest, record_parents, scan_overlays
 from controller.core.errors import BuildError, UnsafePathError, VerifyError
 from controller.recipes import load_recipe
+from controller.render.cmdline import INITRD_NAME, KERNEL_NAME  # the names menus serve
 from controller.store import fsops, liveedits, treeindex
 from controller.store import versions as store
 from controller.store.layout import new_version_id
@@ -29,7 +30,6 @@ from controller.store.safepath import ImageRoot
 log = structlog.get_logger(component="build")
 
 VERSION_FILE = "etc/netroot/version"
-KERNEL_NAME, INITRD_NAME = "vmlinuz", "initrd.img"
 
 
 def step_resolve(ctx: BuildContext) -> None:
