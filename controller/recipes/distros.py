@@ -26,7 +26,6 @@ class Distro:
 
     name: DistroName
     family: Family
-    builder: str
     arches: tuple[str, ...]
     releases: dict[str, str]  # accepted release name -> suite / release the tools take
     default_components: tuple[str, ...]
@@ -45,6 +44,11 @@ class Distro:
     # names (the distribution's own mirrors dropped them), with a notice (release -> why)
     eol_releases: dict[str, str] = field(default_factory=dict)
     eol_pattern: str = ""  # numbered end-of-life releases (older Fedora)
+
+    @property
+    def builder(self) -> str:
+        """The backend that builds it: mmdebstrap for dpkg distributions, dnf for rpm ones."""
+        return "mmdebstrap" if self.family == "deb" else "dnf"
 
     @property
     def default_arch(self) -> str:
@@ -119,11 +123,27 @@ def _el_paths(suffix: str) -> dict[str, str]:
     return {r: f"$releasever{suffix}/{r}/$basearch/os/" for r in repos}
 
 
+def _el_rebuild(name: DistroName, gpg_key_name: str) -> Distro:
+    """Rocky and Alma: releases 8 to 10 (point releases too), keys at the mirror's root."""
+    return Distro(
+        name=name,
+        family="rpm",
+        arches=_RPM_ARCHES,
+        releases={"8": "8", "9": "9", "10": "10"},
+        release_pattern=r"(8|9|10)\.[0-9]+",
+        default_components=_EL_REPOS,
+        kernel_packages={"*": ("kernel",)},
+        boot_packages=_RPM_BOOT,
+        repo_paths=_el_paths(""),
+        gpg_key_name=gpg_key_name,
+        gpg_key_on_mirror=True,
+    )
+
+
 DISTROS: dict[str, Distro] = {
     "debian": Distro(
         name="debian",
         family="deb",
-        builder="mmdebstrap",
         arches=_DEB_ARCHES,
         releases={
             "11": "bullseye",
@@ -151,7 +171,6 @@ DISTROS: dict[str, Distro] = {
     "ubuntu": Distro(
         name="ubuntu",
         family="deb",
-        builder="mmdebstrap",
         arches=_DEB_ARCHES,
         releases={
             "22.04": "jammy",
@@ -171,7 +190,6 @@ DISTROS: dict[str, Distro] = {
     "fedora": Distro(
         name="fedora",
         family="rpm",
-        builder="dnf",
         arches=_RPM_ARCHES,
         # 40 and older are certainly end-of-life (40 since May 2025); the original
         # tool's recipes are Fedora 28 to 32
@@ -188,38 +206,11 @@ DISTROS: dict[str, Distro] = {
         },
         gpg_key_name="RPM-GPG-KEY-fedora-{major}-primary",
     ),
-    "rocky": Distro(
-        name="rocky",
-        family="rpm",
-        builder="dnf",
-        arches=_RPM_ARCHES,
-        releases={"8": "8", "9": "9", "10": "10"},
-        release_pattern=r"(8|9|10)\.[0-9]+",
-        default_components=_EL_REPOS,
-        kernel_packages={"*": ("kernel",)},
-        boot_packages=_RPM_BOOT,
-        repo_paths=_el_paths(""),
-        gpg_key_name="RPM-GPG-KEY-Rocky-{major}",
-        gpg_key_on_mirror=True,
-    ),
-    "alma": Distro(
-        name="alma",
-        family="rpm",
-        builder="dnf",
-        arches=_RPM_ARCHES,
-        releases={"8": "8", "9": "9", "10": "10"},
-        release_pattern=r"(8|9|10)\.[0-9]+",
-        default_components=_EL_REPOS,
-        kernel_packages={"*": ("kernel",)},
-        boot_packages=_RPM_BOOT,
-        repo_paths=_el_paths(""),
-        gpg_key_name="RPM-GPG-KEY-AlmaLinux-{major}",
-        gpg_key_on_mirror=True,
-    ),
+    "rocky": _el_rebuild("rocky", "RPM-GPG-KEY-Rocky-{major}"),
+    "alma": _el_rebuild("alma", "RPM-GPG-KEY-AlmaLinux-{major}"),
     "centos-stream": Distro(
         name="centos-stream",
         family="rpm",
-        builder="dnf",
         arches=_RPM_ARCHES,
         releases={"9": "9", "10": "10"},
         default_components=_EL_REPOS,
@@ -235,7 +226,6 @@ DISTROS: dict[str, Distro] = {
     "centos": Distro(
         name="centos",
         family="rpm",
-        builder="dnf",
         arches=("x86_64", "aarch64", "ppc64le"),
         releases={},
         default_components=(),

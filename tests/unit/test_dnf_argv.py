@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.build.builders import builder_for, dnf
+from controller.build.builders import builder_for, dnf, package_backend
 from controller.core.errors import RecipeError
 from controller.recipes import DnfRecipe, distros, load_recipe
 
@@ -168,6 +168,6 @@ def test_kernels_are_placed_in_boot(tmp_path: Path) -> None:
     modules.mkdir(parents=True)
     (modules / "vmlinuz").write_bytes(b"k")
     (tmp_path / "lib").symlink_to("usr/lib")
-    assert dnf.place_kernels(tmp_path) == ["6.1.0-1.x86_64"]
+    assert package_backend.place_kernels(tmp_path) == ["6.1.0-1.x86_64"]
     assert (tmp_path / "boot/vmlinuz-6.1.0-1.x86_64").read_bytes() == b"k"
-    assert dnf.place_kernels(tmp_path) == []  # already there
+    assert package_backend.place_kernels(tmp_path) == []  # already there

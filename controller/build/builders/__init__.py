@@ -1,4 +1,5 @@
-"""Builders turn a recipe into a base root tree. One module per backend, one Protocol."""
+"""Builders turn a recipe into a base root tree. One module per backend, one Protocol;
+the package-manager backends (dnf, mmdebstrap) share package_backend.PackageBackend."""
 
 from __future__ import annotations
 

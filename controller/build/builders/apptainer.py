@@ -22,9 +22,9 @@ import shutil
 from pathlib import Path
 
 from controller.build.builders import BuildRequest, Progress, basetree, pkgstage
-from controller.build.builders.dnf import place_kernels
 from controller.build.builders.initramfs import make_initramfs
 from controller.build.builders.legacy import tree_digest
+from controller.build.builders.package_backend import place_kernels
 from controller.core import proc, shipped
 from controller.core.errors import NetrootError
 from controller.recipes import DefRecipe, Recipe

@@ -95,17 +95,14 @@ def materialise(base_dir: Path, cache_dir: Path) -> tuple[str, Path]:
     return key, path
 
 
+def tar_extract_argv(archive: Path, dest: Path, *options: str) -> list[str]:
+    """GNU tar extracting as root would: owners by number, modes kept; then options."""
+    files = ("--file", os.fspath(archive), "--directory", os.fspath(dest))
+    as_root = ("--numeric-owner", "--same-owner", "--preserve-permissions")
+    return ["tar", "--extract", *files, *as_root, *options]
+
+
 def extract_argv(tar: Path, root: Path) -> list[str]:
-    """GNU tar putting the base tree into an image as root would."""
-    return [
-        "tar",
-        "--extract",
-        "--file",
-        os.fspath(tar),
-        "--directory",
-        os.fspath(root),
-        "--numeric-owner",
-        "--same-owner",
-        "--preserve-permissions",
-        "--no-overwrite-dir",
-    ]
+    """GNU tar putting the base tree into an image as root would (its directories' modes
+    and owners left as the packages made them)."""
+    return tar_extract_argv(tar, root, "--no-overwrite-dir")

@@ -145,24 +145,16 @@ def set_root_password(root: Path, recipe: PackageRecipe, log_file: Path, source:
 
 def set_services(root: Path, recipe: PackageRecipe, log_file: Path, source: str) -> None:
     """systemctl enable / disable inside the image (offline: no running systemd needed)."""
-    if recipe.services.enable:
-        _in_image(
-            root,
-            ["systemctl", "enable", *recipe.services.enable],
-            log_file=log_file,
-            source=source,
-            field="services.enable",
-            what="systemctl enable",
-        )
-    if recipe.services.disable:
-        _in_image(
-            root,
-            ["systemctl", "disable", *recipe.services.disable],
-            log_file=log_file,
-            source=source,
-            field="services.disable",
-            what="systemctl disable",
-        )
+    for verb, units in (("enable", recipe.services.enable), ("disable", recipe.services.disable)):
+        if units:
+            _in_image(
+                root,
+                ["systemctl", verb, *units],
+                log_file=log_file,
+                source=source,
+                field=f"services.{verb}",
+                what=f"systemctl {verb}",
+            )
 
 
 def run_post(

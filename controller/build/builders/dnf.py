@@ -20,23 +20,20 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.build.builders import BuildRequest, Progress, basetree, chroot, customize, pkgstage
-from controller.build.builders.follow import following
-from controller.build.builders.initramfs import make_initramfs
-from controller.core import proc, shipped
-from controller.core.errors import NetrootError, ProcessError, RecipeError
-from controller.recipes import DnfRecipe, Recipe, distros
+from controller.build.builders import BuildRequest, Progress, basetree, chroot, pkgstage
+from controller.build.builders.package_backend import PackageBackend, place_kernels
+from controller.core import proc
+from controller.core.errors import NetrootError, RecipeError
+from controller.recipes import DnfRecipe, distros
 
 BACKEND_VERSION = "1"  # bump when a change here changes the trees built
 RPM_CACHE = "/var/cache/dnf"
 HOST_REPO_DIRS = ("/etc/yum.repos.d", "/etc/distro.repos.d")
-KERNEL_DIRS = ("usr/lib/modules", "lib/modules")
 
 
 @dataclass(frozen=True)
@@ -206,109 +203,40 @@ def installed_count(root: Path, recipe: DnfRecipe) -> int:
     return len(done.stdout.split()) if done.returncode == 0 else 0
 
 
-def place_kernels(root: Path) -> list[str]:
-    """/boot/vmlinuz-KVER for every rpm kernel that ships only /usr/lib/modules/KVER/vmlinuz.
-
-    Fedora's and EL 9's kernel packages leave the copy in /boot to
-    kernel-install, whose plugins depend on the boot loader layout; a netboot
-    image has none, so netroot puts it where every distribution's tools look.
-    """
-    placed = []
-    for top in KERNEL_DIRS:
-        modules = root / top
-        if modules.is_symlink() or not modules.is_dir():
-            continue
-        for kver in sorted(os.listdir(modules)):
-            image = modules / kver / "vmlinuz"
-            target = root / "boot" / f"vmlinuz-{kver}"
-            if image.is_file() and not image.is_symlink() and not target.exists():
-                target.parent.mkdir(mode=0o755, exist_ok=True)
-                shutil.copy2(image, target)
-                placed.append(kver)
-        break  # lib/modules is the same directory on a merged-/usr image
-    return placed
-
-
-class DnfBuilder:
+class DnfBuilder(PackageBackend[DnfRecipe]):
     """Fedora, Rocky, Alma and CentOS Stream trees from packages, with a cached package stage."""
 
     name = "dnf"
+    backend_version = BACKEND_VERSION
+    recipe_type = DnfRecipe
 
-    def __init__(self, base_dir: Path | None = None) -> None:
-        self.base_dir = base_dir if base_dir is not None else shipped.shipped("base")
+    def stage_version(self, recipe: DnfRecipe, source: str) -> str:
+        """pkgstage's key knows mirror and components; the repositories and signature
+        checking decide the tree too, so they ride along in the backend version."""
+        repos = repositories(recipe, source)
+        extra = hashlib.sha256(json.dumps([repo_file(repos), recipe.gpgcheck]).encode())
+        return f"{BACKEND_VERSION}+{extra.hexdigest()[:16]}"
 
-    def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
-        """Digest of the merged recipe, the files it copies in, base/ and this backend."""
-        return pkgstage.input_key(
-            self.name, BACKEND_VERSION, _own(recipe), recipe_path, self.base_dir
-        )
+    def after_install(self, root: Path, progress: Progress) -> None:
+        """Kernel images into /boot, where dracut and the boot step look for them."""
+        placed = place_kernels(root)
+        if placed:
+            progress(f"kernel image placed in /boot for {', '.join(placed)}")
 
-    def build(self, request: BuildRequest, progress: Progress) -> None:
-        """Package stage (cached), then the recipe's customisation, into request.rootfs."""
-        recipe = _own(request.recipe)
+    def installed_count(self, root: Path, recipe: DnfRecipe) -> int:
+        """Packages the image's rpm database lists."""
+        return installed_count(root, recipe)
+
+    def explain_failure(self, log_tail: str, recipe: DnfRecipe, source: str) -> NetrootError | None:
+        """The recipe field dnf's output blames."""
+        return explain_failure(log_tail, recipe, source)
+
+    def install(
+        self, request: BuildRequest, recipe: DnfRecipe, base_tar: Path, progress: Progress
+    ) -> None:
+        """dnf --installroot in a private namespace, base/ extracted first."""
         source = str(request.recipe_path)
         repos = repositories(recipe, source)
-        base_digest, base_tar = basetree.materialise(request.base_dir, request.cache_dir)
-        # pkgstage's key knows mirror and components; the repositories and signature
-        # checking decide the tree too, so they ride along in the backend version
-        extra = hashlib.sha256(json.dumps([repo_file(repos), recipe.gpgcheck]).encode())
-        key = pkgstage.stage_key(
-            recipe,
-            backend=self.name,
-            backend_version=f"{BACKEND_VERSION}+{extra.hexdigest()[:16]}",
-            base_digest=base_digest,
-        )
-        cache = pkgstage.StageCache(request.cache_dir)
-        stage = None if request.rebuild else cache.lookup(key)
-        if stage is not None:
-            info = stage.info()
-            message = (
-                f"reusing package stage {key[:12]} ({info.get('packages')} packages, "
-                f"kernel {info.get('kernel')}): no package downloaded or installed"
-            )
-            progress(message)
-            _note(request.log_file, message)
-            cache.copy_out(stage, request.rootfs, request.log_file)
-        else:
-            self._install(request, recipe, repos, base_tar, progress)
-            placed = place_kernels(request.rootfs)
-            if placed:
-                progress(f"kernel image placed in /boot for {', '.join(placed)}")
-            kvers = make_initramfs(request.rootfs, recipe.info, request.log_file, progress)
-            (request.rootfs / "etc/hostname").unlink(missing_ok=True)  # the build host's name
-            count = installed_count(request.rootfs, recipe)
-            progress(f"caching the package stage {key[:12]} ({count} packages)")
-            cache.store(
-                key,
-                request.rootfs,
-                {
-                    "packages": count,
-                    "kernel": " ".join(kvers),
-                    "distro": recipe.distro,
-                    "suite": recipe.suite,
-                    "arch": recipe.arch,
-                },
-                request.log_file,
-                request.build_id,
-            )
-        customize.customize(
-            request.rootfs,
-            recipe,
-            log_file=request.log_file,
-            source=source,
-            say=progress,
-            env={"NETROOT_LABEL": request.label, "NETROOT_BUILD_ID": request.build_id},
-        )
-
-    def _install(
-        self,
-        request: BuildRequest,
-        recipe: DnfRecipe,
-        repos: list[Repo],
-        base_tar: Path,
-        progress: Progress,
-    ) -> None:
-        source = str(request.recipe_path)
         host_repos = not repos
         if host_repos and not any(Path(d).is_dir() and os.listdir(d) for d in HOST_REPO_DIRS):
             raise RecipeError(
@@ -341,23 +269,6 @@ class DnfBuilder:
             (conf / "repos.d" / "netroot.repo").write_text(repo_file(repos))
             (conf / ".rpmmacros").write_text(rpm_macros(recipe))
             argv = namespace_argv(root, rpms, dnf_argv(recipe, root, conf, host_repos=host_repos))
-            try:
-                with following(request.log_file, _Reporter(progress)):
-                    proc.run(argv, env={"HOME": os.fspath(conf)}, log_file=request.log_file)
-            except ProcessError:
-                explained = explain_failure(proc.file_tail(request.log_file, 200), recipe, source)
-                if explained is not None:
-                    raise explained from None
-                raise
+            env = {"HOME": os.fspath(conf)}
+            self.run_installer(request, recipe, argv, env, _Reporter(progress))
         progress(f"{installed_count(root, recipe)} packages installed")
-
-
-def _own(recipe: Recipe) -> DnfRecipe:
-    if not isinstance(recipe, DnfRecipe):
-        raise NetrootError(f"the dnf builder cannot build a {recipe.builder!r} recipe")
-    return recipe
-
-
-def _note(log_file: Path, message: str) -> None:
-    with log_file.open("a") as f:
-        f.write(f"netroot: {message}\n")

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from controller.build.builders import BuildRequest, Progress
+from controller.build.builders import BuildRequest, Progress, basetree
 from controller.core import proc
 from controller.core.errors import RecipeError
 from controller.recipes import ImportRecipe, Recipe
@@ -15,21 +15,8 @@ from controller.recipes import ImportRecipe, Recipe
 
 def tar_extract_argv(archive: Path, dest: Path) -> list[str]:
     """GNU tar keeping owners, modes, xattrs and ACLs as root would (never '..' members)."""
-    return [
-        "tar",
-        "--extract",
-        "--file",
-        os.fspath(archive),
-        "--directory",
-        os.fspath(dest),
-        "--numeric-owner",
-        "--same-owner",
-        "--preserve-permissions",
-        "--xattrs",
-        "--xattrs-include=*",
-        "--acls",
-        "--delay-directory-restore",
-    ]
+    extras = ("--xattrs", "--xattrs-include=*", "--acls", "--delay-directory-restore")
+    return basetree.tar_extract_argv(archive, dest, *extras)
 
 
 def copy_tree_argv(source: Path, dest: Path) -> list[str]:

@@ -106,14 +106,8 @@ def tree_digest(paths: list[Path], home: Path) -> str:
 
 def rpmdb_probe_argv(dbpath: Path, backend: str) -> list[str]:
     """rpmdb creating an empty database of a format in a scratch directory (pure)."""
-    return [
-        "rpmdb",
-        "--initdb",
-        "--dbpath",
-        os.fspath(dbpath),
-        "--define",
-        f"_db_backend {backend}",
-    ]
+    define = f"_db_backend {backend}"
+    return ["rpmdb", "--initdb", "--dbpath", os.fspath(dbpath), "--define", define]
 
 
 def host_rpm_writes(backend: str) -> bool:

@@ -15,12 +15,10 @@ import os
 import re
 from pathlib import Path
 
-from controller.build.builders import BuildRequest, Progress, basetree, chroot, customize, pkgstage
-from controller.build.builders.follow import following
-from controller.build.builders.initramfs import make_initramfs
-from controller.core import proc, shipped
-from controller.core.errors import NetrootError, ProcessError, RecipeError
-from controller.recipes import MmdebstrapRecipe, PackageRecipe, Recipe
+from controller.build.builders import BuildRequest, Progress, chroot, pkgstage
+from controller.build.builders.package_backend import PackageBackend
+from controller.core.errors import NetrootError, RecipeError
+from controller.recipes import MmdebstrapRecipe, PackageRecipe
 
 BACKEND_VERSION = "1"  # bump when a change here changes the trees built
 MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/maybe-merged-usr")
@@ -149,70 +147,27 @@ def installed_count(root: Path) -> int:
     return status.read_text(errors="replace").count("Status: install ok installed")
 
 
-class MmdebstrapBuilder:
+class MmdebstrapBuilder(PackageBackend[MmdebstrapRecipe]):
     """Debian and Ubuntu trees from packages, with a cached package stage."""
 
     name = "mmdebstrap"
+    backend_version = BACKEND_VERSION
+    recipe_type = MmdebstrapRecipe
 
-    def __init__(self, base_dir: Path | None = None) -> None:
-        self.base_dir = base_dir if base_dir is not None else shipped.shipped("base")
+    def installed_count(self, root: Path, recipe: MmdebstrapRecipe) -> int:
+        """Packages dpkg reports installed in the image."""
+        return installed_count(root)
 
-    def input_key(self, recipe: Recipe, recipe_path: Path) -> str:
-        """Digest of the merged recipe, the files it copies in, base/ and this backend."""
-        return pkgstage.input_key(
-            self.name, BACKEND_VERSION, _own(recipe), recipe_path, self.base_dir
-        )
+    def explain_failure(
+        self, log_tail: str, recipe: MmdebstrapRecipe, source: str
+    ) -> NetrootError | None:
+        """The recipe field mmdebstrap's and apt's output blames."""
+        return explain_failure(log_tail, recipe, source)
 
-    def build(self, request: BuildRequest, progress: Progress) -> None:
-        """Package stage (cached), then the recipe's customisation, into request.rootfs."""
-        recipe = _own(request.recipe)
-        source = str(request.recipe_path)
-        base_digest, base_tar = basetree.materialise(request.base_dir, request.cache_dir)
-        key = pkgstage.stage_key(
-            recipe, backend=self.name, backend_version=BACKEND_VERSION, base_digest=base_digest
-        )
-        cache = pkgstage.StageCache(request.cache_dir)
-        stage = None if request.rebuild else cache.lookup(key)
-        if stage is not None:
-            info = stage.info()
-            message = (
-                f"reusing package stage {key[:12]} ({info.get('packages')} packages, "
-                f"kernel {info.get('kernel')}): no package downloaded or installed"
-            )
-            progress(message)
-            _note(request.log_file, message)
-            cache.copy_out(stage, request.rootfs, request.log_file)
-        else:
-            self._install(request, recipe, base_tar, progress)
-            kvers = make_initramfs(request.rootfs, recipe.info, request.log_file, progress)
-            (request.rootfs / "etc/hostname").unlink(missing_ok=True)  # the build host's name
-            count = installed_count(request.rootfs)
-            progress(f"caching the package stage {key[:12]} ({count} packages)")
-            cache.store(
-                key,
-                request.rootfs,
-                {
-                    "packages": count,
-                    "kernel": " ".join(kvers),
-                    "distro": recipe.distro,
-                    "suite": recipe.suite,
-                    "arch": recipe.arch,
-                },
-                request.log_file,
-                request.build_id,
-            )
-        customize.customize(
-            request.rootfs,
-            recipe,
-            log_file=request.log_file,
-            source=source,
-            say=progress,
-            env={"NETROOT_LABEL": request.label, "NETROOT_BUILD_ID": request.build_id},
-        )
-
-    def _install(
+    def install(
         self, request: BuildRequest, recipe: MmdebstrapRecipe, base_tar: Path, progress: Progress
     ) -> None:
+        """mmdebstrap in a private namespace, base/ extracted by its setup hook."""
         debs = deb_cache_dir(request.cache_dir, recipe)
         debs.mkdir(parents=True, exist_ok=True)
         suite = f"{recipe.distro} {recipe.suite} {recipe.arch}"
@@ -223,30 +178,11 @@ class MmdebstrapBuilder:
         with pkgstage.locked(debs.with_name(debs.name + ".lock")):
             before = {p.name for p in debs.glob("*.deb")}
             argv = chroot.unshare_argv(mmdebstrap_argv(recipe, request.rootfs))
-            try:
-                with following(request.log_file, _Reporter(progress)):
-                    proc.run(argv, env=mmdebstrap_env(debs, base_tar), log_file=request.log_file)
-            except ProcessError:
-                explained = explain_failure(
-                    proc.file_tail(request.log_file, 200), recipe, str(request.recipe_path)
-                )
-                if explained is not None:
-                    raise explained from None
-                raise
+            env = mmdebstrap_env(debs, base_tar)
+            self.run_installer(request, recipe, argv, env, _Reporter(progress))
             fetched = len({p.name for p in debs.glob("*.deb")} - before)
         count = installed_count(request.rootfs)
         progress(
             f"{count} packages installed: {fetched} downloaded, "
             f"{max(count - fetched, 0)} from the package cache"
         )
-
-
-def _own(recipe: Recipe) -> MmdebstrapRecipe:
-    if not isinstance(recipe, MmdebstrapRecipe):
-        raise NetrootError(f"the mmdebstrap builder cannot build a {recipe.builder!r} recipe")
-    return recipe
-
-
-def _note(log_file: Path, message: str) -> None:
-    with log_file.open("a") as f:
-        f.write(f"netroot: {message}\n")
