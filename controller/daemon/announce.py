@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 
 from controller.config.models import Config
 from controller.core.errors import StoreError
-from controller.daemon.db import BuildRow, Database, DatabaseError, Tx, db_path
+from controller.daemon.builds import BuildRow
+from controller.daemon.db import Closing, Database, DatabaseError, Tx, db_path
 from controller.daemon.emit import Emitter
 from controller.events.wire import (
     Activated,
@@ -132,7 +133,7 @@ def announce_history(
     return len(done)
 
 
-class Announcer:
+class Announcer(Closing):
     """The CLI's writer of store events into the daemon's outbox (an open database)."""
 
     def __init__(self, config: Config) -> None:
@@ -142,12 +143,6 @@ class Announcer:
     def close(self) -> None:
         """Close the database."""
         self.db.close()
-
-    def __enter__(self) -> Announcer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Tx]:

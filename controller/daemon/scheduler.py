@@ -29,10 +29,10 @@ from controller.core import proc
 from controller.core.errors import NetrootError, ProcessError
 from controller.core.log import get_logger
 from controller.daemon.announce import manifest_or_none, summary
+from controller.daemon.builds import BuildRow
 from controller.daemon.catchup import stale_labels
 from controller.daemon.components import Component
 from controller.daemon.context import Context
-from controller.daemon.db import BuildRow
 from controller.daemon.images import LabelBusy
 from controller.events.wire import BuildFailed, BuildKind, BuildSucceeded
 from controller.store import versions as store
