@@ -17,7 +17,7 @@ from support import REPO
 ATTACH = """
 import asyncio, sys
 from pathlib import Path
-from controller import bootvm_console
+from controller.vm import console as bootvm_console
 
 async def main() -> None:
     stop = asyncio.Event()

@@ -49,16 +49,12 @@ async def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     script = f"sleep 300 & echo $! > {pidfile}; wait"
     task = asyncio.create_task(proc.arun(["sh", "-c", script]))
-    for _ in range(100):
-        if pidfile.exists() and pidfile.read_text().strip():
-            break
-        await asyncio.sleep(0.05)
-    grandchild = int(pidfile.read_text())
+    grandchild = int(await asyncio.to_thread(_wait_text, pidfile))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.2)
-    assert _state(grandchild) in ("gone", "Z")  # dead (a zombie until its new parent reaps it)
+    # dead (a zombie until its new parent reaps it)
+    assert await asyncio.to_thread(_wait_state, grandchild, ("gone", "Z"))
 
 
 def _state(pid: int) -> str:
@@ -74,7 +70,7 @@ def test_a_child_dies_with_netroot_even_when_netroot_is_killed(tmp_path: Path) -
     pidfile = tmp_path / "child.pid"
     script = (
         "import sys, time\n"
-        "from controller import proc\n"
+        "from controller.core import proc\n"
         "with proc.background(['sleep', '300']) as child:\n"
         f"    open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
         "    time.sleep(300)\n"
