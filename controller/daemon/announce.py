@@ -59,6 +59,22 @@ def summary(manifest: Manifest, kind: BuildKind = "full") -> VersionSummary:
     )
 
 
+def record_success(
+    tx: Tx, emitter: Emitter, row: BuildRow, manifest: Manifest, duration: float
+) -> None:
+    """Record a build that committed `manifest`, with its build.succeeded event."""
+    tx.finish_build(row.build_id, "succeeded", version=manifest.version)
+    tx.record_version(row.label, summary(manifest, row.kind))
+    succeeded = BuildSucceeded(
+        label=row.label,
+        build_id=row.build_id,
+        kind=row.kind,
+        version=manifest.version,
+        duration_s=max(0.0, duration),
+    )
+    emitter.image(tx, succeeded)
+
+
 def entry_time(entry: history.Entry) -> datetime:
     """When a history line says its action happened (now, for an unreadable stamp)."""
     try:
@@ -183,16 +199,7 @@ class Announcer(Closing):
     def build_succeeded(self, row: BuildRow, manifest: Manifest, duration: float) -> None:
         """The build committed a version."""
         with self._tx() as tx:
-            tx.finish_build(row.build_id, "succeeded", version=manifest.version)
-            tx.record_version(row.label, summary(manifest, row.kind))
-            succeeded = BuildSucceeded(
-                label=row.label,
-                build_id=row.build_id,
-                kind=row.kind,
-                version=manifest.version,
-                duration_s=max(0.0, duration),
-            )
-            self.emitter.image(tx, succeeded)
+            record_success(tx, self.emitter, row, manifest, duration)
 
     def build_failed(
         self, row: BuildRow, step: str, error: str, tail: str, duration: float
