@@ -4,15 +4,95 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import tarfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 KVER = "6.1.0-test"
+WAIT_S = 60.0  # how long a wait may take: a guard against hanging, never a timing assertion
+POLL_S = 0.05
+
+T = TypeVar("T")
+
+
+def wait_until(
+    probe: Callable[[], T], what: str, within: float = WAIT_S, interval: float = POLL_S
+) -> T:
+    """Poll probe until it returns something truthy, and return that; fail naming `what`."""
+    deadline = time.monotonic() + within
+    while not (value := probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True if something accepts TCP connections on host:port."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Mosquitto:
+    """mosquitto on a free loopback port, logging each subscription it takes."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @classmethod
+    def start(cls, directory: Path) -> Mosquitto:
+        """Start it with its config and log in directory; return once it listens."""
+        port = free_port()
+        conf = directory / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\nlog_type subscribe\n"
+        )
+        log = directory / "mosquitto.log"
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=stderr)
+        broker = cls(process, port, log)
+        wait_until(broker.listening, f"mosquitto listening on port {port}")
+        return broker
+
+    def listening(self) -> bool:
+        """True once it accepts connections (fails if it exited)."""
+        assert self.process.poll() is None, f"mosquitto exited: {self.log.read_text()}"
+        return port_open(self.port)
+
+    def wait_subscribed(self, client_id: str, topic: str) -> None:
+        """Return once the client's subscription to topic is taken.
+
+        mosquitto handles one packet at a time and logs a subscription as it
+        adds it: a message published after the line is written reaches the client.
+        """
+        line = re.compile(rf"^\d+: {re.escape(client_id)} \d {re.escape(topic)}$", re.MULTILINE)
+        wait_until(lambda: line.search(self.log.read_text()), f"{client_id} subscribed to {topic}")
+
+    def stop(self) -> None:
+        """Terminate it and wait."""
+        self.process.terminate()
+        self.process.wait(10)
 
 
 def make_root_tree(root: Path, files: int = 20, kver: str = KVER, file_size: int = 64) -> Path:

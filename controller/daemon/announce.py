@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 
 from controller.config.models import Config
 from controller.core.errors import StoreError
-from controller.daemon.db import BuildRow, Database, DatabaseError, Tx, db_path
+from controller.daemon.builds import BuildRow
+from controller.daemon.db import Closing, Database, DatabaseError, Tx, db_path
 from controller.daemon.emit import Emitter
 from controller.events.wire import (
     Activated,
@@ -56,6 +57,22 @@ def summary(manifest: Manifest, kind: BuildKind = "full") -> VersionSummary:
         file_count=manifest.file_count,
         size_bytes=manifest.size_bytes,
     )
+
+
+def record_success(
+    tx: Tx, emitter: Emitter, row: BuildRow, manifest: Manifest, duration: float
+) -> None:
+    """Record a build that committed `manifest`, with its build.succeeded event."""
+    tx.finish_build(row.build_id, "succeeded", version=manifest.version)
+    tx.record_version(row.label, summary(manifest, row.kind))
+    succeeded = BuildSucceeded(
+        label=row.label,
+        build_id=row.build_id,
+        kind=row.kind,
+        version=manifest.version,
+        duration_s=max(0.0, duration),
+    )
+    emitter.image(tx, succeeded)
 
 
 def entry_time(entry: history.Entry) -> datetime:
@@ -132,7 +149,7 @@ def announce_history(
     return len(done)
 
 
-class Announcer:
+class Announcer(Closing):
     """The CLI's writer of store events into the daemon's outbox (an open database)."""
 
     def __init__(self, config: Config) -> None:
@@ -142,12 +159,6 @@ class Announcer:
     def close(self) -> None:
         """Close the database."""
         self.db.close()
-
-    def __enter__(self) -> Announcer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Tx]:
@@ -188,16 +199,7 @@ class Announcer:
     def build_succeeded(self, row: BuildRow, manifest: Manifest, duration: float) -> None:
         """The build committed a version."""
         with self._tx() as tx:
-            tx.finish_build(row.build_id, "succeeded", version=manifest.version)
-            tx.record_version(row.label, summary(manifest, row.kind))
-            succeeded = BuildSucceeded(
-                label=row.label,
-                build_id=row.build_id,
-                kind=row.kind,
-                version=manifest.version,
-                duration_s=max(0.0, duration),
-            )
-            self.emitter.image(tx, succeeded)
+            record_success(tx, self.emitter, row, manifest, duration)
 
     def build_failed(
         self, row: BuildRow, step: str, error: str, tail: str, duration: float

@@ -15,13 +15,12 @@ import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Protocol, Self
 
 from controller import __version__
 from controller.config.models import Config
 from controller.core.errors import NetrootError
 from controller.core.log import get_logger
+from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.db import Database, db_path
 from controller.daemon.debounce import Batch, affected_labels
@@ -46,24 +45,6 @@ SHUTDOWN_S = 25.0  # within systemd's TimeoutStopSec
 FLUSH_S = 5.0
 
 
-class Component(Protocol):
-    """A long-lived part of the daemon."""
-
-    name: str
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-    async def run(self) -> None:
-        """Work until cancelled."""
-
-
 @contextlib.contextmanager
 def daemon_lock(state_dir: Path) -> Iterator[None]:
     """One daemon per state directory; the lock file names its pid."""
@@ -75,7 +56,7 @@ def daemon_lock(state_dir: Path) -> Iterator[None]:
         yield
 
 
-class Reloader:
+class Reloader(Component):
     """Waits for SIGHUP and reloads the config."""
 
     name = "reloader"
@@ -83,17 +64,6 @@ class Reloader:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.requested = asyncio.Event()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     async def run(self) -> None:
         """Reload once per burst of SIGHUPs."""

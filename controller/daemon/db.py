@@ -1,43 +1,34 @@
-"""The daemon's SQLite state (WAL): builds, versions seen, nodes and the event outbox.
+"""The daemon's SQLite state (WAL): the connection, the schema and transactions.
 
-Every event is inserted into the outbox in the same transaction as the state
-change it reports, and deleted only once the broker acknowledged it, so a
-crash or a broker outage delays events and loses none. Only the daemon
-writes; CLI commands (`status`, `nodes`, `gc`) open the file read-only, which
-WAL allows while the daemon runs.
-
-The outbox is bounded (`mqtt.outbox_limit`): past the limit, a retained
-message that a newer retained message for the same topic supersedes goes
-first, then the oldest non-retained events, with the count logged and kept
-in `outbox_dropped`. The latest retained state of a topic is never dropped,
-and the tables holding state are never touched by the bound.
+The tables have their own modules: builds and versions seen (daemon.builds),
+nodes (daemon.nodestore) and the event outbox (daemon.outbox). Every event is
+inserted into the outbox in the same transaction as the state change it
+reports. Only the daemon writes; CLI commands (`status`, `nodes`, `gc`) open
+the file read-only, which WAL allows while the daemon runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Self
 
 from controller.config.models import Config
 from controller.core.errors import NetrootError
-from controller.core.log import get_logger
+from controller.daemon.builds import BuildReads, BuildWrites
+from controller.daemon.nodestore import NodeReads, NodeRow, NodeWrites
+from controller.daemon.outbox import MessageRow, Outbox, OutboxWrites
 from controller.events.liveness import in_use
-from controller.events.wire import NodeState, VersionSummary
-
-log = get_logger("db")
 
 DB_NAME = "netroot.db"
 SCHEMA_VERSION = 1
-BuildState = Literal["queued", "running", "succeeded", "failed", "interrupted"]
-MAX_PATHS = 100  # what BuildStarted carries
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,47 +96,8 @@ def db_path(config: Config) -> Path:
     return config.state_dir / DB_NAME
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One message waiting for the broker's acknowledgement."""
-
-    seq: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-
-@dataclass(frozen=True, slots=True)
-class BuildRow:
-    """A build as the daemon recorded it."""
-
-    build_id: str
-    label: str
-    kind: Literal["full", "overlay"]
-    reason: str
-    paths: tuple[str, ...]
-    state: BuildState
-    version: str | None
-    step: str | None
-    error: str | None
-    queued_at: float
-    started_at: float | None
-    finished_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class LabelRow:
-    """What the daemon last published as a label's active version."""
-
-    label: str
-    active: str | None
-    previous: str | None
-    activated_at: float | None
-
-
 @dataclass
-class Tx:
+class Tx(OutboxWrites, NodeWrites, BuildWrites):
     """Writes of one transaction; the outbox rows commit with the state they describe."""
 
     conn: sqlite3.Connection
@@ -153,15 +105,8 @@ class Tx:
     added: int = 0
     _after: list[Callable[[], None]] = field(default_factory=list)
     _undo: list[Callable[[], None]] = field(default_factory=list)
-    # Buffered and written with executemany at commit: a batch of node
-    # reports makes thousands of these rows.
-    _messages: list[tuple[str, bytes, int, int, float]] = field(default_factory=list)
-    _nodes: dict[str, tuple[str, str | None, str, str, float]] = field(default_factory=dict)
-
-    def emit(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Queue a message for the broker (in the order of the calls)."""
-        self._messages.append((topic, payload, qos, int(retain), self.now))
-        self.added += 1
+    _messages: list[MessageRow] = field(default_factory=list)
+    _nodes: dict[str, NodeRow] = field(default_factory=dict)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run callback once the transaction committed (in-memory caches follow the db)."""
@@ -171,180 +116,24 @@ class Tx:
         """Run callback if the transaction is rolled back (undo an in-memory change)."""
         self._undo.append(callback)
 
-    def put_node(self, state: NodeState) -> None:
-        """Insert or replace a node's state."""
-        self._nodes[state.mac] = (
-            state.mac,
-            state.label,
-            state.state,
-            state.model_dump_json(),
-            time.time(),
-        )
-
-    def delete_node(self, mac: str) -> None:
-        """Forget a node (its buffered state included)."""
-        self._nodes.pop(mac, None)
-        self.conn.execute("DELETE FROM nodes WHERE mac = ?", (mac,))
-
     def flush(self) -> None:
         """Write the buffered messages and node states (before commit)."""
-        if self._messages:
-            self.conn.executemany(
-                "INSERT INTO outbox (topic, payload, qos, retain, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                self._messages,
-            )
-            self._messages.clear()
-        if self._nodes:
-            self.conn.executemany(
-                "INSERT INTO nodes (mac, label, state, data, updated_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (mac) DO UPDATE SET label = excluded.label, state = excluded.state, "
-                "data = excluded.data, updated_at = excluded.updated_at",
-                self._nodes.values(),
-            )
-            self._nodes.clear()
-
-    def begin_build(
-        self, build_id: str, label: str, kind: str, reason: str, paths: Iterable[str] = ()
-    ) -> BuildRow:
-        """A build starts running: the row the daemon queued under this id, or a new one."""
-        updated = self.conn.execute(
-            "UPDATE builds SET state = 'running', started_at = ? "
-            "WHERE build_id = ? AND state IN ('queued', 'running')",
-            (self.now, build_id),
-        ).rowcount
-        if not updated:
-            self.conn.execute(
-                "INSERT INTO builds (build_id, label, kind, reason, paths, state, queued_at, "
-                "started_at) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                (build_id, label, kind, reason, _paths_json(paths), self.now, self.now),
-            )
-        row = self.conn.execute(
-            f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?",  # noqa: S608
-            (build_id,),
-        ).fetchone()
-        return _build_row(row)
-
-    def set_announced(self, label: str, entries: int) -> None:
-        """The first `entries` lines of the label's history have been announced."""
-        self.conn.execute(
-            "INSERT INTO history_announced (label, entries) VALUES (?, ?) "
-            "ON CONFLICT (label) DO UPDATE SET entries = excluded.entries",
-            (label, entries),
-        )
-
-    def queue_build(
-        self, build_id: str, label: str, kind: str, reason: str, paths: Iterable[str]
-    ) -> str:
-        """Queue a build of the label, merged into the queued one if there is one; its id."""
-        row = self.conn.execute(
-            "SELECT build_id, kind, paths FROM builds WHERE label = ? AND state = 'queued'",
-            (label,),
-        ).fetchone()
-        if row is None:
-            self.conn.execute(
-                "INSERT INTO builds (build_id, label, kind, reason, paths, state, queued_at) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?)",
-                (build_id, label, kind, reason, _paths_json(paths), self.now),
-            )
-            return build_id
-        merged_kind = "full" if "full" in (kind, row[1]) else "overlay"
-        merged_paths = [*json.loads(row[2]), *paths]
-        self.conn.execute(
-            "UPDATE builds SET kind = ?, reason = ?, paths = ? WHERE build_id = ?",
-            (merged_kind, reason, _paths_json(merged_paths), row[0]),
-        )
-        return str(row[0])
-
-    def start_build(self, build_id: str) -> None:
-        """A queued build begins."""
-        self.conn.execute(
-            "UPDATE builds SET state = 'running', started_at = ? WHERE build_id = ?",
-            (self.now, build_id),
-        )
-
-    def finish_build(
-        self,
-        build_id: str,
-        state: BuildState,
-        *,
-        version: str | None = None,
-        step: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        """A build ended (or will never run)."""
-        self.conn.execute(
-            "UPDATE builds SET state = ?, version = ?, step = ?, error = ?, finished_at = ? "
-            "WHERE build_id = ?",
-            (state, version, step, error, self.now, build_id),
-        )
-
-    def record_version(self, label: str, summary: VersionSummary) -> None:
-        """A committed version was seen in the store."""
-        self.conn.execute(
-            "INSERT INTO versions (label, version, summary, seen_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (label, version) DO UPDATE SET summary = excluded.summary, gone_at = NULL",
-            (label, summary.version, summary.model_dump_json(), self.now),
-        )
-
-    def set_live_edits(self, label: str, version: str, count: int) -> None:
-        """How many `netroot shell --live` edits of the version have been announced."""
-        self.conn.execute(
-            "UPDATE versions SET live_edits = ? WHERE label = ? AND version = ?",
-            (count, label, version),
-        )
-
-    def mark_gone(self, label: str, versions: Iterable[str]) -> None:
-        """Versions no longer in the store (pruned)."""
-        self.conn.executemany(
-            "UPDATE versions SET gone_at = ? WHERE label = ? AND version = ?",
-            [(self.now, label, v) for v in versions],
-        )
-
-    def set_label(
-        self,
-        label: str,
-        active: str | None,
-        previous: str | None,
-        *,
-        activated_at: float | None = None,
-    ) -> None:
-        """The label's active version as published (activated_at: when, default now)."""
-        self.conn.execute(
-            "INSERT INTO labels (label, active, previous, activated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (label) DO UPDATE SET active = excluded.active, "
-            "previous = excluded.previous, activated_at = CASE WHEN labels.active IS "
-            "excluded.active THEN labels.activated_at ELSE excluded.activated_at END",
-            (label, active, previous, self.now if activated_at is None else activated_at),
-        )
+        self._flush_messages()
+        self._flush_nodes()
 
 
-def _paths_json(paths: Iterable[str]) -> str:
-    unique = list(dict.fromkeys(paths))
-    return json.dumps(unique[-MAX_PATHS:])
+class Closing(ABC):
+    """Closed when its `with` block ends."""
 
+    @abstractmethod
+    def close(self) -> None:
+        """Release what it holds."""
 
-def _build_row(row: Sequence[Any]) -> BuildRow:
-    return BuildRow(
-        build_id=row[0],
-        label=row[1],
-        kind=row[2],
-        reason=row[3],
-        paths=tuple(json.loads(row[4])),
-        state=row[5],
-        version=row[6],
-        step=row[7],
-        error=row[8],
-        queued_at=row[9],
-        started_at=row[10],
-        finished_at=row[11],
-    )
+    def __enter__(self) -> Self:
+        return self
 
-
-_BUILD_COLUMNS = (
-    "build_id, label, kind, reason, paths, state, version, step, error, "
-    "queued_at, started_at, finished_at"
-)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _connect(path: Path, *, readonly: bool, immutable: bool = False) -> sqlite3.Connection:
@@ -365,7 +154,7 @@ def _connect(path: Path, *, readonly: bool, immutable: bool = False) -> sqlite3.
     return conn
 
 
-class Database:
+class Database(Closing, Outbox, NodeReads, BuildReads):
     """The state database; `transaction()` is the only way to change it."""
 
     def __init__(
@@ -411,12 +200,6 @@ class Database:
         """Close the connection."""
         self._conn.close()
 
-    def __enter__(self) -> Database:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
         """One atomic change: state and the events that report it commit together."""
@@ -442,154 +225,6 @@ class Database:
             callback()
         if tx.added and self.on_outbox is not None:
             self.on_outbox()
-
-    # --- the outbox -----------------------------------------------------------
-
-    def _count_outbox(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-
-    def _bound_outbox(self, added: int) -> int:
-        excess = self._outbox_count + added - self.outbox_limit
-        if excess <= 0:
-            return 0
-        superseded = self._conn.execute(
-            "DELETE FROM outbox WHERE retain = 1 AND seq < ("
-            " SELECT MAX(o.seq) FROM outbox AS o WHERE o.retain = 1 AND o.topic = outbox.topic)"
-        ).rowcount
-        oldest = 0
-        if excess > superseded:
-            oldest = self._conn.execute(
-                "DELETE FROM outbox WHERE seq IN ("
-                " SELECT seq FROM outbox WHERE retain = 0 ORDER BY seq LIMIT ?)",
-                (excess - superseded,),
-            ).rowcount
-        dropped = superseded + oldest
-        self._conn.execute(
-            "INSERT INTO meta VALUES ('outbox_dropped', ?) ON CONFLICT (key) DO UPDATE "
-            "SET value = CAST(value AS INTEGER) + excluded.value",
-            (dropped,),
-        )
-        log.warning(
-            "outbox full: dropped undelivered messages",
-            limit=self.outbox_limit,
-            superseded_states=superseded,
-            oldest_events=oldest,
-        )
-        return dropped
-
-    def refresh_outbox_count(self) -> int:
-        """Count again: other processes (the CLI) add to the outbox too."""
-        self._outbox_count = self._count_outbox()
-        return self._outbox_count
-
-    def outbox_head(self, limit: int) -> list[OutboxRow]:
-        """The oldest messages waiting, in the order they must be published."""
-        rows = self._conn.execute(
-            "SELECT seq, topic, payload, qos, retain FROM outbox ORDER BY seq LIMIT ?", (limit,)
-        ).fetchall()
-        if len(rows) > self._outbox_count or not rows:
-            # The CLI added rows this process did not count (or the count is stale).
-            self._outbox_count = len(rows) if len(rows) < limit else self._count_outbox()
-        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
-
-    def outbox_delete(self, seqs: Sequence[int]) -> None:
-        """Forget messages the broker acknowledged."""
-        if not seqs:
-            return
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            deleted = self._conn.executemany(
-                "DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]
-            ).rowcount
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._outbox_count = max(0, self._outbox_count - deleted)
-
-    @property
-    def outbox_pending(self) -> int:
-        """Messages not yet acknowledged by the broker."""
-        return self._outbox_count
-
-    def outbox_dropped(self) -> int:
-        """Messages the bound has dropped since the database was created."""
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'").fetchone()
-        return int(row[0]) if row else 0
-
-    # --- reading state --------------------------------------------------------
-
-    def nodes(self, *, label: str | None = None) -> list[NodeState]:
-        """Every known node (of one label), by MAC."""
-        if label is None:
-            rows = self._conn.execute("SELECT data FROM nodes ORDER BY mac").fetchall()
-        else:
-            rows = self._conn.execute(
-                "SELECT data FROM nodes WHERE label = ? ORDER BY mac", (label,)
-            ).fetchall()
-        return [NodeState.model_validate_json(r[0]) for r in rows]
-
-    def node_updated_at(self) -> dict[str, float]:
-        """When each node's state was last stored (for benchmarks and `status`)."""
-        return dict(self._conn.execute("SELECT mac, updated_at FROM nodes").fetchall())
-
-    def builds(
-        self, *, label: str | None = None, states: Iterable[BuildState] = (), limit: int = 1000
-    ) -> list[BuildRow]:
-        """Builds, oldest first, filtered by label and state."""
-        where, args = [], []
-        if label is not None:
-            where.append("label = ?")
-            args.append(label)
-        wanted = list(states)
-        if wanted:
-            where.append(f"state IN ({', '.join('?' * len(wanted))})")
-            args.extend(wanted)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._conn.execute(
-            f"SELECT {_BUILD_COLUMNS} FROM builds {clause} "  # noqa: S608 (fixed fragments)
-            "ORDER BY queued_at DESC, rowid DESC LIMIT ?",
-            (*args, limit),
-        ).fetchall()
-        return [_build_row(r) for r in reversed(rows)]
-
-    def build(self, build_id: str) -> BuildRow | None:
-        """One build by id."""
-        row = self._conn.execute(
-            f"SELECT {_BUILD_COLUMNS} FROM builds WHERE build_id = ?",  # noqa: S608
-            (build_id,),
-        ).fetchone()
-        return None if row is None else _build_row(row)
-
-    def announced(self, label: str) -> int | None:
-        """How many history lines of the label were announced (None: never looked at)."""
-        row = self._conn.execute(
-            "SELECT entries FROM history_announced WHERE label = ?", (label,)
-        ).fetchone()
-        return None if row is None else int(row[0])
-
-    def labels(self) -> dict[str, LabelRow]:
-        """Published active versions, by label."""
-        rows = self._conn.execute("SELECT label, active, previous, activated_at FROM labels")
-        return {r[0]: LabelRow(*r) for r in rows.fetchall()}
-
-    def versions(self, label: str, *, gone: bool = False) -> dict[str, VersionSummary]:
-        """Versions seen in the store (or, with gone, those pruned since), oldest first."""
-        rows = self._conn.execute(
-            "SELECT summary FROM versions WHERE label = ? AND (gone_at IS NOT NULL) = ? "
-            "ORDER BY version",
-            (label, int(gone)),
-        ).fetchall()
-        summaries = [VersionSummary.model_validate_json(r[0]) for r in rows]
-        return {s.version: s for s in summaries}
-
-    def live_edits(self, label: str) -> dict[str, int]:
-        """Announced in-place edits per version of the label."""
-        rows = self._conn.execute(
-            "SELECT version, live_edits FROM versions WHERE label = ? AND gone_at IS NULL",
-            (label,),
-        )
-        return dict(rows.fetchall())
 
 
 class NodeGuard:

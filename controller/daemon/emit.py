@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 from controller import __version__
 from controller.core.log import get_logger
-from controller.daemon.db import OutboxRow, Tx
+from controller.daemon.db import Tx
 from controller.daemon.mqtt import Message
+from controller.daemon.outbox import OutboxRow
 from controller.events.nodes import Effect, PublishEvent, PublishState, SendCommand
 from controller.events.wire import (
     COMMAND_EXPIRY_S,

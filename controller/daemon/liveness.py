@@ -12,10 +12,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Self
 
 from controller.core.log import get_logger
+from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.mqtt import BrokerLink
 from controller.events.liveness import Resync, expired, last_seen_due, silent
@@ -27,7 +26,7 @@ TICK_S = 0.1  # how often the link is looked at and report commands go out
 SCAN_S = 1.0  # how often every node is judged (silence, expiry, last_seen)
 
 
-class NodeWatch:
+class NodeWatch(Component):
     """Resynchronises nodes after reconnects and judges silence; one named component."""
 
     name = "liveness"
@@ -46,17 +45,6 @@ class NodeWatch:
         self.connected = False
         self.asked = 0  # report commands sent
         self._next_scan = 0.0
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     async def run(self) -> None:
         """Tick until cancelled."""

@@ -15,8 +15,6 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Self
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -25,6 +23,7 @@ from paho.mqtt.properties import Properties
 from controller.config.models import MqttConfig
 from controller.core.errors import NetrootError
 from controller.core.log import get_logger
+from controller.daemon.components import Component
 
 log = get_logger("mqtt")
 
@@ -76,6 +75,20 @@ def _publish_properties(message: Message, packet: int = PacketTypes.PUBLISH) -> 
     return props
 
 
+async def _publish(
+    client: aiomqtt.Client, message: Message, *, wait_s: float | None = None
+) -> None:
+    """One message with its properties (wait_s None: the client's own timeout)."""
+    await client.publish(
+        message.topic,
+        message.payload,
+        qos=message.qos,
+        retain=message.retain,
+        properties=_publish_properties(message),
+        timeout=wait_s,
+    )
+
+
 class LinkDown(NetrootError):
     """The broker is not connected, or the connection dropped during a publish."""
 
@@ -121,7 +134,7 @@ def _payload_bytes(payload: object) -> bytes:
     return b"" if payload is None else str(payload).encode()
 
 
-class BrokerLink:
+class BrokerLink(Component):
     """One broker connection, kept alive by `run()`; an async context manager."""
 
     name = "mqtt"
@@ -164,15 +177,8 @@ class BrokerLink:
         self._closing = False
         self._restart = asyncio.Event()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def teardown(self) -> None:
+        """End the session `run` keeps (a `close()` said goodbye before, if anyone did)."""
         self._closing = True
         if self._session is not None:
             self._session.cancel()
@@ -271,11 +277,7 @@ class BrokerLink:
             self.connected_since = datetime.now(UTC)
             log.info("connected to broker", host=self.config.host, port=self.config.port)
             if self.hello is not None:
-                m = self.hello()
-                hello = _publish_properties(m)
-                await client.publish(
-                    m.topic, m.payload, qos=m.qos, retain=m.retain, properties=hello
-                )
+                await _publish(client, self.hello())
             for topic in self.subscriptions:
                 await client.subscribe(topic, qos=1)
             self._client = client
@@ -305,19 +307,7 @@ class BrokerLink:
         client = self._client
         if client is None:
             raise LinkDown("not connected to the broker")
-        calls = [
-            asyncio.ensure_future(
-                client.publish(
-                    m.topic,
-                    m.payload,
-                    qos=m.qos,
-                    retain=m.retain,
-                    properties=_publish_properties(m),
-                    timeout=ACK_TIMEOUT_S,
-                )
-            )
-            for m in messages
-        ]
+        calls = [asyncio.ensure_future(_publish(client, m, wait_s=ACK_TIMEOUT_S)) for m in messages]
         results = await asyncio.gather(*calls, return_exceptions=True)
         acked = 0
         for result in results:
@@ -367,14 +357,7 @@ class BrokerLink:
         client = self._client
         if client is not None and goodbye is not None:
             try:
-                await client.publish(
-                    goodbye.topic,
-                    goodbye.payload,
-                    qos=goodbye.qos,
-                    retain=goodbye.retain,
-                    properties=_publish_properties(goodbye),
-                    timeout=wait_s,
-                )
+                await _publish(client, goodbye, wait_s=wait_s)
             except aiomqtt.MqttError as exc:
                 log.warning("could not publish the goodbye message", error=str(exc))
         self._restart.set()

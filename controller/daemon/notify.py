@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Self
 
 from controller.core.log import get_logger
+from controller.daemon.components import Component
 
 log = get_logger("notify")
 
@@ -54,24 +55,13 @@ def reloading() -> None:
     sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
 
-class Watchdog:
+class Watchdog(Component):
     """Pings systemd's watchdog from the loop: a stuck loop stops the pings and gets restarted."""
 
     name = "watchdog"
 
     def __init__(self) -> None:
         self.interval = watchdog_interval()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     async def run(self) -> None:
         """WATCHDOG=1 every interval, forever (or nothing, without WatchdogSec)."""

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from controller.core.log import get_logger
+from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.db import Database
 from controller.daemon.emit import Emitter, Health
@@ -37,22 +37,7 @@ POLL_S = 1.0
 INDEX_S = 1.0  # the state index lags the node states by at most this
 
 
-class _Component:
-    """Nothing to set up or tear down: shutdown order is the supervisor's business."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-
-class Publisher(_Component):
+class Publisher(Component):
     """Publishes the outbox in order, deleting each message once the broker acknowledged it."""
 
     name = "publisher"
@@ -128,7 +113,7 @@ class Publisher(_Component):
             log.warning("stopping with undelivered messages", pending=self.db.outbox_pending)
 
 
-class NodeTracker(_Component):
+class NodeTracker(Component):
     """Applies node reports from the broker to node states, many per transaction.
 
     A report is acknowledged to the broker (`ack`) only after the transaction that
@@ -181,7 +166,7 @@ class NodeTracker(_Component):
             self._take()
 
 
-class StatusBeacon(_Component):
+class StatusBeacon(Component):
     """The retained controller status: at each connection, then every `status_interval`.
 
     Published directly, not through the outbox: a presence stuck behind
@@ -234,7 +219,7 @@ class StatusBeacon(_Component):
                 self.published += await link.publish([self.hello()])
 
 
-class IndexKeeper(_Component):
+class IndexKeeper(Component):
     """The retained index of labels and node counts, republished when it changes.
 
     Through the outbox, after the node states it counts: a subscriber that has

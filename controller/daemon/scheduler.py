@@ -22,8 +22,6 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import controller
 from controller.build.pipeline import new_build_id
@@ -31,9 +29,10 @@ from controller.core import proc
 from controller.core.errors import NetrootError, ProcessError
 from controller.core.log import get_logger
 from controller.daemon.announce import manifest_or_none, summary
+from controller.daemon.builds import BuildRow
 from controller.daemon.catchup import stale_labels
+from controller.daemon.components import Component
 from controller.daemon.context import Context
-from controller.daemon.db import BuildRow
 from controller.daemon.images import LabelBusy
 from controller.events.wire import BuildFailed, BuildKind, BuildSucceeded
 from controller.store import versions as store
@@ -75,7 +74,7 @@ def failure(stderr_tail: str) -> tuple[str, str]:
     return "build", last.removeprefix("netroot: error: ")[:MAX_ERROR]
 
 
-class BuildScheduler:
+class BuildScheduler(Component):
     """Runs queued builds, activates per policy, and keeps the database in step with the store."""
 
     name = "scheduler"
@@ -86,17 +85,6 @@ class BuildScheduler:
         self._wake = asyncio.Event()
         self.builds_started = 0
         self._adopted: list[tuple[str, Manifest]] = []  # committed while we were away
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     def request(self, label: str, kind: BuildKind, reason: str, paths: Iterable[str] = ()) -> None:
         """Queue a build (merged into the label's queued one, if any)."""

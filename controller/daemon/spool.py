@@ -17,14 +17,14 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 from pydantic import AwareDatetime, Field, IPvAnyAddress, ValidationError
 
 from controller.config.models import Config
 from controller.core.log import get_logger
 from controller.core.model import Model
+from controller.daemon.components import Component
 from controller.daemon.db import Database, Tx
 from controller.daemon.nodebook import NodeBook
 from controller.events.nodes import DhcpLease
@@ -69,7 +69,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class SpoolListener:
+class SpoolListener(Component):
     """The DHCP-hook listener component: applies spooled records to node states."""
 
     name = "spool"
@@ -81,17 +81,9 @@ class SpoolListener:
         self.nodes = nodes
         self.applied = 0
 
-    async def __aenter__(self) -> Self:
+    async def setup(self) -> None:
+        """The hooks' directory exists before they write to it."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     async def run(self) -> None:
         """Poll the spool directory; a hook's record is applied within POLL_S."""

@@ -13,8 +13,6 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -22,6 +20,7 @@ from watchdog.observers.api import BaseObserver
 
 from controller.config.models import Config
 from controller.core.log import get_logger
+from controller.daemon.components import Component
 from controller.daemon.debounce import Batch, Debouncer
 from controller.recipes.load import recipe_inputs
 
@@ -115,7 +114,7 @@ class _Bridge(FileSystemEventHandler):
 BatchSink = Callable[[Batch], Awaitable[None]]
 
 
-class Watcher:
+class Watcher(Component):
     """The watcher component: observer thread, debouncer, one batch at a time to the sink."""
 
     name = "watcher"
@@ -131,19 +130,15 @@ class Watcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.notifications = 0  # raw paths received, noise included
 
-    async def __aenter__(self) -> Self:
+    async def setup(self) -> None:
+        """Start the observer thread on the watched directories."""
         self._loop = asyncio.get_running_loop()
         self._observer = Observer()
         self._schedule()
         self._observer.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def teardown(self) -> None:
+        """Stop the observer thread."""
         if self._observer is not None:
             self._observer.stop()
             await asyncio.to_thread(self._observer.join, 10)

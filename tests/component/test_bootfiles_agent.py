@@ -12,16 +12,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import REPO
+from support import REPO, Mosquitto
 
 from controller.events.wire import NodeReport, parse_node_message
 
@@ -35,39 +34,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Broker:
-    port: int
-    process: subprocess.Popen[bytes]
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto.start(tmp_path)
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    process = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield Broker(port, process)
-    process.terminate()
-    process.wait(10)
-
-
-@pytest.fixture
-def node(tmp_path: Path, broker: Broker) -> dict[str, str]:
+def node(tmp_path: Path, broker: Mosquitto) -> dict[str, str]:
     """A fake node: cmdline naming the broker, root over NFS under an overlay, its NIC."""
     (tmp_path / "root/etc/netroot").mkdir(parents=True)
     (tmp_path / "root/etc/netroot/version").write_text(f"{VERSION}\n")
@@ -96,16 +71,18 @@ def node(tmp_path: Path, broker: Broker) -> dict[str, str]:
 class Subscriber:
     """mosquitto_sub -v on a topic filter, lines collected as they come."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, broker: Mosquitto, topic: str) -> None:
+        client_id = f"test-sub-{uuid.uuid4().hex[:8]}"
         self.process = subprocess.Popen(
-            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic, "-v"],
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-i", client_id,
+             "-q", "1", "-t", topic, "-v"],
             stdout=subprocess.PIPE,
             text=True,
-        )
+        )  # fmt: skip
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        time.sleep(0.5)  # subscribed
+        broker.wait_subscribed(client_id, topic)
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -159,16 +136,16 @@ def test_report_json_matches_the_controller_model(node: dict[str, str]) -> None:
     assert report.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
-def test_agent_reports_answers_and_leaves_a_will(node: dict[str, str], broker: Broker) -> None:
-    sub = Subscriber(broker.port, f"netroot/node/{MAC}/report")
+def test_agent_reports_answers_and_leaves_a_will(node: dict[str, str], broker: Mosquitto) -> None:
+    sub = Subscriber(broker, f"netroot/node/{MAC}/report")
     agent = subprocess.Popen(["sh", str(AGENT), "run"], env=node, stdout=subprocess.PIPE,
                              text=True, start_new_session=True)  # fmt: skip
     try:
         boot = sub.reports("boot", 1)[0]
         assert (boot.label, boot.version, boot.mac) == ("debian12", VERSION, MAC)
         assert sub.reports("heartbeat", 1)[0].stale_handle is False
-        time.sleep(1)  # the agent subscribed to its cmd topic after reporting
         cmd = f"netroot/node/{MAC}/cmd"
+        broker.wait_subscribed(MAC, cmd)  # the agent subscribes to it after reporting
         publish(broker.port, cmd, {"command": "report", "id": "c1"})
         assert len(sub.reports("boot", 2)) == 2
         # not meant for this boot, or not a command it runs: ignored

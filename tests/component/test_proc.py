@@ -49,16 +49,12 @@ async def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     script = f"sleep 300 & echo $! > {pidfile}; wait"
     task = asyncio.create_task(proc.arun(["sh", "-c", script]))
-    for _ in range(100):
-        if pidfile.exists() and pidfile.read_text().strip():
-            break
-        await asyncio.sleep(0.05)
-    grandchild = int(pidfile.read_text())
+    grandchild = int(await asyncio.to_thread(_wait_text, pidfile))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.2)
-    assert _state(grandchild) in ("gone", "Z")  # dead (a zombie until its new parent reaps it)
+    # dead (a zombie until its new parent reaps it)
+    assert await asyncio.to_thread(_wait_state, grandchild, ("gone", "Z"))
 
 
 def _state(pid: int) -> str:

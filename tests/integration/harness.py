@@ -211,6 +211,7 @@ class Controller:
         self.notifications: list[str] = []
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._stop_reading = threading.Event()
 
     def start(self) -> Controller:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -218,7 +219,10 @@ class Controller:
         self._sock.bind(str(self.notify_path))
         self._sock.settimeout(0.2)
         # Read all the time, as systemd does: the datagram queue holds only a few.
-        self._reader = threading.Thread(target=self._read, args=(self._sock,), daemon=True)
+        self._stop_reading = threading.Event()
+        self._reader = threading.Thread(
+            target=self._read, args=(self._sock, self._stop_reading), daemon=True
+        )
         self._reader.start()
         env = {
             **os.environ,
@@ -237,11 +241,13 @@ class Controller:
         self.wait_notify("READY=1")
         return self
 
-    def _read(self, sock: socket.socket) -> None:
+    def _read(self, sock: socket.socket, stop: threading.Event) -> None:
         while True:
             try:
                 data = sock.recv(4096)
             except TimeoutError:
+                if stop.is_set():
+                    return  # told to stop, and nothing is left to read
                 continue
             except OSError:
                 return  # closed
@@ -289,9 +295,11 @@ class Controller:
 
     def _close(self) -> None:
         if self._sock is not None:
-            time.sleep(0.3)  # the reader takes what the daemon sent last (STOPPING=1)
+            # The daemon has exited: the reader takes what it sent last (STOPPING=1)
+            # and returns once the queue stays empty for a receive timeout.
+            self._stop_reading.set()
+            self._reader.join(WAIT_S)
             self._sock.close()
-            self._reader.join(5)
             self._sock = None
 
     def cleanup(self) -> None:

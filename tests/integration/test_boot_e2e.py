@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from support import Mosquitto
 
 from controller.events.wire import NodeReport, parse_node_message
 
@@ -52,13 +53,15 @@ def free_port() -> int:
 class Reports:
     """Every message on netroot/node/+/report, collected by a mosquitto_sub started here."""
 
-    def __init__(self, port: int) -> None:
-        argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
-                "-t", "netroot/node/+/report", "-v"]  # fmt: skip
+    def __init__(self, broker: Mosquitto) -> None:
+        client_id, topic = f"test-reports-{os.getpid()}", "netroot/node/+/report"
+        argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-i", client_id,
+                "-q", "1", "-t", topic, "-v"]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         self.reports: list[NodeReport] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
+        broker.wait_subscribed(client_id, topic)
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -211,29 +214,24 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     for tool in ("mosquitto", "qemu-system-x86_64", "ganesha.nfsd", "mmdebstrap", "socat"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: run .ci/setup")
-    port = free_port()
-    conf = tmp_path_factory.mktemp("broker") / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    process = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    yield port
-    process.terminate()
-    process.wait(10)
+    broker = Mosquitto.start(tmp_path_factory.mktemp("broker"))
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, broker: int) -> Lab:
+def lab(tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto) -> Lab:
     root = tmp_path_factory.mktemp("bootlab")
     kept = os.environ.get("NETROOT_TEST_BOOT_STATE")
     state = Path(kept) if kept else root / "state"
     key = root / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
                    timeout=60)  # fmt: skip
-    lab = Lab(root, state, broker, key)
+    lab = Lab(root, state, broker.port, key)
     ssh_dir = lab.overlays / "common" / "root" / ".ssh"
     ssh_dir.mkdir(parents=True, mode=0o700)
     (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
@@ -252,7 +250,7 @@ tftp_root = "{root / "tftp"}"
 
 [mqtt]
 host = "127.0.0.1"
-port = {broker}
+port = {broker.port}
 
 [labels.debian12]
 recipe = "{recipe}"
@@ -265,9 +263,8 @@ rootovlcfg = ["site"]
 
 
 @pytest.fixture(scope="module")
-def reports(broker: int) -> Iterator[Reports]:
+def reports(broker: Mosquitto) -> Iterator[Reports]:
     subscriber = Reports(broker)
-    time.sleep(0.5)
     yield subscriber
     subscriber.close()
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import KVER, Workspace, make_root_tree
+from support import KVER, Workspace, make_root_tree, wait_until
 
 from controller.config.models import load_config
 from controller.serve import dhcp
@@ -80,14 +80,16 @@ def test_dnsmasq_leases_to_a_pxe_client_and_the_hook_queues_it(
     ws.run("install", "demo")
     text = conf.read_text()
     assert f"interface={server_if}" in text and "dhcp-boot=tag:!ipxe,tag:bios,pxelinux.0" in text
-    argv = dhcp.dnsmasq_argv(conf, tmp_path / "dnsmasq.pid")
+    pid_file = tmp_path / "dnsmasq.pid"
+    argv = dhcp.dnsmasq_argv(conf, pid_file)
     # root inside the test namespace: the pytest tmp dirs are closed to `nobody`
     server = subprocess.Popen(
         ["ip", "netns", "exec", server_ns, *argv, "--user=root"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        time.sleep(1)
+        # dnsmasq writes its pid file once its sockets are bound (or it has exited)
+        wait_until(lambda: server.poll() is not None or pid_file.exists(), "dnsmasq to start")
         assert server.poll() is None, server.communicate()[0]
         script = tmp_path / "udhcpc-script"
         env_dump = tmp_path / "lease.env"

@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 
 from controller.daemon.announce import changes, entry_time
-from controller.daemon.db import OutboxRow
 from controller.daemon.emit import Emitter, Health
+from controller.daemon.outbox import OutboxRow
 from controller.events.wire import (
     CONTENT_TYPE,
     ENVELOPE_REQUIRED,

@@ -1,0 +1,142 @@
+"""The event outbox of the state database: events wait here until the broker acknowledged them.
+
+Every event is inserted in the same transaction as the state change it
+reports (`OutboxWrites.emit` on a `db.Tx`), and deleted only once the broker
+acknowledged it (`Outbox.outbox_delete`), so a crash or a broker outage
+delays events and loses none.
+
+The outbox is bounded (`mqtt.outbox_limit`): past the limit, a retained
+message that a newer retained message for the same topic supersedes goes
+first, then the oldest non-retained events, with the count logged and kept
+in `outbox_dropped`. The latest retained state of a topic is never dropped,
+and the tables holding state are never touched by the bound.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from controller.core.log import get_logger
+
+log = get_logger("db")
+
+# One buffered outbox row: topic, payload, qos, retain, created_at.
+MessageRow = tuple[str, bytes, int, int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One message waiting for the broker's acknowledgement."""
+
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class OutboxWrites:
+    """A transaction's part in the outbox (`db.Tx` holds the fields)."""
+
+    conn: sqlite3.Connection
+    now: float
+    added: int
+    # Buffered and written with executemany at commit: a batch of node
+    # reports makes thousands of these rows.
+    _messages: list[MessageRow]
+
+    def emit(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message for the broker (in the order of the calls)."""
+        self._messages.append((topic, payload, qos, int(retain), self.now))
+        self.added += 1
+
+    def _flush_messages(self) -> None:
+        if self._messages:
+            self.conn.executemany(
+                "INSERT INTO outbox (topic, payload, qos, retain, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                self._messages,
+            )
+            self._messages.clear()
+
+
+class Outbox:
+    """The database's reading, bounding and deleting of outbox rows (`db.Database` holds them)."""
+
+    _conn: sqlite3.Connection
+    _outbox_count: int
+    outbox_limit: int
+
+    def _count_outbox(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def _bound_outbox(self, added: int) -> int:
+        excess = self._outbox_count + added - self.outbox_limit
+        if excess <= 0:
+            return 0
+        superseded = self._conn.execute(
+            "DELETE FROM outbox WHERE retain = 1 AND seq < ("
+            " SELECT MAX(o.seq) FROM outbox AS o WHERE o.retain = 1 AND o.topic = outbox.topic)"
+        ).rowcount
+        oldest = 0
+        if excess > superseded:
+            oldest = self._conn.execute(
+                "DELETE FROM outbox WHERE seq IN ("
+                " SELECT seq FROM outbox WHERE retain = 0 ORDER BY seq LIMIT ?)",
+                (excess - superseded,),
+            ).rowcount
+        dropped = superseded + oldest
+        self._conn.execute(
+            "INSERT INTO meta VALUES ('outbox_dropped', ?) ON CONFLICT (key) DO UPDATE "
+            "SET value = CAST(value AS INTEGER) + excluded.value",
+            (dropped,),
+        )
+        log.warning(
+            "outbox full: dropped undelivered messages",
+            limit=self.outbox_limit,
+            superseded_states=superseded,
+            oldest_events=oldest,
+        )
+        return dropped
+
+    def refresh_outbox_count(self) -> int:
+        """Count again: other processes (the CLI) add to the outbox too."""
+        self._outbox_count = self._count_outbox()
+        return self._outbox_count
+
+    def outbox_head(self, limit: int) -> list[OutboxRow]:
+        """The oldest messages waiting, in the order they must be published."""
+        rows = self._conn.execute(
+            "SELECT seq, topic, payload, qos, retain FROM outbox ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        if len(rows) > self._outbox_count or not rows:
+            # The CLI added rows this process did not count (or the count is stale).
+            self._outbox_count = len(rows) if len(rows) < limit else self._count_outbox()
+        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+
+    def outbox_delete(self, seqs: Sequence[int]) -> None:
+        """Forget messages the broker acknowledged."""
+        if not seqs:
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = self._conn.executemany(
+                "DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]
+            ).rowcount
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._outbox_count = max(0, self._outbox_count - deleted)
+
+    @property
+    def outbox_pending(self) -> int:
+        """Messages not yet acknowledged by the broker."""
+        return self._outbox_count
+
+    def outbox_dropped(self) -> int:
+        """Messages the bound has dropped since the database was created."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'outbox_dropped'").fetchone()
+        return int(row[0]) if row else 0
