@@ -6,7 +6,8 @@ copy-on-write run): nothing it writes goes through an inode that the clone
 shares with older versions or the caches. On exit with changes, the upper
 layer is merged into the clone by rename and the clone becomes a new version
 through the build pipeline's own last steps (boot files, version stamp,
-manifest, verify, then rename into place); it is activated only when asked.
+manifest, verify, then rename into place); the caller activates it when asked
+(controller.serve.publish: building never serves).
 Its tree is also kept as the base of overlay-only rebuilds, so an overlay edit
 after a shell session keeps the session's changes; a rebuild from the recipe
 starts again from the recipe.
@@ -20,6 +21,7 @@ running nodes may hold stale file handles and need `mount -o remount /`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,8 +39,7 @@ from controller.core import proc
 from controller.core.errors import NetrootError, StoreError
 from controller.core.log import get_logger
 from controller.recipes import ImportRecipe, Recipe
-from controller.serve import bootfiles
-from controller.store import activation, fsops, liveedits, treeindex
+from controller.store import fsops, liveedits, treeindex
 from controller.store import versions as store
 from controller.store.layout import LabelPaths, label_paths
 from controller.store.manifest import Manifest
@@ -65,7 +66,6 @@ class Outcome:
     live: bool
     status: int
     version: str | None = None  # the new version (not live, something changed)
-    activated: bool = False
     live_edits: int = 0  # the active version's count after a --live session
     stdout: str = ""
     stderr: str = ""
@@ -277,17 +277,11 @@ def open_shell(
     label: str,
     *,
     live: bool = False,
-    activate: bool = False,
     command: str | None = None,
     progress: build.Progress,
     runner: Runner | None = None,
 ) -> Outcome:
     """A shell session on the label's active version. Caller holds the label lock."""
-    if live and activate:
-        raise NetrootError(
-            "--activate makes a new version active; --live edits the active "
-            "version in place: give one of them"
-        )
     paths = label_paths(config, label)
     parent_id = store.active_version(paths)
     if parent_id is None:
@@ -305,7 +299,6 @@ def open_shell(
         env=env,
         run=run,
         progress=progress,
-        activate=activate,
     )
 
 
@@ -361,9 +354,8 @@ def _new_version(
     env: Mapping[str, str],
     run: Runner,
     progress: build.Progress,
-    activate: bool,
 ) -> Outcome:
-    """A session in a fresh clone; its changes become a new version."""
+    """A session in a fresh clone; its changes become a new version (not activated)."""
     build_id = build.new_build_id()
     ctx = build.BuildContext(
         config=config,
@@ -407,19 +399,7 @@ def _new_version(
         if not ok:
             fsops.remove_tree(ctx.staging)
             fsops.remove_tree(paths.staging / f"base-{build_id}")
-    render = bootfiles.renderer(config)
-    activated = activation.activate(paths, manifest.version, render) if activate else None
-    return Outcome(
-        paths.label,
-        parent.version,
-        tuple(done.changed),
-        live=False,
-        status=done.status,
-        version=manifest.version,
-        activated=activated is not None,
-        stdout=done.stdout,
-        stderr=done.stderr,
-    )
+    return dataclasses.replace(outcome, version=manifest.version)
 
 
 def _check(done: Session, command: str | None) -> None:

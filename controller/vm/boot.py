@@ -35,7 +35,7 @@ from controller.core.errors import NetrootError
 from controller.events import wire as events
 from controller.render import BootTarget, boot_target, kernel_cmdline
 from controller.render.cmdline import INITRD_NAME, KERNEL_NAME
-from controller.serve import bootfiles, nfs
+from controller.serve import loaders, nfs, tftp
 from controller.store import versions as store
 from controller.store.layout import label_paths
 from controller.vm import accel as bootvm_accel
@@ -65,7 +65,7 @@ from controller.vm.qemu import (
 from controller.vm.servers import Background, lab_ganesha, new_run_dir
 
 CONSOLE_ARG = "console=ttyS0,115200"
-GRUB_BOOTFILE = bootfiles.GRUB_IMAGE
+GRUB_BOOTFILE = loaders.GRUB_IMAGE
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
 FATAL_GRACE_SECONDS = 2.0  # after a fatal console line: the lines that explain it
 TAIL_LINES = 20
@@ -165,16 +165,16 @@ def vm_target(config: Config, label: str, version: str, ssh_key: str | None = No
 
 def prepare_tftp(config: Config, target: BootTarget, tftp_root: Path, *, uefi: bool) -> None:
     """The private TFTP root: loaders, this label's menus and its version links."""
-    report = bootfiles.install_loaders(tftp_root, grub=uefi)
+    report = loaders.install_loaders(tftp_root, grub=uefi)
     needed = [GRUB_BOOTFILE] if uefi else ["pxelinux.0", "ldlinux.c32"]
     missing = [name for name in needed if name not in report.installed]
     if missing:
         raise NetrootError(
             f"boot loader files missing: {', '.join(missing)} ({'; '.join(report.missing)})"
         )
-    links = bootfiles.version_links(config, [target.label])
-    plan = bootfiles.plan_boot([target], links, default=target.label, macs={})
-    bootfiles.write_plan(tftp_root, plan)
+    links = tftp.version_links(config, [target.label])
+    plan = tftp.plan_boot([target], links, default=target.label, macs={})
+    tftp.write_plan(tftp_root, plan)
 
 
 def _vm_spec(
@@ -243,7 +243,7 @@ async def run_boot(
         raise NetrootError(
             f"{options.label}: no active version; run `netroot build {options.label} --activate`"
         )
-    bootfiles.check_boot_files(paths, version)
+    tftp.check_boot_files(paths, version)
     if options.uefi and not OVMF_CODE.is_file():
         raise NetrootError(f"UEFI boot needs {OVMF_CODE} (Debian package ovmf)")
     target = vm_target(config, options.label, version, options.ssh_key)
