@@ -8,6 +8,11 @@ and TFTP links (the store's atomic primitive); the renderer given to it here
 stages the NFS exports (with the reload that makes them appear) and the
 label's TFTP root (per-version boot files, menus: controller.serve.tftp), so
 all of it is staged before the commit and published in the order nodes need.
+
+What follows a switch is not served, so it is not here: the CLI writes the
+events into the outbox (controller.daemon.announce); the daemon hears of the
+history line (controller.daemon.imagewatch) and applies it to the nodes
+(controller.daemon.images, controller.daemon.nodebook).
 """
 
 from __future__ import annotations

@@ -293,16 +293,6 @@ def write_plan(tftp_root: Path, plan: BootPlan) -> Written:
     return done
 
 
-def render_tftp_root(
-    config: Config, tftp_root: Path, *, require: bool = True
-) -> tuple[BootPlan, Written]:
-    """Plan and write the TFTP root from the store, under its render lock."""
-    with tftp_lock(tftp_root):
-        plan = plan_tftp_root(config, tftp_root, require=require)
-        written = write_plan(tftp_root, plan)
-    return plan, written
-
-
 def set_default_choice(tftp_root: Path, label: str) -> None:
     """Make label the default boot of this TFTP root (what `netroot install` does)."""
     fsops.write_atomic(tftp_root / DEFAULT_CHOICE, f"{label}\n".encode())
