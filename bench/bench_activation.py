@@ -1,8 +1,9 @@
 """Activation time against image size: 1k, 10k and 100k files.
 
 Activation must not depend on the size of the image (target: 100k/1k ratio
-at most 1.5, well under 10 ms). Each activation really swaps the links,
-alternating between two versions of the same label.
+at most 1.5, well under 10 ms). Each activation is the real one
+(controller.serve.publish: links, exports, menus), alternating between two
+versions of the same label.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from common import build, workspace
 
-from controller.store import activation
+from controller.serve import publish
 from controller.store.layout import label_paths
 
 SIZES = (1_000, 10_000, 100_000)
@@ -36,13 +37,13 @@ def main() -> None:
             first = build(config, label)
             (ws.overlays / label).mkdir(parents=True)
             (ws.overlays / label / "marker").write_text("second")
-            pairs[files] = (label_paths(config, label), first, build(config, label))
+            pairs[files] = (config, label_paths(config, label), first, build(config, label))
         os.sync()  # the builds' writeback must not land inside the timed activations
         samples: dict[int, list[float]] = {files: [] for files in SIZES}
         for i in range(args.runs):  # interleaved, so disk noise hits every size alike
-            for files, (paths, first, second) in pairs.items():
+            for files, (config, paths, first, second) in pairs.items():
                 t0 = time.perf_counter()
-                activation.activate(paths, first if i % 2 == 0 else second)
+                publish.activate(config, paths, first if i % 2 == 0 else second)
                 samples[files].append(time.perf_counter() - t0)
         medians = {files: statistics.median(s) for files, s in samples.items()}
         for files, s in samples.items():

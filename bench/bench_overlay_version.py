@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import build, run, timed, workspace
 
-from controller.store import activation
+from controller.serve import publish
 from controller.store.layout import label_paths
 
 
@@ -36,7 +36,7 @@ def main() -> None:
         edited.write_text("edit 0\n")
         first = build(config, "bench")  # cold: runs the builder, caches the base tree
         paths = label_paths(config, "bench")
-        activation.activate(paths, first)
+        publish.activate(config, paths, first)
         rootfs = paths.rootfs(first)
         os.sync()
         ours, plain, cp_a, cp_al = [], [], [], []

@@ -6,7 +6,8 @@ copy-on-write run): nothing it writes goes through an inode that the clone
 shares with older versions or the caches. On exit with changes, the upper
 layer is merged into the clone by rename and the clone becomes a new version
 through the build pipeline's own last steps (boot files, version stamp,
-manifest, verify, then rename into place); it is activated only when asked.
+manifest, verify, then rename into place); the caller activates it when asked
+(controller.serve.publish: building never serves).
 Its tree is also kept as the base of overlay-only rebuilds, so an overlay edit
 after a shell session keeps the session's changes; a rebuild from the recipe
 starts again from the recipe.
@@ -20,10 +21,10 @@ running nodes may hold stale file handles and need `mount -o remount /`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
-import stat
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,13 +33,13 @@ from pathlib import Path
 
 from controller.build import pipeline as build
 from controller.build.builders import BuildRequest, Progress, chroot, cow
+from controller.build.upper import meaningful_changes, update_index, upper_entries
 from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import NetrootError, StoreError
 from controller.core.log import get_logger
 from controller.recipes import ImportRecipe, Recipe
-from controller.serve import bootfiles
-from controller.store import activation, fsops, liveedits, treeindex
+from controller.store import fsops, liveedits, treeindex
 from controller.store import versions as store
 from controller.store.layout import LabelPaths, label_paths
 from controller.store.manifest import Manifest
@@ -65,7 +66,6 @@ class Outcome:
     live: bool
     status: int
     version: str | None = None  # the new version (not live, something changed)
-    activated: bool = False
     live_edits: int = 0  # the active version's count after a --live session
     stdout: str = ""
     stderr: str = ""
@@ -98,76 +98,6 @@ def shell_env(label: str, version: str, *, term: str | None) -> dict[str, str]:
     if term:
         env["TERM"] = term
     return env
-
-
-def _kind(st: os.stat_result, path: Path) -> str:
-    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-        return "whiteout"
-    if stat.S_ISDIR(st.st_mode):
-        return "opaque" if _opaque(path) else "dir"
-    return "file" if stat.S_ISREG(st.st_mode) else "other"
-
-
-def _opaque(path: Path) -> bool:
-    try:
-        return os.getxattr(path, cow.OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
-def upper_entries(upper: Path) -> list[tuple[str, str]]:
-    """Every entry of an overlay upper layer as (path, kind), parents before children."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(upper):
-        dirnames.sort()
-        base = Path(dirpath)
-        for name in sorted(dirnames + filenames):
-            path = base / name
-            entries.append((path.relative_to(upper).as_posix(), _kind(path.lstat(), path)))
-    return entries
-
-
-def meaningful_changes(entries: Sequence[tuple[str, str]], upper: Path, lower: Path) -> list[str]:
-    """Paths that differ from lower: directories copied up only for a child do not count."""
-    changed = []
-    for rel, kind in entries:
-        if kind == "whiteout":
-            changed.append(f"-{rel}")
-            continue
-        if kind == "dir":
-            try:
-                before = (lower / rel).lstat()
-            except FileNotFoundError:
-                changed.append(rel)
-                continue
-            now = (upper / rel).lstat()
-            if stat.S_ISDIR(before.st_mode) and (before.st_mode, before.st_uid, before.st_gid) == (
-                now.st_mode,
-                now.st_uid,
-                now.st_gid,
-            ):
-                continue
-        changed.append(rel)
-    return changed
-
-
-def update_index(index: treeindex.Index, root: Path, entries: Sequence[tuple[str, str]]) -> None:
-    """Bring an index up to date with upper-layer entries merged into root (parents first)."""
-    for rel, kind in entries:
-        if kind != "dir":  # removed, replaced, or an opaque directory: what was below is gone
-            treeindex.drop_subtree(index, rel)
-        if kind == "whiteout":
-            continue
-        st = (root / rel).lstat()
-        if stat.S_ISREG(st.st_mode):
-            content = treeindex.file_sha256(root / rel)
-        elif stat.S_ISLNK(st.st_mode):
-            content = json.dumps(os.readlink(root / rel))
-        else:
-            content = "-"
-        if kind == "dir" and not index.get(rel, "d").startswith("d"):
-            treeindex.drop_subtree(index, rel)  # a directory took a file's place
-        index[rel] = treeindex.entry(st, content)
 
 
 Runner = Callable[[list[str], Mapping[str, str]], proc.Completed]
@@ -277,17 +207,11 @@ def open_shell(
     label: str,
     *,
     live: bool = False,
-    activate: bool = False,
     command: str | None = None,
     progress: build.Progress,
     runner: Runner | None = None,
 ) -> Outcome:
     """A shell session on the label's active version. Caller holds the label lock."""
-    if live and activate:
-        raise NetrootError(
-            "--activate makes a new version active; --live edits the active "
-            "version in place: give one of them"
-        )
     paths = label_paths(config, label)
     parent_id = store.active_version(paths)
     if parent_id is None:
@@ -305,7 +229,6 @@ def open_shell(
         env=env,
         run=run,
         progress=progress,
-        activate=activate,
     )
 
 
@@ -361,9 +284,8 @@ def _new_version(
     env: Mapping[str, str],
     run: Runner,
     progress: build.Progress,
-    activate: bool,
 ) -> Outcome:
-    """A session in a fresh clone; its changes become a new version."""
+    """A session in a fresh clone; its changes become a new version (not activated)."""
     build_id = build.new_build_id()
     ctx = build.BuildContext(
         config=config,
@@ -407,19 +329,7 @@ def _new_version(
         if not ok:
             fsops.remove_tree(ctx.staging)
             fsops.remove_tree(paths.staging / f"base-{build_id}")
-    render = bootfiles.renderer(config)
-    activated = activation.activate(paths, manifest.version, render) if activate else None
-    return Outcome(
-        paths.label,
-        parent.version,
-        tuple(done.changed),
-        live=False,
-        status=done.status,
-        version=manifest.version,
-        activated=activated is not None,
-        stdout=done.stdout,
-        stderr=done.stderr,
-    )
+    return dataclasses.replace(outcome, version=manifest.version)
 
 
 def _check(done: Session, command: str | None) -> None:

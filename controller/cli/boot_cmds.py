@@ -29,7 +29,8 @@ from controller.render import (
 from controller.render.grub import GRUB_DEFAULT
 from controller.render.ipxe import IPXE_DEFAULT
 from controller.render.pxelinux import PXELINUX_DEFAULT
-from controller.serve import bootfiles, dhcp, nbd, nfs
+from controller.serve import dhcp, nbd, nfs, tftp
+from controller.serve.loaders import install_loaders
 from controller.store import versions as store
 from controller.store.layout import label_paths
 from controller.vm import boot as bootvm
@@ -109,7 +110,7 @@ def _check_label(config: Config, label: str) -> None:
     version = store.active_version(paths)
     if version is None:
         raise NetrootError(f"{label}: no active version; run `netroot build {label} --activate`")
-    bootfiles.check_boot_files(paths, version)
+    tftp.check_boot_files(paths, version)
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -118,12 +119,12 @@ def cmd_install(args: argparse.Namespace) -> int:
     _check_label(config, args.label)
     tftp_root = config.label_tftp_root(args.label)
     dnsmasq_text = dhcp.render_config(config) if config.dhcp.enabled else None
-    with bootfiles.tftp_lock(tftp_root):
+    with tftp.tftp_lock(tftp_root):
         # Everything is rendered and checked before the first write.
-        plan = bootfiles.plan_tftp_root(config, tftp_root, default=args.label)
-        loaders = bootfiles.install_loaders(tftp_root)
-        bootfiles.set_default_choice(tftp_root, args.label)
-        written = bootfiles.write_plan(tftp_root, plan)
+        plan = tftp.plan_tftp_root(config, tftp_root, default=args.label)
+        loaders = install_loaders(tftp_root)
+        tftp.set_default_choice(tftp_root, args.label)
+        written = tftp.write_plan(tftp_root, plan)
     applied = nfs.apply(config)
     dhcp_files = dhcp.write_files(config) if dnsmasq_text is not None else None
     result = {
@@ -273,7 +274,7 @@ def _say(message: str) -> None:
 def _menu(config: Config, kind: str, label: str | None) -> str:
     tftp_root = config.label_tftp_root(label) if label else config.tftp_root
     if label is None:
-        plan = bootfiles.plan_tftp_root(config, tftp_root)
+        plan = tftp.plan_tftp_root(config, tftp_root)
         name = {"pxelinux": PXELINUX_DEFAULT, "ipxe": IPXE_DEFAULT, "grub": GRUB_DEFAULT}[kind]
         return plan.files[name]
     check_label(label)
@@ -281,7 +282,7 @@ def _menu(config: Config, kind: str, label: str | None) -> str:
     target = boot_target(config, label, version)
     targets = [
         boot_target(config, other, active)
-        for other in bootfiles.served_labels(config, tftp_root)
+        for other in tftp.served_labels(config, tftp_root)
         if other != label and (active := store.active_version(label_paths(config, other)))
     ] + [target]
     if kind == "pxelinux":

@@ -12,10 +12,9 @@ from controller.cli.output import Progress, emit_json
 from controller.config.models import load_config
 from controller.core.errors import NetrootError
 from controller.core.ids import check_label
-from controller.serve import bootfiles
+from controller.serve import publish
 from controller.store.layout import label_paths
 from controller.store.locking import label_lock
-from controller.store.recovery import recover_label
 
 REMOUNT_WARNING = (
     "netroot: warning: {label} {version} was changed in place while it is served; running "
@@ -56,6 +55,11 @@ def cmd_shell(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config) if args.config else None)
     check_label(args.label)
     config.label(args.label)
+    if args.live and args.activate:
+        raise NetrootError(
+            "--activate makes a new version active; --live edits the active "
+            "version in place: give one of them"
+        )
     if args.command is None and not sys.stdin.isatty():
         raise NetrootError("no terminal for an interactive shell; give --command CMD")
     paths = label_paths(config, args.label)
@@ -67,15 +71,15 @@ def cmd_shell(args: argparse.Namespace) -> int:
         )
 
     with label_lock(paths, on_wait=waiting):
-        recover_label(config, args.label, bootfiles.renderer(config))
+        publish.recover_label(config, args.label)
         outcome = shell.open_shell(
-            config,
-            args.label,
-            live=args.live,
-            activate=args.activate,
-            command=args.command,
-            progress=progress,
+            config, args.label, live=args.live, command=args.command, progress=progress
         )
+        activated = False
+        if args.activate and outcome.version is not None:
+            # The session's new version, served as any activation is, under the same lock.
+            publish.activate(config, paths, outcome.version)
+            activated = True
     if args.json:
         emit_json(
             {
@@ -85,7 +89,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
                 "status": outcome.status,
                 "changed": list(outcome.changed),
                 "version": outcome.version,
-                "activated": outcome.activated,
+                "activated": activated,
                 "live_edits": outcome.live_edits,
                 "stdout": outcome.stdout,
                 "stderr": outcome.stderr,
@@ -94,13 +98,13 @@ def cmd_shell(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(outcome.stdout)
         sys.stderr.write(outcome.stderr)
-        _report(outcome)
+        _report(outcome, activated=activated)
     if outcome.live and outcome.changed:
         print(REMOUNT_WARNING.format(label=outcome.label, version=outcome.parent), file=sys.stderr)
     return 0
 
 
-def _report(outcome: shell.Outcome) -> None:
+def _report(outcome: shell.Outcome, *, activated: bool) -> None:
     shown = ", ".join(outcome.changed[:5]) + (" ..." if len(outcome.changed) > 5 else "")
     if not outcome.changed:
         print(f"{outcome.label}: no changes; {outcome.parent} stays as it was")
@@ -114,5 +118,5 @@ def _report(outcome: shell.Outcome) -> None:
             f"{outcome.label}: new version {outcome.version} from {outcome.parent}, "
             f"{len(outcome.changed)} paths changed ({shown})"
         )
-        if outcome.activated:
+        if activated:
             print(f"activated {outcome.label} {outcome.version} (was {outcome.parent})")

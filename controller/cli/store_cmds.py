@@ -22,13 +22,13 @@ from controller.daemon.announce import STAMP_FORMAT, Announcer
 from controller.daemon.db import NodeGuard, db_path
 from controller.events.wire import ActivationReason, BuildKind
 from controller.recipes import load_recipe
-from controller.serve import bootfiles
+from controller.serve import publish
 from controller.store import activation, gc, treeindex
 from controller.store import versions as store
 from controller.store.layout import LabelPaths, label_paths
 from controller.store.locking import label_lock
 from controller.store.manifest import Manifest
-from controller.store.recovery import Recovered, known_labels, recover_label
+from controller.store.recovery import Recovered, known_labels
 
 Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -139,7 +139,7 @@ def _summary(m: Manifest) -> dict[str, Any]:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Load the config, every recipe and every overlay; change nothing."""
     config = _config(args)
-    bootfiles.check_servable(config)  # what validate accepts can be activated
+    publish.check_servable(config)  # what validate accepts can be activated
     rows, report = [], {}
     warned: dict[str, list[str]] = {}
     for name in sorted(config.labels):
@@ -182,11 +182,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         config.recipe_path(args.label), allow_plaintext_password=args.insecure_test_password
     )
     scan_overlays([config.overlays_dir / o for o in config.overlay_names(args.label)])
-    bootfiles.check_servable(config)  # a version that could not be served is not built
+    publish.check_servable(config)  # a version that could not be served is not built
     progress = Progress(quiet=args.json)
     kind: BuildKind = "overlay" if args.overlays_only else "full"
     with Announcer(config) as announce, label_lock(paths, on_wait=lambda: _waiting(args.label)):
-        recover_label(config, args.label, bootfiles.renderer(config))
+        publish.recover_label(config, args.label)
         row = announce.build_started(
             args.label, args.build_id or new_build_id(), kind, _build_reason(args)
         )
@@ -214,7 +214,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         unchanged = manifest.version == store.active_version(paths)
         if args.activate and not unchanged:
             before = announce.history_length(paths)
-            done = activation.activate(paths, manifest.version, bootfiles.renderer(config))
+            done = publish.activate(config, paths, manifest.version)
             announce.activation(paths, before, "cli")
     if args.json:
         emit_json(
@@ -256,9 +256,9 @@ def cmd_activate(args: argparse.Namespace) -> int:
     paths = _label(args, config)
     reason: ActivationReason = "auto" if args.reason == "auto" else "cli"
     with Announcer(config) as announce, label_lock(paths, on_wait=lambda: _waiting(args.label)):
-        recover_label(config, args.label, bootfiles.renderer(config))
+        publish.recover_label(config, args.label)
         before = announce.history_length(paths)
-        done = activation.activate(paths, args.version, bootfiles.renderer(config))
+        done = publish.activate(config, paths, args.version)
         announce.activation(paths, before, reason)
     _print_activation(args, done)
     return 0
@@ -269,9 +269,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     config = _config(args)
     paths = _label(args, config)
     with Announcer(config) as announce, label_lock(paths, on_wait=lambda: _waiting(args.label)):
-        recover_label(config, args.label, bootfiles.renderer(config))
+        publish.recover_label(config, args.label)
         before = announce.history_length(paths)
-        done = activation.rollback(paths, bootfiles.renderer(config))
+        done = publish.rollback(config, paths)
         announce.activation(paths, before, "cli")
     _print_activation(args, done)
     return 0
@@ -339,7 +339,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         stack.enter_context(label_lock(paths, on_wait=lambda: _waiting(args.label)))
         # On a full disk links may not be re-pointable: gc still frees the space.
-        recovered = recover_label(config, args.label, bootfiles.renderer(config), strict=False)
+        recovered = publish.recover_label(config, args.label, strict=False)
         if recovered.problem:
             print(f"netroot: warning: {recovered.problem}", file=sys.stderr)
         if args.dry_run:
@@ -349,7 +349,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         else:
             # Space first: on a full disk the database may open only once gc has run.
             pruned, held = gc.collect(paths, keep, guard)
-            bootfiles.refresh(config, paths)  # pruned versions leave exports and TFTP links
+            publish.refresh(config, paths)  # pruned versions leave exports and TFTP links
             with Announcer(config) as announce:
                 announce.pruned(paths, pruned)
     if args.json:
@@ -402,7 +402,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     results: list[Recovered] = []
     for label in labels:
         with label_lock(label_paths(config, label), on_wait=functools.partial(_waiting, label)):
-            recovered = recover_label(config, label, bootfiles.renderer(config), strict=False)
+            recovered = publish.recover_label(config, label, strict=False)
             results.append(recovered)
     problems = [f"{r.label}: links not re-pointed: {r.problem}" for r in results if r.problem]
     if args.json:

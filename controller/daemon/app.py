@@ -26,6 +26,7 @@ from controller.daemon.db import Database, db_path
 from controller.daemon.debounce import Batch, affected_labels
 from controller.daemon.emit import Emitter
 from controller.daemon.images import ImageBook
+from controller.daemon.imagewatch import ImageWatch
 from controller.daemon.liveness import NodeWatch
 from controller.daemon.lock import exclusive, holder_pid, lock_path
 from controller.daemon.mqtt import BrokerLink, Message
@@ -36,8 +37,7 @@ from controller.daemon.scheduler import BuildScheduler
 from controller.daemon.spool import SpoolListener
 from controller.daemon.watch import Watcher, recipe_dependencies, watch_specs
 from controller.events.wire import MAX_REPORT_BYTES, ConfigRejected, ConfigReloaded, Topics
-from controller.serve import bootfiles
-from controller.store.recovery import recover
+from controller.serve import publish
 
 log = get_logger("daemon")
 
@@ -89,7 +89,7 @@ class Daemon:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         with daemon_lock(config.state_dir):
             log.info("starting", version=__version__, config=config.source, pid=os.getpid())
-            results = await asyncio.to_thread(recover, config, bootfiles.renderer(config))
+            results = await asyncio.to_thread(publish.recover, config)
             log.info(
                 "recovered",
                 labels={r.label: r.active for r in results},
@@ -153,6 +153,7 @@ class Daemon:
             max_latency=ctx.config.debounce_max_latency,
         )
         ctx.config.overlays_dir.mkdir(parents=True, exist_ok=True)
+        self.image_watch = ImageWatch(ctx)  # activations by hand: heard from the store's history
         components: list[Component] = [
             *([self.link] if self.link is not None else []),
             self.publisher,
@@ -163,6 +164,7 @@ class Daemon:
             self.spool,
             self.scheduler,
             self.watcher,
+            self.image_watch,
             self.reloader,
             Watchdog(),
         ]
@@ -221,7 +223,7 @@ class Daemon:
                 task.cancel()
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
-        for name in ("watcher", "spool", "reloader", "liveness"):  # no new triggers
+        for name in ("watcher", "images", "spool", "reloader", "liveness"):  # no new triggers
             await _cancel(tasks[name])
         await _cancel(tasks["scheduler"])  # running builds are killed and recorded
         await _cancel(tasks["index"])
@@ -262,7 +264,7 @@ class Daemon:
         source = str(self.config_path) if self.config_path else self.ctx.config.source
         try:
             # Rendered as an activation would: a config that could not be served is refused.
-            new = await asyncio.to_thread(bootfiles.load_servable, self.config_path)
+            new = await asyncio.to_thread(publish.load_servable, self.config_path)
             _check_reloadable(self.ctx.config, new)
         except NetrootError as exc:
             self._rejected(why, source, str(exc))
@@ -293,6 +295,7 @@ class Daemon:
         ctx.db.outbox_limit = new.mqtt.outbox_limit
         new.overlays_dir.mkdir(parents=True, exist_ok=True)
         self._watch(new, recipe_dependencies(new))
+        self.image_watch.resync()
         if self.link is not None:
             self.link.reconfigure(new.mqtt, [ctx.emitter.topics.node_reports()])
 

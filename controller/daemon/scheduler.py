@@ -14,7 +14,6 @@ labels whose inputs changed while no daemon watched them (controller.daemon.catc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -41,7 +40,6 @@ from controller.store.manifest import Manifest
 
 log = get_logger("scheduler")
 
-RECONCILE_S = 2.0  # how soon a `netroot activate`, `rollback` or `gc` by hand is announced
 _STEP_FAILED = re.compile(r"build step '([^']+)' failed: (.*)")
 MAX_ERROR = 1024
 MAX_TAIL = 16384
@@ -176,9 +174,11 @@ class BuildScheduler(Component):
         log.warning("build interrupted, queued again", label=row.label, build_id=row.build_id)
 
     async def run(self) -> None:
-        """Start what may start; reconcile with the store when idle."""
-        loop = asyncio.get_running_loop()
-        next_reconcile = loop.time()
+        """Start what may start, whenever a request or a finished build wakes it.
+
+        Changes of the store by hand (activate, rollback, gc) reach the database
+        through controller.daemon.imagewatch, not through this loop.
+        """
         async with asyncio.TaskGroup() as builds:
             for label, manifest in self._adopted:
                 builds.create_task(self._after_success(label, manifest), name=f"adopt-{label}")
@@ -187,11 +187,7 @@ class BuildScheduler(Component):
             while True:
                 self._wake.clear()
                 self._start(builds)
-                if loop.time() >= next_reconcile:
-                    self.reconcile_all()
-                    next_reconcile = loop.time() + RECONCILE_S
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), next_reconcile - loop.time())
+                await self._wake.wait()
 
     async def catch_up(self) -> None:
         """Queue a build of each label whose inputs changed while no daemon watched them."""

@@ -88,7 +88,7 @@ class Prepared:
 
 
 # Stages the label's boot files (menus, exports) as they are with version
-# active; controller.serve.bootfiles.renderer is the real one.
+# active: controller.serve.publish.renderer, which every caller goes through.
 BootRenderer = Callable[[LabelPaths, str], Prepared]
 
 
@@ -100,26 +100,6 @@ class Activation:
     version: str
     previous: str | None
     action: Action
-
-
-def placeholder_menu(paths: LabelPaths, version: str) -> Prepared:
-    """A minimal pxelinux entry naming the label's kernel and initramfs."""
-    text = (
-        f"# netroot: {paths.label} {version}\n"
-        f"LABEL {paths.label}\n"
-        f"  KERNEL netroot/{paths.label}/vmlinuz\n"
-        f"  INITRD netroot/{paths.label}/initrd.img\n"
-    )
-    prepared = Prepared()
-    with _discard_on_error(prepared):
-        try:
-            unchanged = paths.menu.read_bytes() == text.encode()
-        except OSError:
-            unchanged = False
-        if not unchanged:
-            tmp = fsops.stage_file(paths.menu, text.encode(), durable=False)
-            prepared.menus.append(Step(tmp, paths.menu))
-    return prepared
 
 
 @contextlib.contextmanager
@@ -227,9 +207,7 @@ def check_version_id(paths: LabelPaths, version: str) -> str:
     return version
 
 
-def activate(
-    paths: LabelPaths, version: str | None, render: BootRenderer = placeholder_menu
-) -> Activation:
+def activate(paths: LabelPaths, version: str | None, render: BootRenderer) -> Activation:
     """Activate version (newest committed when None). Caller holds the label lock."""
     versions = store.version_ids(paths)
     if not versions:
@@ -244,7 +222,7 @@ def activate(
     return Activation(paths.label, target, previous, "activate")
 
 
-def rollback(paths: LabelPaths, render: BootRenderer = placeholder_menu) -> Activation:
+def rollback(paths: LabelPaths, render: BootRenderer) -> Activation:
     """Return to the version active before the current one. Caller holds the label lock."""
     stack = store.rollback_stack(paths)
     if len(stack) < 2:
@@ -255,7 +233,7 @@ def rollback(paths: LabelPaths, render: BootRenderer = placeholder_menu) -> Acti
     return Activation(paths.label, target, current, "rollback")
 
 
-def reconcile(paths: LabelPaths, render: BootRenderer = placeholder_menu) -> str | None:
+def reconcile(paths: LabelPaths, render: BootRenderer) -> str | None:
     """Make links and boot files agree with the history (start-up recovery)."""
     for link in (paths.export_link, paths.tftp_link):
         sweep_tmp_links(link.parent, link.name)

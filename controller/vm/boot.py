@@ -33,7 +33,7 @@ from controller.core.errors import NetrootError
 from controller.events import wire as events
 from controller.render import BootTarget
 from controller.render.cmdline import KERNEL_NAME
-from controller.serve import bootfiles, nfs
+from controller.serve import nfs, tftp
 from controller.store import versions as store
 from controller.store.layout import label_paths
 from controller.vm import console
@@ -118,7 +118,7 @@ async def run_boot(
         raise NetrootError(
             f"{options.label}: no active version; run `netroot build {options.label} --activate`"
         )
-    bootfiles.check_boot_files(paths, version)
+    tftp.check_boot_files(paths, version)
     if options.uefi and not OVMF_CODE.is_file():
         raise NetrootError(f"UEFI boot needs {OVMF_CODE} (Debian package ovmf)")
     target = vm_target(config, options.label, version, options.ssh_key)

@@ -15,7 +15,7 @@ from controller.config.models import Config
 from controller.core.errors import NetrootError
 from controller.render import BootTarget, boot_target, kernel_cmdline
 from controller.render.cmdline import INITRD_NAME, KERNEL_NAME
-from controller.serve import bootfiles
+from controller.serve import loaders, tftp
 from controller.store.layout import label_paths
 from controller.vm.qemu import (
     GUEST_MQTT_PORT,
@@ -31,7 +31,7 @@ from controller.vm.qemu import (
 )
 
 CONSOLE_ARG = "console=ttyS0,115200"
-GRUB_BOOTFILE = bootfiles.GRUB_IMAGE
+GRUB_BOOTFILE = loaders.GRUB_IMAGE
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,16 @@ def vm_target(config: Config, label: str, version: str, ssh_key: str | None = No
 
 def prepare_tftp(config: Config, target: BootTarget, tftp_root: Path, *, uefi: bool) -> None:
     """The private TFTP root: loaders, this label's menus and its version links."""
-    report = bootfiles.install_loaders(tftp_root, grub=uefi)
+    report = loaders.install_loaders(tftp_root, grub=uefi)
     needed = [GRUB_BOOTFILE] if uefi else ["pxelinux.0", "ldlinux.c32"]
     missing = [name for name in needed if name not in report.installed]
     if missing:
         raise NetrootError(
             f"boot loader files missing: {', '.join(missing)} ({'; '.join(report.missing)})"
         )
-    links = bootfiles.version_links(config, [target.label])
-    plan = bootfiles.plan_boot([target], links, default=target.label, macs={})
-    bootfiles.write_plan(tftp_root, plan)
+    links = tftp.version_links(config, [target.label])
+    plan = tftp.plan_boot([target], links, default=target.label, macs={})
+    tftp.write_plan(tftp_root, plan)
 
 
 def vm_spec(

@@ -11,7 +11,8 @@ import pytest
 from support import Workspace, snapshot
 
 from controller.config.models import load_config
-from controller.serve import bootfiles, nfs
+from controller.serve import nfs
+from controller.serve.tftp import read_default_choice
 from controller.store.layout import label_paths
 
 MAC = "52:54:00:12:34:56"
@@ -174,7 +175,7 @@ def test_install_copies_loaders_and_makes_the_label_the_default(served: Workspac
     ):
         assert (root / name).read_bytes() == Path(source).read_bytes(), name
     assert (root / "grub/grubx64.efi").read_bytes()[:2] == b"MZ"  # a PE/COFF EFI application
-    assert bootfiles.read_default_choice(root) == "demo"
+    assert read_default_choice(root) == "demo"
     assert result["default"] == "demo"
     assert not [p for p in root.rglob("*") if ".tmp-" in p.name]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support import Workspace
 
-from controller.build.shell import meaningful_changes, update_index, upper_entries
+from controller.build.upper import meaningful_changes, update_index, upper_entries
 from controller.store import liveedits, treeindex
 from controller.store.layout import LabelPaths
 

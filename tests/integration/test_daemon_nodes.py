@@ -264,3 +264,24 @@ def test_a_live_edit_asks_the_nodes_running_that_version_to_remount(
         agent_report(nodes.broker, A, "remount_result", version=v1, ok=True)
         nodes.collector.wait_event("node.remounted", mac=A)
         wait_for(lambda: nodes.stale() == {}, "A current again")
+
+
+def test_an_activation_and_a_rollback_by_hand_reach_the_running_nodes(nodes: Nodes) -> None:
+    """`netroot activate` and `rollback` run beside the daemon (not its own build): it hears
+    of them from the store's history and judges the running nodes again."""
+    v1 = nodes.ws.active()
+    agent_report(nodes.broker, A, version=v1)
+    nodes.collector.wait_event("node.current", mac=A)
+    nodes.ws.run("build", "demo", "--force")  # a new version, not activated
+    v2 = nodes.ws.versions()[-1]
+    assert v2 != v1 and nodes.ws.active() == v1
+
+    nodes.ws.run("activate", "demo", v2)
+    nodes.collector.wait_event("image.activated", version=v2)
+    nodes.collector.wait_event("node.stale", mac=A, active_version=v2)
+    assert nodes.stale() == {A: "reboot"}
+
+    nodes.ws.run("rollback", "demo")
+    nodes.collector.wait_event("image.rolled_back", version=v1)
+    wait_for(lambda: nodes.stale() == {}, "A no longer stale after the rollback")
+    assert nodes.controller.alive()

@@ -10,7 +10,7 @@ import pytest
 from controller.config.models import parse_config
 from controller.core.errors import ConfigError, NetrootError
 from controller.render import boot_target
-from controller.serve import bootfiles, dhcp, nbd, nfs
+from controller.serve import dhcp, loaders, nbd, nfs
 from controller.vm import qemu
 from controller.vm.milestones import Watcher
 
@@ -127,7 +127,7 @@ def test_server_argv_golden() -> None:
 
 
 def test_grub_mkimage_golden() -> None:
-    assert bootfiles.grub_mkimage_argv(RUN / "grubx64.efi") == [
+    assert loaders.grub_mkimage_argv(RUN / "grubx64.efi") == [
         "grub-mkimage", "--format=x86_64-efi", "--directory=/usr/lib/grub/x86_64-efi",
         "--prefix=/grub", "--output=/run/nb/grubx64.efi",
         "normal", "configfile", "linux", "boot", "efinet", "net", "tftp", "gzio", "echo", "test",

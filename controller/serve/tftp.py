@@ -1,4 +1,7 @@
-"""Boot files in a TFTP root: loaders, rendered menus and per-version links.
+"""Boot files in a TFTP root: rendered menus and per-version links.
+
+The loader files are controller.serve.loaders'; what an activation stages
+here is composed in controller.serve.publish.
 
 Every rendered file is replaced atomically (docs/design.md §5). The plan
 is computed and checked in full before the first write, so a label without
@@ -18,37 +21,29 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.config.models import TFTP_VERSIONS_DIR, Config, load_config
-from controller.core import proc
+from controller.config.models import TFTP_VERSIONS_DIR, Config
 from controller.core.errors import StoreError
 from controller.core.log import get_logger
 from controller.render import (
     BootTarget,
-    ExportSpec,
     boot_target,
-    export_specs,
     render_all,
-    render_exports,
-    render_ganesha,
     render_pxelinux,
 )
 from controller.render.cmdline import INITRD_NAME, KERNEL_NAME, TFTP_DIR, version_boot_dir
 from controller.render.grub import GRUB_DIR
 from controller.render.ipxe import IPXE_DIR
 from controller.render.pxelinux import PXELINUX_DIR
-from controller.serve import nfs
 from controller.store import fsops
 from controller.store import versions as store
 from controller.store.activation import (
-    BootRenderer,
     Prepared,
     Step,
-    check_link_slot,
     publish_boot_files,
 )
 from controller.store.layout import TMP_MARK, LabelPaths, label_paths
 
-log = get_logger("bootfiles")
+log = get_logger("tftp")
 
 DEFAULT_CHOICE = f"{TFTP_DIR}/.default-label"  # labels cannot start with "."
 LOCK_NAME = f"{TFTP_DIR}/.render.lock"
@@ -298,184 +293,6 @@ def write_plan(tftp_root: Path, plan: BootPlan) -> Written:
     return done
 
 
-def render_tftp_root(
-    config: Config, tftp_root: Path, *, require: bool = True
-) -> tuple[BootPlan, Written]:
-    """Plan and write the TFTP root from the store, under its render lock."""
-    with tftp_lock(tftp_root):
-        plan = plan_tftp_root(config, tftp_root, require=require)
-        written = write_plan(tftp_root, plan)
-    return plan, written
-
-
 def set_default_choice(tftp_root: Path, label: str) -> None:
     """Make label the default boot of this TFTP root (what `netroot install` does)."""
     fsops.write_atomic(tftp_root / DEFAULT_CHOICE, f"{label}\n".encode())
-
-
-# --- loaders -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Loader:
-    """A boot loader file copied from a Debian package into the TFTP root."""
-
-    dest: str
-    sources: tuple[str, ...]
-    package: str
-
-
-LOADERS = (
-    Loader("pxelinux.0", ("/usr/lib/PXELINUX/pxelinux.0",), "pxelinux"),
-    # pxelinux loads its core module from the directory it came from.
-    Loader("ldlinux.c32", ("/usr/lib/syslinux/modules/bios/ldlinux.c32",), "syslinux-common"),
-    Loader(f"{IPXE_DIR}/undionly.kpxe", ("/usr/lib/ipxe/undionly.kpxe",), "ipxe"),
-    Loader(f"{IPXE_DIR}/ipxe.efi", ("/usr/lib/ipxe/ipxe.efi",), "ipxe"),
-)
-GRUB_IMAGE = f"{GRUB_DIR}/grubx64.efi"  # what DnsmasqSpec hands UEFI clients
-GRUB_MODULE_DIR = Path("/usr/lib/grub/x86_64-efi")
-GRUB_MODULES = (
-    "normal", "configfile", "linux", "boot", "efinet", "net", "tftp", "gzio", "echo", "test",
-    "sleep", "reboot", "halt", "ls", "cat", "efi_gop", "efi_uga", "serial", "terminal",
-)  # fmt: skip
-
-
-def grub_mkimage_argv(output: Path, module_dir: Path = GRUB_MODULE_DIR) -> list[str]:
-    """A network GRUB image for x86-64 UEFI reading /grub/grub.cfg from its TFTP server."""
-    # The prefix has no device: GRUB takes the one it was loaded from, the
-    # TFTP server, so the same image works behind any boot server address.
-    return [
-        "grub-mkimage",
-        "--format=x86_64-efi",
-        f"--directory={os.fspath(module_dir)}",
-        f"--prefix=/{GRUB_DIR}",
-        f"--output={os.fspath(output)}",
-        *GRUB_MODULES,
-    ]
-
-
-@dataclass
-class LoaderReport:
-    """Loader files installed, and those whose package is missing."""
-
-    installed: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-
-def _copy_if_changed(source: Path, dest: Path) -> bool:
-    data = source.read_bytes()
-    try:
-        if dest.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    fsops.write_atomic(dest, data)
-    return True
-
-
-def install_loaders(
-    tftp_root: Path,
-    *,
-    loaders: Iterable[Loader] = LOADERS,
-    grub: bool = True,
-    grub_modules: Path = GRUB_MODULE_DIR,
-) -> LoaderReport:
-    """Copy the loaders of the installed packages into the TFTP root; build GRUB's image."""
-    report = LoaderReport()
-    for loader in loaders:
-        source = next((Path(s) for s in loader.sources if Path(s).is_file()), None)
-        if source is None:
-            report.missing.append(f"{loader.dest} (package {loader.package})")
-            continue
-        _copy_if_changed(source, tftp_root / loader.dest)
-        report.installed.append(loader.dest)
-    if not grub:
-        return report
-    if (grub_modules / "normal.mod").is_file():
-        dest = tftp_root / GRUB_IMAGE
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staged = dest.with_name(f"{dest.name}{TMP_MARK}mkimage")
-        proc.run(grub_mkimage_argv(staged, grub_modules))
-        os.replace(staged, dest)
-        report.installed.append(GRUB_IMAGE)
-    else:
-        report.missing.append(f"{GRUB_IMAGE} (package grub-efi-amd64-bin)")
-    return report
-
-
-# The longest version id there is (ids have one fixed width): what validate renders.
-SAMPLE_VERSION = "20991231T235959.999Z-ffffffff"
-
-
-def check_servable(config: Config) -> None:
-    """Render what an activation of each label would, so what validate accepts activates.
-
-    Boot targets (host names, kernel arguments, the command line's length),
-    the exports of both NFS servers and the paths the links go to; raises
-    the ConfigError or StoreError an activation would, naming file and field.
-    """
-    labels = sorted(config.labels)
-    specs = []
-    for label in labels:
-        boot_target(config, label, SAMPLE_VERSION)
-        paths = label_paths(config, label)
-        field = f"labels.{label}.export_path" if config.label(label).export_path else "export_root"
-        check_link_slot(paths.export_link, field)
-        field = f"labels.{label}.tftp_root" if config.label(label).tftp_root else "tftp_root"
-        check_link_slot(paths.tftp_link, field)
-        rootfs = Path(os.path.realpath(paths.images)) / SAMPLE_VERSION / "rootfs"
-        specs.append(ExportSpec(label=label, path=str(rootfs), version=SAMPLE_VERSION))
-    nfs_config = config.nfs
-    render_exports(
-        export_specs(config, labels), clients=nfs_config.clients, insecure=nfs_config.insecure
-    )
-    render_ganesha(
-        specs,
-        clients=nfs_config.clients,
-        insecure=nfs_config.insecure,
-        bind_addr=nfs.SYSTEM_BIND,
-        port=nfs_config.port,
-        recovery_root=nfs.SYSTEM_RECOVERY,
-    )
-
-
-def load_servable(path: Path | None) -> Config:
-    """load_config, then check_servable: the config the daemon may switch to."""
-    config = load_config(path)
-    check_servable(config)
-    return config
-
-
-def prepare(config: Config, paths: LabelPaths, version: str | None) -> Prepared:
-    """Stage NFS exports and the label's TFTP root as they are with version active.
-
-    Nothing is switched until the result is published: a bad config or a
-    full disk fails here, before an activation commits.
-    """
-    prepared = Prepared()
-    pending = {paths.label: version} if version else {}
-    try:
-        # A node may read the new menu as soon as it is renamed into place:
-        # its export is published (and reloaded) first.
-        nfs.prepare(config, prepared, pending)
-        prepared.held.enter_context(tftp_lock(paths.tftp_root))
-        plan = plan_tftp_root(config, paths.tftp_root, require=False, pending=pending)
-        stage_plan(paths.tftp_root, plan, prepared)
-    except BaseException:
-        prepared.discard()
-        raise
-    return prepared
-
-
-def refresh(config: Config, paths: LabelPaths) -> None:
-    """Re-apply NFS exports, then the label's TFTP root (after a gc)."""
-    prepare(config, paths, None).publish()
-
-
-def renderer(config: Config) -> BootRenderer:
-    """The activation callback (activation.BootRenderer) with this config."""
-
-    def render(paths: LabelPaths, version: str) -> Prepared:
-        return prepare(config, paths, version)
-
-    return render
