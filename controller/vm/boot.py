@@ -85,6 +85,15 @@ Emit = Callable[[Hit], None]
 Say = Callable[[str], None]
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait until each has ended."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class _Stopped(Exception):
     """A stop signal arrived before the VM ran."""
 
@@ -187,11 +196,7 @@ class _Session:
         except _Stopped:
             self.outcome.ended = "stopped (signal)"
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await _cancel_all(tasks)
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
 
@@ -234,11 +239,7 @@ class _Session:
                 if ended != FALL_BACK:
                     await asyncio.sleep(0.3)  # the console's last lines
             finally:
-                for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await _cancel_all(tasks)
         return ended
 
     def stall_bound(self, accel: Accel) -> float | None:
