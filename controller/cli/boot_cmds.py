@@ -8,10 +8,13 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from pydantic.dataclasses import dataclass
+
+from controller.cli.options import OPTIONS, Common, Handler, add_command, load
 from controller.cli.output import emit_json
-from controller.config.models import Config, load_config
+from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import NetrootError
 from controller.core.ids import check_label
@@ -35,21 +38,63 @@ from controller.store.layout import label_paths
 from controller.vm import boot as bootvm
 from controller.vm import console as bootvm_console
 from controller.vm.milestones import STALL_SECONDS, Hit
+from controller.vm.qemu import AccelRequest
 
-KINDS = ("pxelinux", "ipxe", "grub", "exports", "ganesha", "dnsmasq", "nbd")
+RenderKind = Literal["pxelinux", "ipxe", "grub", "exports", "ganesha", "dnsmasq", "nbd"]
+KINDS = get_args(RenderKind)
+
+
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class InstallOptions(Common):
+    """netroot install."""
+
+    label: str
+
+
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class BootCmdOptions(Common):
+    """netroot boot."""
+
+    label: str
+    headless: bool
+    timeout: float | None
+    uefi: bool
+    direct: bool
+    ssh_port: int
+    ssh_key: str | None
+    mac: str | None
+    memory: int
+    accel: AccelRequest
+    stop_after_report: bool
+    stall: float | None
+
+
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class RenderOptions(Common):
+    """netroot render."""
+
+    kind: RenderKind
+    label: str | None
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the serving and booting commands."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "install",
-        parents=[common],
+        Handler(InstallOptions, cmd_install),
         help="boot loaders and the label's boot files into its TFTP root; make it the default",
     )
     p.add_argument("label")
-    p.set_defaults(handler=cmd_install)
 
-    p = sub.add_parser("boot", parents=[common], help="PXE-boot the label's active version in qemu")
+    p = add_command(
+        sub,
+        common,
+        "boot",
+        Handler(BootCmdOptions, cmd_boot),
+        help="PXE-boot the label's active version in qemu",
+    )
     p.add_argument("label")
     p.add_argument("--headless", action="store_true", help="no console: milestones only")
     p.add_argument("--timeout", type=float, metavar="S", help="stop the VM after S seconds")
@@ -87,16 +132,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         f" (default {STALL_SECONDS['tcg']:.0f} under TCG,"
         f" {STALL_SECONDS['kvm']:.0f} under KVM; 0: never)",
     )
-    p.set_defaults(handler=cmd_boot)
 
-    p = sub.add_parser("render", parents=[common], help="print a rendered file")
+    p = add_command(
+        sub, common, "render", Handler(RenderOptions, cmd_render), help="print a rendered file"
+    )
     p.add_argument("kind", choices=KINDS)
     p.add_argument("label", nargs="?", help="the menu that boots this label; its exports only")
-    p.set_defaults(handler=cmd_render)
-
-
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(Path(args.config) if args.config else None)
 
 
 def _check_label(config: Config, label: str) -> None:
@@ -111,22 +152,23 @@ def _check_label(config: Config, label: str) -> None:
     bootfiles.check_boot_files(paths, version)
 
 
-def cmd_install(args: argparse.Namespace) -> int:
+def cmd_install(opts: InstallOptions) -> int:
     """The original installnfs: loaders, menus (this label the default), exports, dnsmasq."""
-    config = _config(args)
-    _check_label(config, args.label)
-    tftp_root = config.label_tftp_root(args.label)
+    config = load(opts)
+    _check_label(config, opts.label)
+    tftp_root = config.label_tftp_root(opts.label)
     dnsmasq_text = dhcp.render_config(config) if config.dhcp.enabled else None
     with bootfiles.tftp_lock(tftp_root):
         # Everything is rendered and checked before the first write.
-        plan = bootfiles.plan_tftp_root(config, tftp_root, default=args.label)
+        plan = bootfiles.plan_tftp_root(config, tftp_root, default=opts.label)
         loaders = bootfiles.install_loaders(tftp_root)
-        bootfiles.set_default_choice(tftp_root, args.label)
+        bootfiles.set_default_choice(tftp_root, opts.label)
         written = bootfiles.write_plan(tftp_root, plan)
     applied = nfs.apply(config)
     dhcp_files = dhcp.write_files(config) if dnsmasq_text is not None else None
+    notes = [*plan.skipped, *applied.notes]
     result = {
-        "label": args.label,
+        "label": opts.label,
         "tftp_root": str(tftp_root),
         "default": plan.default,
         "loaders": loaders.installed,
@@ -135,13 +177,13 @@ def cmd_install(args: argparse.Namespace) -> int:
         "removed": written.removed,
         "nfs_written": applied.written,
         "nfs_reloaded": applied.reloaded,
-        "notes": [*plan.skipped, *applied.notes],
+        "notes": notes,
         "dnsmasq": str(dhcp_files.config_file) if dhcp_files else None,
     }
-    if args.json:
+    if opts.json:
         emit_json(result)
         return 0
-    print(f"installed {args.label} into {tftp_root} (default label: {plan.default})")
+    print(f"installed {opts.label} into {tftp_root} (default label: {plan.default})")
     print(f"  loaders: {', '.join(loaders.installed) or 'none'}")
     for missing in loaders.missing:
         print(f"  not installed: {missing}")
@@ -152,62 +194,64 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"  NFS: reloaded {what}")
     if dhcp_files:
         print(f"  dnsmasq: wrote {dhcp_files.config_file} (hook {dhcp_files.hook})")
-    for note in result["notes"]:
+    for note in notes:
         print(f"  note: {note}")
     return 0
 
 
-def _print_hit(args: argparse.Namespace, hit: Hit) -> None:
-    if args.json:
+def _print_hit(opts: BootCmdOptions, console: bool, hit: Hit) -> None:
+    if opts.json:
         line = {"at": round(hit.at, 1), "milestone": hit.name, "text": hit.text}
         print(json.dumps(line), flush=True)
         return
-    stream = sys.stdout if args.headless else sys.stderr
+    stream = sys.stdout if opts.headless else sys.stderr
     # an attached console puts the terminal in raw mode: no implicit carriage return
-    end = "\r\n" if args.console else "\n"
+    end = "\r\n" if console else "\n"
     print(f"[{hit.at:6.1f}s] {hit.name}: {hit.text}", file=stream, flush=True, end=end)
 
 
-def cmd_boot(args: argparse.Namespace) -> int:
+def cmd_boot(opts: BootCmdOptions) -> int:
     """The original startnfs: Ganesha on loopback, qemu PXE, milestones as they happen."""
-    config = _config(args)
-    _check_label(config, args.label)
+    config = load(opts)
+    _check_label(config, opts.label)
     mac = None
-    if args.mac:
+    if opts.mac:
         try:
-            mac = normalize_mac(args.mac)
+            mac = normalize_mac(opts.mac)
         except ValueError as exc:
             raise NetrootError(f"--mac: {exc}") from None
-    if args.timeout is not None and args.timeout <= 0:
+    if opts.timeout is not None and opts.timeout <= 0:
         raise NetrootError("--timeout: must be a positive number of seconds")
-    if args.stall is not None and args.stall < 0:
+    if opts.stall is not None and opts.stall < 0:
         raise NetrootError("--stall: must be 0 (no bound) or a positive number of seconds")
-    args.console = not args.headless and not args.json and bootvm_console.interactive()
-    public, private = _ssh_key(config, args.ssh_key) if args.ssh_port else ("", None)
+    console = not opts.headless and not opts.json and bootvm_console.interactive()
+    public, private = _ssh_key(config, opts.ssh_key) if opts.ssh_port else ("", None)
     options = bootvm.BootOptions(
-        label=args.label,
-        headless=args.headless,
-        console=args.console,
-        timeout=args.timeout,
-        uefi=args.uefi,
-        direct=args.direct,
-        ssh_port=args.ssh_port or None,
+        label=opts.label,
+        headless=opts.headless,
+        console=console,
+        timeout=opts.timeout,
+        uefi=opts.uefi,
+        direct=opts.direct,
+        ssh_port=opts.ssh_port or None,
         mac=mac,
-        memory_mb=args.memory,
-        accel=args.accel,
-        stop_after_report=args.stop_after_report,
-        stall=args.stall,
+        memory_mb=opts.memory,
+        accel=opts.accel,
+        stop_after_report=opts.stop_after_report,
+        stall=opts.stall,
         ssh_key=public or None,
     )
-    login = (f"ssh -p {args.ssh_port} -i {shlex.quote(str(private))} -o StrictHostKeyChecking=no"
+    login = (f"ssh -p {opts.ssh_port} -i {shlex.quote(str(private))} -o StrictHostKeyChecking=no"
              " -o UserKnownHostsFile=/dev/null root@localhost") if private else ""  # fmt: skip
-    if args.json and login:
+    if opts.json and login:
         print(json.dumps({"ssh": login}), flush=True)
-    if not args.json:
+    if not opts.json:
         where = f", {login}" if login else ""
-        stop_key = "Ctrl-] stops it" if args.console else "Ctrl-C stops it"
-        print(f"booting {args.label} in qemu ({stop_key}{where})", file=sys.stderr)
-    outcome = asyncio.run(bootvm.run_boot(config, options, lambda hit: _print_hit(args, hit), _say))
+        stop_key = "Ctrl-] stops it" if console else "Ctrl-C stops it"
+        print(f"booting {opts.label} in qemu ({stop_key}{where})", file=sys.stderr)
+    outcome = asyncio.run(
+        bootvm.run_boot(config, options, lambda hit: _print_hit(opts, console, hit), _say)
+    )
     summary = {
         "label": outcome.label,
         "version": outcome.version,
@@ -220,7 +264,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         "accel": outcome.accel,
         "console_tail": outcome.console_tail,
     }
-    if args.json:
+    if opts.json:
         print(json.dumps({"result": summary}), flush=True)
     else:
         under = f" under {outcome.accel.upper()}" if outcome.accel else ""
@@ -237,7 +281,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     tail = "".join(f"\n  | {line}" for line in outcome.console_tail)
     shown = f"\nlast console lines:{tail}" if tail else ""
     raise NetrootError(
-        f"{args.label} did not finish booting ({outcome.ended}; last milestone:"
+        f"{opts.label} did not finish booting ({outcome.ended}; last milestone:"
         f" {reached[-1] if reached else 'none'}{why}); console log {summary['serial_log']}"
         f"{shown}"
     )
@@ -290,22 +334,22 @@ def _menu(config: Config, kind: str, label: str | None) -> str:
     return render_ipxe(target)
 
 
-def cmd_render(args: argparse.Namespace) -> int:
+def cmd_render(opts: RenderOptions) -> int:
     """Print one rendered file; nothing is written."""
-    config = _config(args)
-    label = args.label
+    config = load(opts)
+    label = opts.label
     if label is not None:
         check_label(label)
         config.label(label)
-    if args.kind in ("pxelinux", "ipxe", "grub"):
-        text = _menu(config, args.kind, label)
-    elif args.kind == "exports":
+    if opts.kind in ("pxelinux", "ipxe", "grub"):
+        text = _menu(config, opts.kind, label)
+    elif opts.kind == "exports":
         labels = [label] if label else nfs.active_labels(config)
         specs = export_specs(config, labels)
         text = render_exports(specs, clients=config.nfs.clients, insecure=config.nfs.insecure)
-    elif args.kind == "ganesha":
+    elif opts.kind == "ganesha":
         text = nfs.render_system_ganesha(config, [label] if label else None)
-    elif args.kind == "dnsmasq":
+    elif opts.kind == "dnsmasq":
         spec = dhcp.dnsmasq_spec(config, tftp_root=config.label_tftp_root(label) if label else None)
         text = render_dnsmasq(spec)
     else:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
+from pydantic.dataclasses import dataclass
+
 from controller.build import shell
+from controller.cli.options import OPTIONS, Common, Handler, add_command, load
 from controller.cli.output import Progress, emit_json
-from controller.config.models import load_config
+from controller.cli.store_cmds import label_of, waiting
 from controller.core.errors import NetrootError
-from controller.core.ids import check_label
 from controller.serve import bootfiles
-from controller.store.layout import label_paths
 from controller.store.locking import label_lock
 from controller.store.recovery import recover_label
 
@@ -23,11 +23,23 @@ REMOUNT_WARNING = (
 )
 
 
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class ShellOptions(Common):
+    """netroot shell."""
+
+    label: str
+    live: bool
+    activate: bool
+    command: str | None
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the shell command."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
+        common,
         "shell",
-        parents=[common],
+        Handler(ShellOptions, cmd_shell),
         help="a shell inside the active version; changes become a new version",
         description="Open a shell in a copy-on-write clone of the label's active version. "
         "On exit with changes, they become a new version (activated with --activate). "
@@ -48,35 +60,26 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="CMD",
         help="run CMD with /bin/sh -c instead of an interactive shell",
     )
-    p.set_defaults(handler=cmd_shell)
 
 
-def cmd_shell(args: argparse.Namespace) -> int:
+def cmd_shell(opts: ShellOptions) -> int:
     """Run the session under the label's lock and report what it did."""
-    config = load_config(Path(args.config) if args.config else None)
-    check_label(args.label)
-    config.label(args.label)
-    if args.command is None and not sys.stdin.isatty():
+    config = load(opts)
+    paths = label_of(config, opts.label)
+    if opts.command is None and not sys.stdin.isatty():
         raise NetrootError("no terminal for an interactive shell; give --command CMD")
-    paths = label_paths(config, args.label)
-    progress = Progress(quiet=args.json)
-
-    def waiting() -> None:
-        print(
-            f"netroot: waiting for another build or activation of {args.label}...", file=sys.stderr
-        )
-
-    with label_lock(paths, on_wait=waiting):
-        recover_label(config, args.label, bootfiles.renderer(config))
+    progress = Progress(quiet=opts.json)
+    with label_lock(paths, on_wait=lambda: waiting(opts.label)):
+        recover_label(config, opts.label, bootfiles.renderer(config))
         outcome = shell.open_shell(
             config,
-            args.label,
-            live=args.live,
-            activate=args.activate,
-            command=args.command,
+            opts.label,
+            live=opts.live,
+            activate=opts.activate,
+            command=opts.command,
             progress=progress,
         )
-    if args.json:
+    if opts.json:
         emit_json(
             {
                 "label": outcome.label,
