@@ -8,6 +8,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from controller import __version__
 from controller.cli import (
@@ -20,7 +21,7 @@ from controller.cli import (
     store_cmds,
     up_cmds,
 )
-from controller.cli.options import Common, Handler, common_options
+from controller.cli.options import Command, common_options
 from controller.core import log as logsetup
 from controller.core.errors import NetrootError, describe
 
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Commands print their own progress; the structured log is for -v and the daemon.
     level = logging.DEBUG if common.verbose else logging.WARNING
     logsetup.configure(json=common.json, level=level)
-    handler: Handler[Common] = args.handler
+    handler: Command[Any] = args.handler
     try:
         return handler(args)
     except NetrootError as exc:

@@ -12,8 +12,9 @@ from typing import Any, Literal, get_args
 
 from pydantic.dataclasses import dataclass
 
-from controller.cli.options import OPTIONS, Common, Handler, add_command, load
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json
+from controller.cli.store_cmds import LabelOptions
 from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import NetrootError
@@ -45,87 +46,36 @@ KINDS = get_args(RenderKind)
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
-class InstallOptions(Common):
-    """netroot install."""
-
-    label: str
-
-
-@dataclass(frozen=True, kw_only=True, config=OPTIONS)
 class BootCmdOptions(Common):
     """netroot boot."""
 
-    label: str
-    headless: bool
-    timeout: float | None
-    uefi: bool
-    direct: bool
-    ssh_port: int
-    ssh_key: str | None
-    mac: str | None
-    memory: int
-    accel: AccelRequest
-    stop_after_report: bool
-    stall: float | None
-
-
-@dataclass(frozen=True, kw_only=True, config=OPTIONS)
-class RenderOptions(Common):
-    """netroot render."""
-
-    kind: RenderKind
-    label: str | None
-
-
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add the serving and booting commands."""
-    p = add_command(
-        sub,
-        common,
-        "install",
-        Handler(InstallOptions, cmd_install),
-        help="boot loaders and the label's boot files into its TFTP root; make it the default",
-    )
-    p.add_argument("label")
-
-    p = add_command(
-        sub,
-        common,
-        "boot",
-        Handler(BootCmdOptions, cmd_boot),
-        help="PXE-boot the label's active version in qemu",
-    )
-    p.add_argument("label")
-    p.add_argument("--headless", action="store_true", help="no console: milestones only")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop the VM after S seconds")
-    p.add_argument("--uefi", action="store_true", help="UEFI firmware (OVMF) and GRUB")
-    p.add_argument(
-        "--direct", action="store_true", help="boot the kernel directly (no firmware PXE)"
-    )
-    p.add_argument(
-        "--ssh-port", type=int, default=2222, metavar="PORT",
+    label: str = pos()
+    headless: bool = flag("no console: milestones only")
+    timeout: float | None = opt(type=float, metavar="S", help="stop the VM after S seconds")
+    uefi: bool = flag("UEFI firmware (OVMF) and GRUB")
+    direct: bool = flag("boot the kernel directly (no firmware PXE)")
+    ssh_port: int = opt(
+        type=int,
+        default=2222,
+        metavar="PORT",
         help="host loopback port forwarded to the guest's ssh (0: none; default 2222)",
-    )  # fmt: skip
-    p.add_argument("--ssh-key", metavar="FILE", help="public key root accepts on this VM"
-                   " (default: the first ~/.ssh/id_*.pub, else a throw-away pair in state_dir/ssh)",
-                   )  # fmt: skip
-    p.add_argument("--mac", help="the VM's MAC address (default: random 52:54:00:xx:xx:xx)")
-    p.add_argument("--memory", type=int, default=1024, metavar="MB")
-    p.add_argument(
-        "--accel",
-        choices=("auto", "tcg", "kvm"),
+    )
+    ssh_key: str | None = opt(
+        metavar="FILE",
+        help="public key root accepts on this VM"
+        " (default: the first ~/.ssh/id_*.pub, else a throw-away pair in state_dir/ssh)",
+    )
+    mac: str | None = opt(help="the VM's MAC address (default: random 52:54:00:xx:xx:xx)")
+    memory: int = opt(type=int, default=1024, metavar="MB")
+    accel: AccelRequest = opt(
+        choices=get_args(AccelRequest),
         default="auto",
         help="auto (default): KVM only once a KVM guest was seen running here"
         " (probed once per host boot), else TCG; a KVM guest showing no"
         " milestone is booted again under TCG. kvm: KVM, no fall-back",
     )
-    p.add_argument(
-        "--stop-after-report",
-        action="store_true",
-        help="stop the VM once the agent's report arrived",
-    )
-    p.add_argument(
-        "--stall",
+    stop_after_report: bool = flag("stop the VM once the agent's report arrived")
+    stall: float | None = opt(
         type=float,
         metavar="S",
         help="stop a VM that shows no new boot milestone for S seconds"
@@ -133,11 +83,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         f" {STALL_SECONDS['kvm']:.0f} under KVM; 0: never)",
     )
 
-    p = add_command(
-        sub, common, "render", Handler(RenderOptions, cmd_render), help="print a rendered file"
-    )
-    p.add_argument("kind", choices=KINDS)
-    p.add_argument("label", nargs="?", help="the menu that boots this label; its exports only")
+
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class RenderOptions(Common):
+    """netroot render."""
+
+    kind: RenderKind = pos(choices=KINDS)
+    label: str | None = pos(nargs="?", help="the menu that boots this label; its exports only")
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the serving and booting commands."""
+    add_commands(sub, common, cmd_install, cmd_boot, cmd_render)
 
 
 def _check_label(config: Config, label: str) -> None:
@@ -152,7 +109,12 @@ def _check_label(config: Config, label: str) -> None:
     bootfiles.check_boot_files(paths, version)
 
 
-def cmd_install(opts: InstallOptions) -> int:
+@command(
+    "install",
+    LabelOptions,
+    help="boot loaders and the label's boot files into its TFTP root; make it the default",
+)
+def cmd_install(opts: LabelOptions) -> int:
     """The original installnfs: loaders, menus (this label the default), exports, dnsmasq."""
     config = load(opts)
     _check_label(config, opts.label)
@@ -210,6 +172,7 @@ def _print_hit(opts: BootCmdOptions, console: bool, hit: Hit) -> None:
     print(f"[{hit.at:6.1f}s] {hit.name}: {hit.text}", file=stream, flush=True, end=end)
 
 
+@command("boot", BootCmdOptions, help="PXE-boot the label's active version in qemu")
 def cmd_boot(opts: BootCmdOptions) -> int:
     """The original startnfs: Ganesha on loopback, qemu PXE, milestones as they happen."""
     config = load(opts)
@@ -334,6 +297,7 @@ def _menu(config: Config, kind: str, label: str | None) -> str:
     return render_ipxe(target)
 
 
+@command("render", RenderOptions, help="print a rendered file")
 def cmd_render(opts: RenderOptions) -> int:
     """Print one rendered file; nothing is written."""
     config = load(opts)

@@ -12,7 +12,7 @@ from pydantic.dataclasses import dataclass
 from controller.build import nodeside
 from controller.build.overlays import scan_overlays
 from controller.build.pipeline import new_build_id, run_build
-from controller.cli.options import OPTIONS, Common, Handler, add_command, load
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import Progress, emit_json, human_size, table
 from controller.cli.store_cmds import label_of, waiting
 from controller.core.errors import BuildError
@@ -32,64 +32,33 @@ INSECURE_HELP = "accept plaintext root_password in recipes (throw-away VM tests 
 class ValidateOptions(Common):
     """netroot validate."""
 
-    insecure_test_password: bool
+    insecure_test_password: bool = flag(INSECURE_HELP)
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
 class BuildOptions(Common):
     """netroot build."""
 
-    label: str
-    activate: bool
-    rebuild: bool
-    insecure_test_password: bool
-    overlays_only: bool
-    force: bool
-    build_id: str | None
+    label: str = pos()
+    activate: bool = flag("activate the version on success")
+    rebuild: bool = flag("run the builder even if the cached base tree matches the inputs")
+    insecure_test_password: bool = flag(INSECURE_HELP)
+    overlays_only: bool = flag(
+        "only overlays changed: reuse the active version's base without re-checking "
+        "the recipe's inputs (what the daemon does for an overlay edit)"
+    )
+    force: bool = flag("make a new version even when it is identical to the active one")
+    # Set by the daemon for its child builds: the build it queued (the id names the
+    # log file and every event of the build).
+    build_id: str | None = opt(help=argparse.SUPPRESS)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the build commands."""
-    p = add_command(
-        sub,
-        common,
-        "validate",
-        Handler(ValidateOptions, cmd_validate),
-        help="check the config and every recipe it names",
-    )
-    p.add_argument("--insecure-test-password", action="store_true", help=INSECURE_HELP)
-
-    p = add_command(
-        sub,
-        common,
-        "build",
-        Handler(BuildOptions, cmd_build),
-        help="build a new version of a label",
-    )
-    p.add_argument("label")
-    p.add_argument("--activate", action="store_true", help="activate the version on success")
-    p.add_argument(
-        "--rebuild",
-        action="store_true",
-        help="run the builder even if the cached base tree matches the inputs",
-    )
-    p.add_argument("--insecure-test-password", action="store_true", help=INSECURE_HELP)
-    p.add_argument(
-        "--overlays-only",
-        action="store_true",
-        help="only overlays changed: reuse the active version's base without re-checking "
-        "the recipe's inputs (what the daemon does for an overlay edit)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="make a new version even when it is identical to the active one",
-    )
-    # Set by the daemon for its child builds: the build it queued (the id names the
-    # log file and every event of the build).
-    p.add_argument("--build-id", help=argparse.SUPPRESS)
+    add_commands(sub, common, cmd_validate, cmd_build)
 
 
+@command("validate", ValidateOptions, help="check the config and every recipe it names")
 def cmd_validate(opts: ValidateOptions) -> int:
     """Load the config, every recipe and every overlay; change nothing."""
     config = load(opts)
@@ -131,6 +100,7 @@ def _build_reason(opts: BuildOptions) -> str:
     return " ".join(["netroot build", *(f"--{flag}" for flag, given in flags.items() if given)])
 
 
+@command("build", BuildOptions, help="build a new version of a label")
 def cmd_build(opts: BuildOptions) -> int:
     """Build (and optionally activate) a new version; each step is announced on the bus."""
     config = load(opts)

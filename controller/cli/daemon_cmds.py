@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 
-from controller.cli.options import OPTIONS, Common, Handler, add_command, config_file, load
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, failed, printable, table
 from controller.config.models import Config, load_config
 from controller.core import log as logsetup
@@ -39,103 +39,50 @@ DHCP_IGNORED = ("del", "init", "tftp", "arp", "arp-del", "relay-snoop")
 class NodesOptions(Common):
     """netroot nodes."""
 
-    stale: bool
+    stale: bool = flag("only nodes that must remount or reboot")
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
 class EventsOptions(Common):
     """netroot events."""
 
-    state: bool
-    count: int | None
-    timeout: float | None
+    state: bool = flag("also retained image and node states")
+    count: int | None = opt(type=int, metavar="N", help="exit after N messages")
+    timeout: float | None = opt(type=float, metavar="S", help="exit after S seconds")
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
 class SchemaOptions(Common):
     """netroot schema."""
 
-    output: str | None
+    output: str | None = opt(metavar="DIR", help="write one NAME.schema.json file per schema")
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
 class DhcpHookOptions(Common):
     """netroot hook dhcp."""
 
-    action: str
-    mac: str | None
-    ip: str | None
-    hostname: str | None
-    firmware: bool
+    action: str = pos()
+    mac: str | None = pos(nargs="?")
+    ip: str | None = pos(nargs="?")
+    hostname: str | None = pos(nargs="?")
+    firmware: bool = flag(
+        "the request came from PXE/UEFI firmware (default: from DNSMASQ_VENDOR_CLASS)"
+    )
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the daemon commands."""
-    add_command(
-        sub,
-        common,
-        "serve",
-        Handler(Common, cmd_serve),
-        help="run the controller daemon (systemd: Type=notify)",
-    )
-    add_command(
-        sub,
-        common,
-        "status",
-        Handler(Common, cmd_status),
-        help="daemon, labels, builds, nodes, outbox",
-    )
-
-    p = add_command(
-        sub, common, "nodes", Handler(NodesOptions, cmd_nodes), help="known nodes and their state"
-    )
-    p.add_argument("--stale", action="store_true", help="only nodes that must remount or reboot")
-
-    p = add_command(
-        sub,
-        common,
-        "events",
-        Handler(EventsOptions, cmd_events),
-        help="the live event stream from the broker",
-    )
-    p.add_argument("--state", action="store_true", help="also retained image and node states")
-    p.add_argument("--count", type=int, metavar="N", help="exit after N messages")
-    p.add_argument("--timeout", type=float, metavar="S", help="exit after S seconds")
-
-    p = add_command(
-        sub,
-        common,
-        "schema",
-        Handler(SchemaOptions, cmd_schema),
-        help="JSON Schema of every event payload",
-    )
-    p.add_argument("--output", metavar="DIR", help="write one NAME.schema.json file per schema")
-
+    add_commands(sub, common, cmd_serve, cmd_status, cmd_nodes, cmd_events, cmd_schema)
     p = sub.add_parser("hook", parents=[common], help="hooks run by other programs")
     hooks = p.add_subparsers(dest="hook", metavar="HOOK", required=True)
-    h = add_command(
-        hooks,
-        common,
-        "dhcp",
-        Handler(DhcpHookOptions, cmd_hook_dhcp),
-        help="dnsmasq --dhcp-script: queue a lease for the daemon",
-        description="Called by dnsmasq as `ACTION MAC IP [HOSTNAME]`; add and old leases "
-        "are queued in <state_dir>/spool for the daemon, other actions ignored.",
-    )
-    h.add_argument("action")
-    h.add_argument("mac", nargs="?")
-    h.add_argument("ip", nargs="?")
-    h.add_argument("hostname", nargs="?")
-    h.add_argument(
-        "--firmware",
-        action="store_true",
-        help="the request came from PXE/UEFI firmware (default: from DNSMASQ_VENDOR_CLASS)",
-    )
+    add_commands(hooks, common, cmd_hook_dhcp)
 
 
+@command("serve", Common, help="run the controller daemon (systemd: Type=notify)")
 def cmd_serve(opts: Common) -> int:
     """Run the daemon in the foreground until SIGTERM."""
-    path = config_file(opts)
+    path = opts.config_file()
     config = load_config(path)
     logsetup.configure(json=opts.json, level=logging.DEBUG if opts.verbose else logging.INFO)
     # `kill -USR1` dumps every thread's stack to stderr: a stuck daemon explains itself.
@@ -173,6 +120,7 @@ def _stamp(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+@command("status", Common, help="daemon, labels, builds, nodes, outbox")
 def cmd_status(opts: Common) -> int:
     """What the daemon knows: labels, last builds, node counts, undelivered events."""
     config = load(opts)
@@ -237,6 +185,7 @@ def _status(config: Config, db: Database) -> dict[str, Any]:
     }
 
 
+@command("nodes", NodesOptions, help="known nodes and their state")
 def cmd_nodes(opts: NodesOptions) -> int:
     """Nodes and their state; --stale: those that must remount or reboot."""
     config = load(opts)
@@ -301,6 +250,7 @@ def as_json_line(payload: bytes) -> str:
         return json.dumps({"raw": payload.decode(errors="replace")})
 
 
+@command("events", EventsOptions, help="the live event stream from the broker")
 def cmd_events(opts: EventsOptions) -> int:
     """Print events as they arrive, until Ctrl-C, --count or --timeout."""
     config = load(opts)
@@ -350,6 +300,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     return json_schemas()
 
 
+@command("schema", SchemaOptions, help="JSON Schema of every event payload")
 def cmd_schema(opts: SchemaOptions) -> int:
     """Print (or write) the JSON Schema of every event payload and node message."""
     schemas = all_schemas()
@@ -370,6 +321,13 @@ def _firmware_from_env() -> bool:
     return vendor.startswith("PXEClient") or "iPXE" in users
 
 
+@command(
+    "dhcp",
+    DhcpHookOptions,
+    help="dnsmasq --dhcp-script: queue a lease for the daemon",
+    description="Called by dnsmasq as `ACTION MAC IP [HOSTNAME]`; add and old leases "
+    "are queued in <state_dir>/spool for the daemon, other actions ignored.",
+)
 def cmd_hook_dhcp(opts: DhcpHookOptions) -> int:
     """dnsmasq's --dhcp-script: queue add/old leases for the daemon."""
     if opts.action in DHCP_IGNORED:

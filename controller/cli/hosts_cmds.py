@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic.dataclasses import dataclass
 
-from controller.cli.options import OPTIONS, Common, Handler, add_command, config_file
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, opt, pos
 from controller.cli.output import emit_json, printable
 from controller.config import hostsfile
 from controller.config.models import load_config, parse_config
@@ -22,37 +22,21 @@ from controller.store import fsops
 class ImportHostsOptions(Common):
     """netroot import-hosts."""
 
-    file: str
-    pwd: str | None
-    write: bool
-
-
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add the import-hosts command."""
-    p = add_command(
-        sub,
-        common,
-        "import-hosts",
-        Handler(ImportHostsOptions, cmd_import_hosts),
-        help="print the labels of an original live_netroot_hosts file (read, never run)",
-        description="Read a live_netroot_hosts file without executing it: variable "
-        "assignments, $VAR/${VAR}/$PWD and the `case $label in ... esac` arms. Any other "
-        "shell line is reported with its number and skipped. Prints the equivalent "
-        "netroot.toml [labels.*] tables; --write appends them to the config file.",
-    )
-    p.add_argument("file", help="the original label file (live_netroot_hosts)")
-    p.add_argument(
-        "--pwd",
+    file: str = pos(help="the original label file (live_netroot_hosts)")
+    pwd: str | None = opt(
         metavar="DIR",
         help="what $PWD was when the original ran (default: the file's directory, "
         "as `live_netroot` sourced ./live_netroot_hosts)",
     )
-    p.add_argument(
-        "--write",
-        action="store_true",
-        help="append the labels the config does not have yet to the config file "
-        "(staged, validated, renamed into place; the rest of the file is kept)",
+    write: bool = flag(
+        "append the labels the config does not have yet to the config file "
+        "(staged, validated, renamed into place; the rest of the file is kept)"
     )
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the import-hosts command."""
+    add_commands(sub, common, cmd_import_hosts)
 
 
 def _read(path: Path, what: str) -> str:
@@ -91,11 +75,20 @@ def _write(config_path: Path, imported: hostsfile.HostsImport, source: Path) -> 
     return kept
 
 
+@command(
+    "import-hosts",
+    ImportHostsOptions,
+    help="print the labels of an original live_netroot_hosts file (read, never run)",
+    description="Read a live_netroot_hosts file without executing it: variable "
+    "assignments, $VAR/${VAR}/$PWD and the `case $label in ... esac` arms. Any other "
+    "shell line is reported with its number and skipped. Prints the equivalent "
+    "netroot.toml [labels.*] tables; --write appends them to the config file.",
+)
 def cmd_import_hosts(opts: ImportHostsOptions) -> int:
     """Read the label file, print (or append) the labels, report every skipped line."""
     source = Path(opts.file)
     text = _read(source, "label file")
-    config_path = config_file(opts)
+    config_path = opts.config_file()
     if opts.write and config_path is None:
         raise NetrootError(
             "import-hosts --write: name the config file to change (--config PATH or NETROOT_CONFIG)"

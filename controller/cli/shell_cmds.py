@@ -9,7 +9,7 @@ from typing import Any
 from pydantic.dataclasses import dataclass
 
 from controller.build import shell
-from controller.cli.options import OPTIONS, Common, Handler, add_command, load
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import Progress, emit_json
 from controller.cli.store_cmds import label_of, waiting
 from controller.core.errors import NetrootError
@@ -27,41 +27,29 @@ REMOUNT_WARNING = (
 class ShellOptions(Common):
     """netroot shell."""
 
-    label: str
-    live: bool
-    activate: bool
-    command: str | None
+    label: str = pos()
+    live: bool = flag(
+        "edit the active, served tree in place (recorded; nodes may need to remount /)"
+    )
+    activate: bool = flag("activate the new version the session produced")
+    command: str | None = opt(
+        "-c", metavar="CMD", help="run CMD with /bin/sh -c instead of an interactive shell"
+    )
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the shell command."""
-    p = add_command(
-        sub,
-        common,
-        "shell",
-        Handler(ShellOptions, cmd_shell),
-        help="a shell inside the active version; changes become a new version",
-        description="Open a shell in a copy-on-write clone of the label's active version. "
-        "On exit with changes, they become a new version (activated with --activate). "
-        "--live edits the active version in place instead, as the original tool did.",
-    )
-    p.add_argument("label")
-    p.add_argument(
-        "--live",
-        action="store_true",
-        help="edit the active, served tree in place (recorded; nodes may need to remount /)",
-    )
-    p.add_argument(
-        "--activate", action="store_true", help="activate the new version the session produced"
-    )
-    p.add_argument(
-        "-c",
-        "--command",
-        metavar="CMD",
-        help="run CMD with /bin/sh -c instead of an interactive shell",
-    )
+    add_commands(sub, common, cmd_shell)
 
 
+@command(
+    "shell",
+    ShellOptions,
+    help="a shell inside the active version; changes become a new version",
+    description="Open a shell in a copy-on-write clone of the label's active version. "
+    "On exit with changes, they become a new version (activated with --activate). "
+    "--live edits the active version in place instead, as the original tool did.",
+)
 def cmd_shell(opts: ShellOptions) -> int:
     """Run the session under the label's lock and report what it did."""
     config = load(opts)

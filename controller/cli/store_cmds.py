@@ -6,13 +6,14 @@ import argparse
 import contextlib
 import functools
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic.dataclasses import dataclass
 
 from controller.build import secretscan
-from controller.cli.options import OPTIONS, Common, Handler, add_command, load
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, human_size, table
 from controller.config.models import Config
 from controller.core.errors import StoreError
@@ -23,6 +24,7 @@ from controller.events.wire import ActivationReason
 from controller.serve import bootfiles
 from controller.store import activation, gc, treeindex
 from controller.store import versions as store
+from controller.store.activation import BootRenderer
 from controller.store.layout import LabelPaths, label_paths
 from controller.store.locking import label_lock
 from controller.store.manifest import Manifest
@@ -31,111 +33,49 @@ from controller.store.recovery import Recovered, known_labels, recover_label
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
 class LabelOptions(Common):
-    """rollback, versions: a label alone."""
+    """A label alone: rollback, versions, install."""
 
-    label: str
+    label: str = pos()
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
-class ActivateOptions(Common):
+class ActivateOptions(LabelOptions):
     """netroot activate."""
 
-    label: str
-    version: str | None
-    reason: Literal["auto", "cli"]
+    version: str | None = pos(nargs="?")
+    # The daemon's own activation of its build says so in image.activated.
+    reason: Literal["auto", "cli"] = opt(
+        choices=["auto", "cli"], default="cli", help=argparse.SUPPRESS
+    )
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
-class GcOptions(Common):
+class GcOptions(LabelOptions):
     """netroot gc."""
 
-    label: str
-    dry_run: bool
+    dry_run: bool = flag("show what would be pruned")
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
 class RecoverOptions(Common):
     """netroot recover."""
 
-    label: str | None
+    label: str | None = pos(nargs="?", help="default: every label")
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
-class VerifyOptions(Common):
+class VerifyOptions(LabelOptions):
     """netroot verify."""
 
-    label: str
-    version: str | None
-    deep: bool
-    secrets: bool
+    version: str | None = pos(nargs="?", help="default: the active version")
+    deep: bool = flag("hash every file of the tree")
+    secrets: bool = flag("also list private keys, password hashes and other secret-looking files")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the store commands."""
-    p = add_command(
-        sub,
-        common,
-        "activate",
-        Handler(ActivateOptions, cmd_activate),
-        help="make a version the one new boots get (default: newest)",
-    )
-    p.add_argument("label")
-    p.add_argument("version", nargs="?")
-    # The daemon's own activation of its build says so in image.activated.
-    p.add_argument("--reason", choices=["auto", "cli"], default="cli", help=argparse.SUPPRESS)
-
-    p = add_command(
-        sub,
-        common,
-        "rollback",
-        Handler(LabelOptions, cmd_rollback),
-        help="return to the previously active version",
-    )
-    p.add_argument("label")
-
-    p = add_command(
-        sub,
-        common,
-        "versions",
-        Handler(LabelOptions, cmd_versions),
-        help="list versions, the active one marked",
-    )
-    p.add_argument("label")
-
-    p = add_command(
-        sub,
-        common,
-        "gc",
-        Handler(GcOptions, cmd_gc),
-        help="prune old versions (keep_versions, in-use guard)",
-    )
-    p.add_argument("label")
-    p.add_argument("--dry-run", action="store_true", help="show what would be pruned")
-
-    p = add_command(
-        sub,
-        common,
-        "recover",
-        Handler(RecoverOptions, cmd_recover),
-        help="sweep crash leftovers and re-point links to the active versions",
-    )
-    p.add_argument("label", nargs="?", help="default: every label")
-
-    p = add_command(
-        sub,
-        common,
-        "verify",
-        Handler(VerifyOptions, cmd_verify),
-        help="check a version against its manifest",
-    )
-    p.add_argument("label")
-    p.add_argument("version", nargs="?", help="default: the active version")
-    p.add_argument("--deep", action="store_true", help="hash every file of the tree")
-    p.add_argument(
-        "--secrets",
-        action="store_true",
-        help="also list private keys, password hashes and other secret-looking files",
-    )
+    commands = (cmd_activate, cmd_rollback, cmd_versions, cmd_gc, cmd_recover, cmd_verify)
+    add_commands(sub, common, *commands)
 
 
 def label_of(config: Config, label: str) -> LabelPaths:
@@ -169,33 +109,40 @@ def _print_activation(opts: Common, done: activation.Activation) -> None:
         print(f"{verb} {done.label} to {done.version} (was {done.previous or 'none'})")
 
 
+@command("activate", ActivateOptions, help="make a version the one new boots get (default: newest)")
 def cmd_activate(opts: ActivateOptions) -> int:
     """Activate a version."""
+
+    def switch(paths: LabelPaths, render: BootRenderer) -> activation.Activation:
+        return activation.activate(paths, opts.version, render)
+
+    return _switch(opts, opts.reason, switch)
+
+
+@command("rollback", LabelOptions, help="return to the previously active version")
+def cmd_rollback(opts: LabelOptions) -> int:
+    """Activate the previously active version."""
+    return _switch(opts, "cli", activation.rollback)
+
+
+def _switch(
+    opts: LabelOptions,
+    reason: ActivationReason,
+    switch: Callable[[LabelPaths, BootRenderer], activation.Activation],
+) -> int:
+    """Activate or roll back under the label's lock, announced; print what it did."""
     config = load(opts)
     paths = label_of(config, opts.label)
-    reason: ActivationReason = opts.reason
     with Announcer(config) as announce, label_lock(paths, on_wait=lambda: waiting(opts.label)):
         recover_label(config, opts.label, bootfiles.renderer(config))
         before = announce.history_length(paths)
-        done = activation.activate(paths, opts.version, bootfiles.renderer(config))
+        done = switch(paths, bootfiles.renderer(config))
         announce.activation(paths, before, reason)
     _print_activation(opts, done)
     return 0
 
 
-def cmd_rollback(opts: LabelOptions) -> int:
-    """Activate the previously active version."""
-    config = load(opts)
-    paths = label_of(config, opts.label)
-    with Announcer(config) as announce, label_lock(paths, on_wait=lambda: waiting(opts.label)):
-        recover_label(config, opts.label, bootfiles.renderer(config))
-        before = announce.history_length(paths)
-        done = activation.rollback(paths, bootfiles.renderer(config))
-        announce.activation(paths, before, "cli")
-    _print_activation(opts, done)
-    return 0
-
-
+@command("versions", LabelOptions, help="list versions, the active one marked")
 def cmd_versions(opts: LabelOptions) -> int:
     """List versions of a label."""
     config = load(opts)
@@ -244,6 +191,7 @@ def _activations(config: Config, label: str) -> list[tuple[str, datetime]]:
     return out
 
 
+@command("gc", GcOptions, help="prune old versions (keep_versions, in-use guard)")
 def cmd_gc(opts: GcOptions) -> int:
     """Prune old versions."""
     config = load(opts)
@@ -283,6 +231,7 @@ def cmd_gc(opts: GcOptions) -> int:
     return 0
 
 
+@command("verify", VerifyOptions, help="check a version against its manifest")
 def cmd_verify(opts: VerifyOptions) -> int:
     """Verify a version against its manifest."""
     config = load(opts)
@@ -313,6 +262,11 @@ def _secrets(paths: LabelPaths, version: str) -> list[secretscan.Finding]:
     return secretscan.scan_tree(paths.rootfs(version), index)
 
 
+@command(
+    "recover",
+    RecoverOptions,
+    help="sweep crash leftovers and re-point links to the active versions",
+)
 def cmd_recover(opts: RecoverOptions) -> int:
     """What start-up recovery does, on demand (the daemon runs it when it starts)."""
     config = load(opts)

@@ -20,11 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, get_args
 
 from pydantic.dataclasses import dataclass
 
-from controller.cli.options import OPTIONS, Common, Handler, add_command, load
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.config.models import BUILTIN, Config
 from controller.core import proc
 from controller.core.errors import NetrootError
@@ -44,31 +44,19 @@ BROKER_CONF = upbroker.BROKER_CONF  # what every run's broker has (credentials a
 class UpOptions(Common):
     """netroot up."""
 
-    label: str
-    timeout: float | None
-    no_boot: bool
-    accel: AccelRequest
+    label: str = pos(nargs="?", default="debian12")
+    timeout: float | None = opt(type=float, metavar="S", help="stop the VM node after S seconds")
+    no_boot: bool = flag("build and activate, boot no VM")
+    accel: AccelRequest = opt(
+        choices=get_args(AccelRequest),
+        default="auto",
+        help="the VM's accelerator, as `netroot boot --accel` (default auto)",
+    )
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the up command."""
-    p = add_command(
-        sub,
-        common,
-        "up",
-        Handler(UpOptions, cmd_up),
-        help="broker, controller, build, a VM node and live events; Ctrl-C stops all",
-        description=__doc__,
-    )
-    p.add_argument("label", nargs="?", default="debian12")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop the VM node after S seconds")
-    p.add_argument("--no-boot", action="store_true", help="build and activate, boot no VM")
-    p.add_argument(
-        "--accel",
-        choices=("auto", "tcg", "kvm"),
-        default="auto",
-        help="the VM's accelerator, as `netroot boot --accel` (default auto)",
-    )
+    add_commands(sub, common, cmd_up)
 
 
 class Stopped(Exception):
@@ -194,6 +182,12 @@ def _event_stream(config: Config) -> Iterator[EventStream]:
         yield stream
 
 
+@command(
+    "up",
+    UpOptions,
+    help="broker, controller, build, a VM node and live events; Ctrl-C stops all",
+    description=__doc__,
+)
 def cmd_up(opts: UpOptions) -> int:
     """Run it all; return when the VM node stops, on Ctrl-C, SIGTERM or SIGHUP."""
     config = load(opts)
