@@ -68,6 +68,10 @@ def test_every_subcommand_has_exactly_its_dataclass_fields() -> None:
         assert isinstance(handler, Command) and handler.name == name
         dests = {a.dest for a in subparser._actions if a.dest != "help"}
         assert dests == {f.name for f in dataclasses.fields(handler.options)}, name
+        # Every default (and a value for each positional) has the field's type.
+        positionals = [a for a in subparser._actions if not a.option_strings and a.nargs != "?"]
+        argv = [str(next(iter(a.choices))) if a.choices else "x" for a in positionals]
+        handler.options(**option_values(subparser.parse_args(argv)))
 
 
 def test_a_value_of_the_wrong_type_or_an_unknown_option_is_refused() -> None:
