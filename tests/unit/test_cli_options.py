@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from controller.cli import build_parser
 from controller.cli.build_cmds import BuildOptions
-from controller.cli.options import Command, option_values
+from controller.cli.options import Command, Common, option_values
 from controller.cli.shell_cmds import ShellOptions
 
 
-def _parsed(*argv: str) -> tuple[Command[object], object]:
+def _parsed(*argv: str) -> tuple[Command[Any], Common]:
     namespace = build_parser().parse_args(argv)
     handler = namespace.handler
     assert isinstance(handler, Command)
@@ -36,6 +37,7 @@ def test_the_parsed_options_are_the_command_dataclass() -> None:
         force=False,
         build_id="b1",
     )
+    assert isinstance(opts, BuildOptions)
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.label = "other"  # type: ignore[misc]
 
