@@ -8,7 +8,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from controller import __version__
 from controller.cli import (
@@ -27,6 +27,19 @@ from controller.core.errors import NetrootError, describe
 
 # Each command module adds its subcommands; handlers return an exit status.
 COMMAND_MODULES = [build_cmds, store_cmds, daemon_cmds, boot_cmds, shell_cmds, up_cmds, hosts_cmds]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse; with --json a usage error is the failure report too (exit status 2)."""
+
+    json_errors = False  # main sets it when the command line has --json
+
+    def error(self, message: str) -> NoReturn:
+        """The usage and the error on stderr, or with --json the report on stdout."""
+        if not Parser.json_errors:
+            super().error(message)
+        output.failed("usage", f"{self.prog}: {message}", as_json=True)
+        self.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="debug logging on stderr",
     )
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="netroot",
         parents=[common],
         description="Build, version, serve and track root filesystems for diskless nodes.",
@@ -66,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `netroot` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    Parser.json_errors = "--json" in given
+    args = build_parser().parse_args(given)
     common = common_options(args)
     # Commands print their own progress; the structured log is for -v and the daemon.
     level = logging.DEBUG if common.verbose else logging.WARNING

@@ -37,6 +37,7 @@ FailureKind = Literal[
     "database",
     "os",
     "interrupted",
+    "usage",
 ]
 
 # Most specific first: RecipeError is a ConfigError, VerifyError a StoreError.

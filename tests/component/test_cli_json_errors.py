@@ -69,3 +69,21 @@ def test_every_command_reports_its_error_alike(workspace: Workspace) -> None:
         1,
         "netroot: error: demo: no active version to verify\n",
     )
+
+
+def test_a_usage_error_is_a_report_too(workspace: Workspace) -> None:
+    bad = workspace.run("--json", "build", check=False)
+    assert bad.returncode == 2
+    assert json.loads(bad.stdout)["error"] == {
+        "kind": "usage",
+        "step": None,
+        "message": "netroot build: the following arguments are required: label",
+        "log_tail": "",
+    }
+    assert bad.stderr == ""
+    plain = workspace.run("build", check=False)
+    assert (plain.returncode, plain.stdout) == (2, "")
+    assert plain.stderr.startswith("usage: netroot build")
+    assert plain.stderr.endswith(
+        "netroot build: error: the following arguments are required: label\n"
+    )
