@@ -8,10 +8,14 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from pydantic.dataclasses import dataclass
+
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json
-from controller.config.models import Config, load_config
+from controller.cli.store_cmds import LabelOptions
+from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import NetrootError
 from controller.core.ids import check_label
@@ -33,72 +37,66 @@ from controller.serve import dhcp, nbd, nfs, tftp
 from controller.serve.loaders import install_loaders
 from controller.store import versions as store
 from controller.store.layout import label_paths
-from controller.vm import boot as bootvm
-from controller.vm import console as bootvm_console
 from controller.vm import guest
+from controller.vm.boot import run_boot, serial_log_hint
+from controller.vm.console import interactive
 from controller.vm.milestones import STALL_SECONDS, Hit
+from controller.vm.qemu import AccelRequest
 
-KINDS = ("pxelinux", "ipxe", "grub", "exports", "ganesha", "dnsmasq", "nbd")
+RenderKind = Literal["pxelinux", "ipxe", "grub", "exports", "ganesha", "dnsmasq", "nbd"]
+KINDS = get_args(RenderKind)
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add the serving and booting commands."""
-    p = sub.add_parser(
-        "install",
-        parents=[common],
-        help="boot loaders and the label's boot files into its TFTP root; make it the default",
-    )
-    p.add_argument("label")
-    p.set_defaults(handler=cmd_install)
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class BootCmdOptions(Common):
+    """netroot boot."""
 
-    p = sub.add_parser("boot", parents=[common], help="PXE-boot the label's active version in qemu")
-    p.add_argument("label")
-    p.add_argument("--headless", action="store_true", help="no console: milestones only")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop the VM after S seconds")
-    p.add_argument("--uefi", action="store_true", help="UEFI firmware (OVMF) and GRUB")
-    p.add_argument(
-        "--direct", action="store_true", help="boot the kernel directly (no firmware PXE)"
-    )
-    p.add_argument(
-        "--ssh-port", type=int, default=2222, metavar="PORT",
+    label: str = pos()
+    headless: bool = flag("no console: milestones only")
+    timeout: float | None = opt(type=float, metavar="S", help="stop the VM after S seconds")
+    uefi: bool = flag("UEFI firmware (OVMF) and GRUB")
+    direct: bool = flag("boot the kernel directly (no firmware PXE)")
+    ssh_port: int = opt(
+        type=int,
+        default=2222,
+        metavar="PORT",
         help="host loopback port forwarded to the guest's ssh (0: none; default 2222)",
-    )  # fmt: skip
-    p.add_argument("--ssh-key", metavar="FILE", help="public key root accepts on this VM"
-                   " (default: the first ~/.ssh/id_*.pub, else a throw-away pair in state_dir/ssh)",
-                   )  # fmt: skip
-    p.add_argument("--mac", help="the VM's MAC address (default: random 52:54:00:xx:xx:xx)")
-    p.add_argument("--memory", type=int, default=1024, metavar="MB")
-    p.add_argument(
-        "--accel",
-        choices=("auto", "tcg", "kvm"),
+    )
+    ssh_key: str | None = opt(
+        metavar="FILE",
+        help="public key root accepts on this VM"
+        " (default: the first ~/.ssh/id_*.pub, else a throw-away pair in state_dir/ssh)",
+    )
+    mac: str | None = opt(help="the VM's MAC address (default: random 52:54:00:xx:xx:xx)")
+    memory: int = opt(type=int, default=1024, metavar="MB")
+    accel: AccelRequest = opt(
+        choices=get_args(AccelRequest),
         default="auto",
         help="auto (default): KVM only once a KVM guest was seen running here"
         " (probed once per host boot), else TCG; a KVM guest showing no"
         " milestone is booted again under TCG. kvm: KVM, no fall-back",
     )
-    p.add_argument(
-        "--stop-after-report",
-        action="store_true",
-        help="stop the VM once the agent's report arrived",
-    )
-    p.add_argument(
-        "--stall",
+    stop_after_report: bool = flag("stop the VM once the agent's report arrived")
+    stall: float | None = opt(
         type=float,
         metavar="S",
         help="stop a VM that shows no new boot milestone for S seconds"
         f" (default {STALL_SECONDS['tcg']:.0f} under TCG,"
         f" {STALL_SECONDS['kvm']:.0f} under KVM; 0: never)",
     )
-    p.set_defaults(handler=cmd_boot)
-
-    p = sub.add_parser("render", parents=[common], help="print a rendered file")
-    p.add_argument("kind", choices=KINDS)
-    p.add_argument("label", nargs="?", help="the menu that boots this label; its exports only")
-    p.set_defaults(handler=cmd_render)
 
 
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(Path(args.config) if args.config else None)
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class RenderOptions(Common):
+    """netroot render."""
+
+    kind: RenderKind = pos(choices=KINDS)
+    label: str | None = pos(nargs="?", help="the menu that boots this label; its exports only")
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the serving and booting commands."""
+    add_commands(sub, common, cmd_install, cmd_boot, cmd_render)
 
 
 def _check_label(config: Config, label: str) -> None:
@@ -113,22 +111,28 @@ def _check_label(config: Config, label: str) -> None:
     tftp.check_boot_files(paths, version)
 
 
-def cmd_install(args: argparse.Namespace) -> int:
+@command(
+    "install",
+    LabelOptions,
+    help="boot loaders and the label's boot files into its TFTP root; make it the default",
+)
+def cmd_install(opts: LabelOptions) -> int:
     """The original installnfs: loaders, menus (this label the default), exports, dnsmasq."""
-    config = _config(args)
-    _check_label(config, args.label)
-    tftp_root = config.label_tftp_root(args.label)
+    config = load(opts)
+    _check_label(config, opts.label)
+    tftp_root = config.label_tftp_root(opts.label)
     dnsmasq_text = dhcp.render_config(config) if config.dhcp.enabled else None
     with tftp.tftp_lock(tftp_root):
         # Everything is rendered and checked before the first write.
-        plan = tftp.plan_tftp_root(config, tftp_root, default=args.label)
+        plan = tftp.plan_tftp_root(config, tftp_root, default=opts.label)
         loaders = install_loaders(tftp_root)
-        tftp.set_default_choice(tftp_root, args.label)
+        tftp.set_default_choice(tftp_root, opts.label)
         written = tftp.write_plan(tftp_root, plan)
     applied = nfs.apply(config)
     dhcp_files = dhcp.write_files(config) if dnsmasq_text is not None else None
+    notes = [*plan.skipped, *applied.notes]
     result = {
-        "label": args.label,
+        "label": opts.label,
         "tftp_root": str(tftp_root),
         "default": plan.default,
         "loaders": loaders.installed,
@@ -137,13 +141,13 @@ def cmd_install(args: argparse.Namespace) -> int:
         "removed": written.removed,
         "nfs_written": applied.written,
         "nfs_reloaded": applied.reloaded,
-        "notes": [*plan.skipped, *applied.notes],
+        "notes": notes,
         "dnsmasq": str(dhcp_files.config_file) if dhcp_files else None,
     }
-    if args.json:
+    if opts.json:
         emit_json(result)
         return 0
-    print(f"installed {args.label} into {tftp_root} (default label: {plan.default})")
+    print(f"installed {opts.label} into {tftp_root} (default label: {plan.default})")
     print(f"  loaders: {', '.join(loaders.installed) or 'none'}")
     for missing in loaders.missing:
         print(f"  not installed: {missing}")
@@ -154,62 +158,65 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"  NFS: reloaded {what}")
     if dhcp_files:
         print(f"  dnsmasq: wrote {dhcp_files.config_file} (hook {dhcp_files.hook})")
-    for note in result["notes"]:
+    for note in notes:
         print(f"  note: {note}")
     return 0
 
 
-def _print_hit(args: argparse.Namespace, hit: Hit) -> None:
-    if args.json:
+def _print_hit(opts: BootCmdOptions, console: bool, hit: Hit) -> None:
+    if opts.json:
         line = {"at": round(hit.at, 1), "milestone": hit.name, "text": hit.text}
         print(json.dumps(line), flush=True)
         return
-    stream = sys.stdout if args.headless else sys.stderr
+    stream = sys.stdout if opts.headless else sys.stderr
     # an attached console puts the terminal in raw mode: no implicit carriage return
-    end = "\r\n" if args.console else "\n"
+    end = "\r\n" if console else "\n"
     print(f"[{hit.at:6.1f}s] {hit.name}: {hit.text}", file=stream, flush=True, end=end)
 
 
-def cmd_boot(args: argparse.Namespace) -> int:
+@command("boot", BootCmdOptions, help="PXE-boot the label's active version in qemu")
+def cmd_boot(opts: BootCmdOptions) -> int:
     """The original startnfs: Ganesha on loopback, qemu PXE, milestones as they happen."""
-    config = _config(args)
-    _check_label(config, args.label)
+    config = load(opts)
+    _check_label(config, opts.label)
     mac = None
-    if args.mac:
+    if opts.mac:
         try:
-            mac = normalize_mac(args.mac)
+            mac = normalize_mac(opts.mac)
         except ValueError as exc:
             raise NetrootError(f"--mac: {exc}") from None
-    if args.timeout is not None and args.timeout <= 0:
+    if opts.timeout is not None and opts.timeout <= 0:
         raise NetrootError("--timeout: must be a positive number of seconds")
-    if args.stall is not None and args.stall < 0:
+    if opts.stall is not None and opts.stall < 0:
         raise NetrootError("--stall: must be 0 (no bound) or a positive number of seconds")
-    args.console = not args.headless and not args.json and bootvm_console.interactive()
-    public, private = _ssh_key(config, args.ssh_key) if args.ssh_port else ("", None)
+    console = not opts.headless and not opts.json and interactive()
+    public, private = _ssh_key(config, opts.ssh_key) if opts.ssh_port else ("", None)
     options = guest.BootOptions(
-        label=args.label,
-        headless=args.headless,
-        console=args.console,
-        timeout=args.timeout,
-        uefi=args.uefi,
-        direct=args.direct,
-        ssh_port=args.ssh_port or None,
+        label=opts.label,
+        headless=opts.headless,
+        console=console,
+        timeout=opts.timeout,
+        uefi=opts.uefi,
+        direct=opts.direct,
+        ssh_port=opts.ssh_port or None,
         mac=mac,
-        memory_mb=args.memory,
-        accel=args.accel,
-        stop_after_report=args.stop_after_report,
-        stall=args.stall,
+        memory_mb=opts.memory,
+        accel=opts.accel,
+        stop_after_report=opts.stop_after_report,
+        stall=opts.stall,
         ssh_key=public or None,
     )
-    login = (f"ssh -p {args.ssh_port} -i {shlex.quote(str(private))} -o StrictHostKeyChecking=no"
+    login = (f"ssh -p {opts.ssh_port} -i {shlex.quote(str(private))} -o StrictHostKeyChecking=no"
              " -o UserKnownHostsFile=/dev/null root@localhost") if private else ""  # fmt: skip
-    if args.json and login:
+    if opts.json and login:
         print(json.dumps({"ssh": login}), flush=True)
-    if not args.json:
+    if not opts.json:
         where = f", {login}" if login else ""
-        stop_key = "Ctrl-] stops it" if args.console else "Ctrl-C stops it"
-        print(f"booting {args.label} in qemu ({stop_key}{where})", file=sys.stderr)
-    outcome = asyncio.run(bootvm.run_boot(config, options, lambda hit: _print_hit(args, hit), _say))
+        stop_key = "Ctrl-] stops it" if console else "Ctrl-C stops it"
+        print(f"booting {opts.label} in qemu ({stop_key}{where})", file=sys.stderr)
+    outcome = asyncio.run(
+        run_boot(config, options, lambda hit: _print_hit(opts, console, hit), _say)
+    )
     summary = {
         "label": outcome.label,
         "version": outcome.version,
@@ -218,11 +225,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
         "ended": outcome.ended,
         "milestones": {h.name: round(h.at, 1) for h in outcome.hits if not h.failure},
         "report": outcome.report.model_dump(mode="json") if outcome.report else None,
-        "serial_log": bootvm.serial_log_hint(outcome),
+        "serial_log": serial_log_hint(outcome),
         "accel": outcome.accel,
         "console_tail": outcome.console_tail,
     }
-    if args.json:
+    if opts.json:
         print(json.dumps({"result": summary}), flush=True)
     else:
         under = f" under {outcome.accel.upper()}" if outcome.accel else ""
@@ -239,7 +246,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     tail = "".join(f"\n  | {line}" for line in outcome.console_tail)
     shown = f"\nlast console lines:{tail}" if tail else ""
     raise NetrootError(
-        f"{args.label} did not finish booting ({outcome.ended}; last milestone:"
+        f"{opts.label} did not finish booting ({outcome.ended}; last milestone:"
         f" {reached[-1] if reached else 'none'}{why}); console log {summary['serial_log']}"
         f"{shown}"
     )
@@ -292,22 +299,23 @@ def _menu(config: Config, kind: str, label: str | None) -> str:
     return render_ipxe(target)
 
 
-def cmd_render(args: argparse.Namespace) -> int:
+@command("render", RenderOptions, help="print a rendered file")
+def cmd_render(opts: RenderOptions) -> int:
     """Print one rendered file; nothing is written."""
-    config = _config(args)
-    label = args.label
+    config = load(opts)
+    label = opts.label
     if label is not None:
         check_label(label)
         config.label(label)
-    if args.kind in ("pxelinux", "ipxe", "grub"):
-        text = _menu(config, args.kind, label)
-    elif args.kind == "exports":
+    if opts.kind in ("pxelinux", "ipxe", "grub"):
+        text = _menu(config, opts.kind, label)
+    elif opts.kind == "exports":
         labels = [label] if label else nfs.active_labels(config)
         specs = export_specs(config, labels)
         text = render_exports(specs, clients=config.nfs.clients, insecure=config.nfs.insecure)
-    elif args.kind == "ganesha":
+    elif opts.kind == "ganesha":
         text = nfs.render_system_ganesha(config, [label] if label else None)
-    elif args.kind == "dnsmasq":
+    elif opts.kind == "dnsmasq":
         spec = dhcp.dnsmasq_spec(config, tftp_root=config.label_tftp_root(label) if label else None)
         text = render_dnsmasq(spec)
     else:

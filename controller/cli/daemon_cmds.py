@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic.dataclasses import dataclass
 
-from controller.cli.output import emit_json, printable, table
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
+from controller.cli.output import emit_json, failed, printable, table
 from controller.config.models import BUILTIN, Config, load_config
 from controller.core import log as logsetup
 from controller.core import shipped
@@ -34,74 +36,67 @@ from controller.events.wire import Envelope, Topics, json_schemas
 DHCP_IGNORED = ("del", "init", "tftp", "arp", "arp-del", "relay-snoop")
 
 
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class NodesOptions(Common):
+    """netroot nodes."""
+
+    stale: bool = flag("only nodes that must remount or reboot")
+
+
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class EventsOptions(Common):
+    """netroot events."""
+
+    state: bool = flag("also retained image and node states")
+    count: int | None = opt(type=int, metavar="N", help="exit after N messages")
+    timeout: float | None = opt(type=float, metavar="S", help="exit after S seconds")
+
+
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class SchemaOptions(Common):
+    """netroot schema."""
+
+    output: str | None = opt(metavar="DIR", help="write one NAME.schema.json file per schema")
+
+
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class DhcpHookOptions(Common):
+    """netroot hook dhcp."""
+
+    action: str = pos()
+    mac: str | None = pos(nargs="?")
+    ip: str | None = pos(nargs="?")
+    hostname: str | None = pos(nargs="?")
+    firmware: bool = flag(
+        "the request came from PXE/UEFI firmware (default: from DNSMASQ_VENDOR_CLASS)"
+    )
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the daemon commands."""
-    p = sub.add_parser(
-        "serve", parents=[common], help="run the controller daemon (systemd: Type=notify)"
-    )
-    p.set_defaults(handler=cmd_serve)
-
-    p = sub.add_parser("status", parents=[common], help="daemon, labels, builds, nodes, outbox")
-    p.set_defaults(handler=cmd_status)
-
-    p = sub.add_parser("nodes", parents=[common], help="known nodes and their state")
-    p.add_argument("--stale", action="store_true", help="only nodes that must remount or reboot")
-    p.set_defaults(handler=cmd_nodes)
-
-    p = sub.add_parser("events", parents=[common], help="the live event stream from the broker")
-    p.add_argument("--state", action="store_true", help="also retained image and node states")
-    p.add_argument("--count", type=int, metavar="N", help="exit after N messages")
-    p.add_argument("--timeout", type=float, metavar="S", help="exit after S seconds")
-    p.set_defaults(handler=cmd_events)
-
-    p = sub.add_parser("schema", parents=[common], help="JSON Schema of every event payload")
-    p.add_argument("--output", metavar="DIR", help="write one NAME.schema.json file per schema")
-    p.set_defaults(handler=cmd_schema)
-
+    add_commands(sub, common, cmd_serve, cmd_status, cmd_nodes, cmd_events, cmd_schema)
     p = sub.add_parser("hook", parents=[common], help="hooks run by other programs")
     hooks = p.add_subparsers(dest="hook", metavar="HOOK", required=True)
-    h = hooks.add_parser(
-        "dhcp",
-        parents=[common],
-        help="dnsmasq --dhcp-script: queue a lease for the daemon",
-        description="Called by dnsmasq as `ACTION MAC IP [HOSTNAME]`; add and old leases "
-        "are queued in <state_dir>/spool for the daemon, other actions ignored.",
-    )
-    h.add_argument("action")
-    h.add_argument("mac", nargs="?")
-    h.add_argument("ip", nargs="?")
-    h.add_argument("hostname", nargs="?")
-    h.add_argument(
-        "--firmware",
-        action="store_true",
-        help="the request came from PXE/UEFI firmware (default: from DNSMASQ_VENDOR_CLASS)",
-    )
-    h.set_defaults(handler=cmd_hook_dhcp)
+    add_commands(hooks, common, cmd_hook_dhcp)
 
 
-def _config_path(args: argparse.Namespace) -> Path | None:
-    if args.config:
-        return Path(args.config)
-    env = os.environ.get("NETROOT_CONFIG")
-    return Path(env) if env else None
-
-
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(_config_path(args))
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
+@command("serve", Common, help="run the controller daemon (systemd: Type=notify)")
+def cmd_serve(opts: Common) -> int:
     """Run the daemon in the foreground until SIGTERM."""
-    path = _config_path(args)
+    path = opts.config_file()
     config = load_config(path)
-    logsetup.configure(json=args.json, level=logging.DEBUG if args.verbose else logging.INFO)
+    logsetup.configure(json=opts.json, level=logging.DEBUG if opts.verbose else logging.INFO)
     # `kill -USR1` dumps every thread's stack to stderr: a stuck daemon explains itself.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         asyncio.run(serve(config, path.resolve() if path else None))
     except ExceptionGroup as group:
-        for exc in _leaves(group):
-            print(f"netroot: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        said = [f"{type(exc).__name__}: {exc}" for exc in _leaves(group)]
+        if opts.json:
+            failed("error", "; ".join(said), as_json=True)
+        else:
+            for line in said:
+                print(f"netroot: error: {line}", file=sys.stderr)
         return 1
     return 0
 
@@ -126,9 +121,10 @@ def _stamp(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+@command("status", Common, help="daemon, labels, builds, nodes, outbox")
+def cmd_status(opts: Common) -> int:
     """What the daemon knows: labels, last builds, node counts, undelivered events."""
-    config = _config(args)
+    config = load(opts)
     pid = holder_pid(lock_path(config.state_dir))
     report: dict[str, Any] = {"daemon": {"running": pid is not None, "pid": pid}}
     report["paths"] = _paths(config)
@@ -138,7 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         with db:
             report.update(_status(config, db))
-    if args.json:
+    if opts.json:
         emit_json(report)
         return 0
     running = f"running (pid {pid})" if pid is not None else "not running"
@@ -209,19 +205,20 @@ def _status(config: Config, db: Database) -> dict[str, Any]:
     }
 
 
-def cmd_nodes(args: argparse.Namespace) -> int:
+@command("nodes", NodesOptions, help="known nodes and their state")
+def cmd_nodes(opts: NodesOptions) -> int:
     """Nodes and their state; --stale: those that must remount or reboot."""
-    config = _config(args)
+    config = load(opts)
     db = _open_db(config)
     nodes = []
     if db is not None:
         with db:
-            nodes = [n for n in db.nodes() if not args.stale or n.state == "stale"]
-    if args.json:
+            nodes = [n for n in db.nodes() if not opts.stale or n.state == "stale"]
+    if opts.json:
         emit_json([n.model_dump(mode="json") for n in nodes])
         return 0
     if not nodes:
-        print("no stale nodes" if args.stale else "no nodes known yet")
+        print("no stale nodes" if opts.stale else "no nodes known yet")
         return 0
     rows = [
         [
@@ -273,33 +270,34 @@ def as_json_line(payload: bytes) -> str:
         return json.dumps({"raw": payload.decode(errors="replace")})
 
 
-def cmd_events(args: argparse.Namespace) -> int:
+@command("events", EventsOptions, help="the live event stream from the broker")
+def cmd_events(opts: EventsOptions) -> int:
     """Print events as they arrive, until Ctrl-C, --count or --timeout."""
-    config = _config(args)
+    config = load(opts)
     if not config.mqtt.enabled:
         raise NetrootError(f"{config.source}: mqtt is disabled; there is no event stream")
     prefix = config.mqtt.topic_prefix
     subs = [f"{prefix}/events/#", Topics(prefix).controller_status()]
-    if args.state:
+    if opts.state:
         subs.append(f"{prefix}/state/#")
     client_id = f"netroot-events-{uuid.uuid4().hex[:12]}"
     link = BrokerLink(config.mqtt, client_id=client_id, subscriptions=subs)
     with contextlib.suppress(TimeoutError):
-        asyncio.run(_stream(link, args))
+        asyncio.run(_stream(link, opts))
     return 0
 
 
-async def _stream(link: BrokerLink, args: argparse.Namespace) -> None:
-    deadline = time.monotonic() + args.timeout if args.timeout else None
+async def _stream(link: BrokerLink, opts: EventsOptions) -> None:
+    deadline = time.monotonic() + opts.timeout if opts.timeout else None
     async with link:
         runner = asyncio.create_task(link.run(), name="mqtt")
         try:
             async with asyncio.timeout_at(_loop_deadline(deadline)):
                 seen = 0
-                while not args.count or seen < args.count:
+                while not opts.count or seen < opts.count:
                     message = await link.inbox.get()
                     seen += 1
-                    if args.json:
+                    if opts.json:
                         print(as_json_line(message.payload), flush=True)
                     else:
                         print(describe(message), flush=True)
@@ -322,13 +320,14 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     return json_schemas()
 
 
-def cmd_schema(args: argparse.Namespace) -> int:
+@command("schema", SchemaOptions, help="JSON Schema of every event payload")
+def cmd_schema(opts: SchemaOptions) -> int:
     """Print (or write) the JSON Schema of every event payload and node message."""
     schemas = all_schemas()
-    if not args.output:
+    if not opts.output:
         emit_json(schemas)
         return 0
-    out = Path(args.output)
+    out = Path(opts.output)
     out.mkdir(parents=True, exist_ok=True)
     for name, schema in sorted(schemas.items()):
         (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
@@ -342,21 +341,28 @@ def _firmware_from_env() -> bool:
     return vendor.startswith("PXEClient") or "iPXE" in users
 
 
-def cmd_hook_dhcp(args: argparse.Namespace) -> int:
+@command(
+    "dhcp",
+    DhcpHookOptions,
+    help="dnsmasq --dhcp-script: queue a lease for the daemon",
+    description="Called by dnsmasq as `ACTION MAC IP [HOSTNAME]`; add and old leases "
+    "are queued in <state_dir>/spool for the daemon, other actions ignored.",
+)
+def cmd_hook_dhcp(opts: DhcpHookOptions) -> int:
     """dnsmasq's --dhcp-script: queue add/old leases for the daemon."""
-    if args.action in DHCP_IGNORED:
+    if opts.action in DHCP_IGNORED:
         return 0
-    if args.action not in ("add", "old"):
-        raise NetrootError(f"hook dhcp: unknown action {args.action!r} (expected add or old)")
-    if not args.mac or not args.ip:
+    if opts.action not in ("add", "old"):
+        raise NetrootError(f"hook dhcp: unknown action {opts.action!r} (expected add or old)")
+    if not opts.mac or not opts.ip:
         raise NetrootError("hook dhcp: usage: hook dhcp add|old MAC IP [HOSTNAME]")
     try:
         record = DhcpRecord(
-            action=args.action,
-            mac=args.mac,
-            ip=args.ip,
-            hostname=args.hostname or None,
-            firmware=args.firmware or _firmware_from_env(),
+            action=opts.action,
+            mac=opts.mac,
+            ip=opts.ip,
+            hostname=opts.hostname or None,
+            firmware=opts.firmware or _firmware_from_env(),
             at=datetime.now(UTC),
         )
     except ValidationError as exc:
@@ -364,7 +370,7 @@ def cmd_hook_dhcp(args: argparse.Namespace) -> int:
         where = ".".join(str(p) for p in err["loc"])
         problem = str(err["msg"]).removeprefix("Value error, ")
         raise NetrootError(f"hook dhcp: {where}: {problem}") from None
-    path = write_record(_config(args), record)
-    if args.json:
+    path = write_record(load(opts), record)
+    if opts.json:
         emit_json({"queued": str(path)})
     return 0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from pydantic.dataclasses import dataclass
+
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, opt, pos
 from controller.cli.output import emit_json, printable
 from controller.config import hostsfile
 from controller.config.models import load_config, parse_config
@@ -16,36 +18,25 @@ from controller.core.errors import ConfigError, NetrootError
 from controller.store import fsops
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add the import-hosts command."""
-    p = sub.add_parser(
-        "import-hosts",
-        parents=[common],
-        help="print the labels of an original live_netroot_hosts file (read, never run)",
-        description="Read a live_netroot_hosts file without executing it: variable "
-        "assignments, $VAR/${VAR}/$PWD and the `case $label in ... esac` arms. Any other "
-        "shell line is reported with its number and skipped. Prints the equivalent "
-        "netroot.toml [labels.*] tables; --write appends them to the config file.",
-    )
-    p.add_argument("file", help="the original label file (live_netroot_hosts)")
-    p.add_argument(
-        "--pwd",
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class ImportHostsOptions(Common):
+    """netroot import-hosts."""
+
+    file: str = pos(help="the original label file (live_netroot_hosts)")
+    pwd: str | None = opt(
         metavar="DIR",
         help="what $PWD was when the original ran (default: the file's directory, "
         "as `live_netroot` sourced ./live_netroot_hosts)",
     )
-    p.add_argument(
-        "--write",
-        action="store_true",
-        help="append the labels the config does not have yet to the config file "
-        "(staged, validated, renamed into place; the rest of the file is kept)",
+    write: bool = flag(
+        "append the labels the config does not have yet to the config file "
+        "(staged, validated, renamed into place; the rest of the file is kept)"
     )
-    p.set_defaults(handler=cmd_import_hosts)
 
 
-def _config_file(args: argparse.Namespace) -> Path | None:
-    named = args.config or os.environ.get("NETROOT_CONFIG")
-    return Path(named) if named else None
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the import-hosts command."""
+    add_commands(sub, common, cmd_import_hosts)
 
 
 def _read(path: Path, what: str) -> str:
@@ -84,12 +75,21 @@ def _write(config_path: Path, imported: hostsfile.HostsImport, source: Path) -> 
     return kept
 
 
-def cmd_import_hosts(args: argparse.Namespace) -> int:
+@command(
+    "import-hosts",
+    ImportHostsOptions,
+    help="print the labels of an original live_netroot_hosts file (read, never run)",
+    description="Read a live_netroot_hosts file without executing it: variable "
+    "assignments, $VAR/${VAR}/$PWD and the `case $label in ... esac` arms. Any other "
+    "shell line is reported with its number and skipped. Prints the equivalent "
+    "netroot.toml [labels.*] tables; --write appends them to the config file.",
+)
+def cmd_import_hosts(opts: ImportHostsOptions) -> int:
     """Read the label file, print (or append) the labels, report every skipped line."""
-    source = Path(args.file)
+    source = Path(opts.file)
     text = _read(source, "label file")
-    config_path = _config_file(args)
-    if args.write and config_path is None:
+    config_path = opts.config_file()
+    if opts.write and config_path is None:
         raise NetrootError(
             "import-hosts --write: name the config file to change (--config PATH or NETROOT_CONFIG)"
         )
@@ -97,16 +97,16 @@ def cmd_import_hosts(args: argparse.Namespace) -> int:
     recipes_dir = None
     if config_path is None or config_path.exists():
         recipes_dir = load_config(config_path).recipes_dir.resolve()
-    pwd = Path(args.pwd).resolve() if args.pwd else source.resolve().parent
+    pwd = Path(opts.pwd).resolve() if opts.pwd else source.resolve().parent
     imported = hostsfile.read_hosts(text, pwd=pwd, recipes_dir=recipes_dir)
     if not imported.labels:
         raise NetrootError(
             f"{source}: no label could be imported ({len(imported.findings)} "
             "line(s) reported; see --json)"
         )
-    kept = _write(config_path, imported, source) if args.write and config_path else []
-    written = str(config_path) if args.write else None
-    if args.json:
+    kept = _write(config_path, imported, source) if opts.write and config_path else []
+    written = str(config_path) if opts.write else None
+    if opts.json:
         emit_json(
             {
                 "source": str(source),
@@ -130,7 +130,7 @@ def cmd_import_hosts(args: argparse.Namespace) -> int:
                 f"netroot: {config_path}: labels.{label} exists: kept as it is, not imported",
                 file=sys.stderr,
             )
-        if args.write:
+        if opts.write:
             added = len(imported.labels) - len(kept)
             print(f"{config_path}: {added} label(s) added")
         else:

@@ -11,14 +11,28 @@ from collections.abc import Sequence
 from typing import Any
 
 from controller.core.errors import BuildError, NetrootError
+from controller.core.failure import Failure, FailureKind, FailureReport, report
 
 
-def error(exc: NetrootError) -> None:
-    """One line on stderr (plus the log tail of a failed build)."""
+def error(exc: NetrootError, *, as_json: bool = False) -> None:
+    """One line on stderr (plus the log tail of a failed build); with --json the
+    failure report on stdout instead."""
+    if as_json:
+        print(report(exc).to_json(), flush=True)
+        return
     print(f"netroot: error: {exc}", file=sys.stderr)
     if isinstance(exc, BuildError) and exc.log_tail:
         print("--- last lines of the build log ---", file=sys.stderr)
         print(exc.log_tail, file=sys.stderr)
+
+
+def failed(kind: FailureKind, message: str, *, as_json: bool = False) -> None:
+    """A failure that is not a NetrootError (a database, the file system), reported alike."""
+    if as_json:
+        failure = Failure(kind=kind, step=None, message=message, log_tail="")
+        print(FailureReport(error=failure).to_json(), flush=True)
+    else:
+        print(f"netroot: error: {message}", file=sys.stderr)
 
 
 # C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
+from pydantic.dataclasses import dataclass
+
 from controller.build import shell
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import Progress, emit_json
-from controller.config.models import load_config
+from controller.cli.store_cmds import label_of, waiting
 from controller.core.errors import NetrootError
-from controller.core.ids import check_label
 from controller.serve import publish
-from controller.store.layout import label_paths
 from controller.store.locking import label_lock
 
 REMOUNT_WARNING = (
@@ -22,65 +22,56 @@ REMOUNT_WARNING = (
 )
 
 
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class ShellOptions(Common):
+    """netroot shell."""
+
+    label: str = pos()
+    live: bool = flag(
+        "edit the active, served tree in place (recorded; nodes may need to remount /)"
+    )
+    activate: bool = flag("activate the new version the session produced")
+    command: str | None = opt(
+        "-c", metavar="CMD", help="run CMD with /bin/sh -c instead of an interactive shell"
+    )
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the shell command."""
-    p = sub.add_parser(
-        "shell",
-        parents=[common],
-        help="a shell inside the active version; changes become a new version",
-        description="Open a shell in a copy-on-write clone of the label's active version. "
-        "On exit with changes, they become a new version (activated with --activate). "
-        "--live edits the active version in place instead, as the original tool did.",
-    )
-    p.add_argument("label")
-    p.add_argument(
-        "--live",
-        action="store_true",
-        help="edit the active, served tree in place (recorded; nodes may need to remount /)",
-    )
-    p.add_argument(
-        "--activate", action="store_true", help="activate the new version the session produced"
-    )
-    p.add_argument(
-        "-c",
-        "--command",
-        metavar="CMD",
-        help="run CMD with /bin/sh -c instead of an interactive shell",
-    )
-    p.set_defaults(handler=cmd_shell)
+    add_commands(sub, common, cmd_shell)
 
 
-def cmd_shell(args: argparse.Namespace) -> int:
+@command(
+    "shell",
+    ShellOptions,
+    help="a shell inside the active version; changes become a new version",
+    description="Open a shell in a copy-on-write clone of the label's active version. "
+    "On exit with changes, they become a new version (activated with --activate). "
+    "--live edits the active version in place instead, as the original tool did.",
+)
+def cmd_shell(opts: ShellOptions) -> int:
     """Run the session under the label's lock and report what it did."""
-    config = load_config(Path(args.config) if args.config else None)
-    check_label(args.label)
-    config.label(args.label)
-    if args.live and args.activate:
+    config = load(opts)
+    paths = label_of(config, opts.label)
+    if opts.live and opts.activate:
         raise NetrootError(
             "--activate makes a new version active; --live edits the active "
             "version in place: give one of them"
         )
-    if args.command is None and not sys.stdin.isatty():
+    if opts.command is None and not sys.stdin.isatty():
         raise NetrootError("no terminal for an interactive shell; give --command CMD")
-    paths = label_paths(config, args.label)
-    progress = Progress(quiet=args.json)
-
-    def waiting() -> None:
-        print(
-            f"netroot: waiting for another build or activation of {args.label}...", file=sys.stderr
-        )
-
-    with label_lock(paths, on_wait=waiting):
-        publish.recover_label(config, args.label)
+    progress = Progress(quiet=opts.json)
+    with label_lock(paths, on_wait=lambda: waiting(opts.label)):
+        publish.recover_label(config, opts.label)
         outcome = shell.open_shell(
-            config, args.label, live=args.live, command=args.command, progress=progress
+            config, opts.label, live=opts.live, command=opts.command, progress=progress
         )
         activated = False
-        if args.activate and outcome.version is not None:
+        if opts.activate and outcome.version is not None:
             # The session's new version, served as any activation is, under the same lock.
             publish.activate(config, paths, outcome.version)
             activated = True
-    if args.json:
+    if opts.json:
         emit_json(
             {
                 "label": outcome.label,

@@ -20,15 +20,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, get_args
 
-from controller.config.models import BUILTIN, Config, load_config
+from pydantic.dataclasses import dataclass
+
+from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
+from controller.config.models import BUILTIN, Config
 from controller.core import proc
 from controller.core.errors import NetrootError
 from controller.core.ids import check_label
 from controller.daemon.notify import NotifySocket
 from controller.vm import broker as upbroker
 from controller.vm.guest import random_mac
+from controller.vm.qemu import AccelRequest
 
 READY_WITHIN_S = 120.0  # recovery of a large store comes before READY=1
 LAST_EVENT_WITHIN_S = 20.0  # the event a step ends with: published within a few seconds
@@ -36,24 +40,23 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # Ctrl-C is KeyboardInterrupt al
 BROKER_CONF = upbroker.BROKER_CONF  # what every run's broker has (credentials aside)
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add the up command."""
-    p = sub.add_parser(
-        "up",
-        parents=[common],
-        help="broker, controller, build, a VM node and live events; Ctrl-C stops all",
-        description=__doc__,
-    )
-    p.add_argument("label", nargs="?", default="debian12")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop the VM node after S seconds")
-    p.add_argument("--no-boot", action="store_true", help="build and activate, boot no VM")
-    p.add_argument(
-        "--accel",
-        choices=("auto", "tcg", "kvm"),
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class UpOptions(Common):
+    """netroot up."""
+
+    label: str = pos(nargs="?", default="debian12")
+    timeout: float | None = opt(type=float, metavar="S", help="stop the VM node after S seconds")
+    no_boot: bool = flag("build and activate, boot no VM")
+    accel: AccelRequest = opt(
+        choices=get_args(AccelRequest),
         default="auto",
         help="the VM's accelerator, as `netroot boot --accel` (default auto)",
     )
-    p.set_defaults(handler=cmd_up)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the up command."""
+    add_commands(sub, common, cmd_up)
 
 
 class Stopped(Exception):
@@ -179,14 +182,20 @@ def _event_stream(config: Config) -> Iterator[EventStream]:
         yield stream
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+@command(
+    "up",
+    UpOptions,
+    help="broker, controller, build, a VM node and live events; Ctrl-C stops all",
+    description=__doc__,
+)
+def cmd_up(opts: UpOptions) -> int:
     """Run it all; return when the VM node stops, on Ctrl-C, SIGTERM or SIGHUP."""
-    config = load_config(Path(args.config) if args.config else None)
-    check_label(args.label)
-    config.label(args.label)
+    config = load(opts)
+    check_label(opts.label)
+    config.label(opts.label)
     previous = {sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS}
     try:
-        return _up(args, config)
+        return _up(opts, config)
     except Stopped as stop:
         _say(f"{stop}; stopped everything it started")
         return 128 + stop.signum
@@ -195,7 +204,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
-def _up(args: argparse.Namespace, config: Config) -> int:
+def _up(opts: UpOptions, config: Config) -> int:
     run_dir = config.state_dir / "run" / "up"
     run_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -206,18 +215,18 @@ def _up(args: argparse.Namespace, config: Config) -> int:
         _say(f"controller ready (log: {serve_log})")
         events = stack.enter_context(_event_stream(config)) if config.mqtt.enabled else None
         build = proc.run_interactive(
-            _netroot(config, "build", args.label, "--activate"), env=proc.netroot_env()
+            _netroot(config, "build", opts.label, "--activate"), env=proc.netroot_env()
         )
         if build.returncode != 0:
             _say(f"the build failed (status {build.returncode}); stopping")
             return 1
-        awaited = ("image.activated", args.label)
-        if not args.no_boot:
+        awaited = ("image.activated", opts.label)
+        if not opts.no_boot:
             mac = random_mac()
-            boot = _netroot(config, "boot", args.label, "--headless", "--mac", mac,
-                            "--accel", args.accel)  # fmt: skip
-            if args.timeout:
-                boot += ["--timeout", str(args.timeout)]
+            boot = _netroot(config, "boot", opts.label, "--headless", "--mac", mac,
+                            "--accel", opts.accel)  # fmt: skip
+            if opts.timeout:
+                boot += ["--timeout", str(opts.timeout)]
             _say(f"booting a VM node ({mac}); Ctrl-C stops it and everything else")
             booted = proc.run_interactive(boot, env=proc.netroot_env()).returncode == 0
             awaited = ("node.booted", mac) if booted else ("", "")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Iterable
@@ -25,7 +24,8 @@ from pathlib import Path
 import controller
 from controller.build.pipeline import new_build_id
 from controller.core import proc
-from controller.core.errors import NetrootError, ProcessError
+from controller.core.errors import NetrootError
+from controller.core.failure import Failure, FailureReport
 from controller.core.log import get_logger
 from controller.daemon.announce import manifest_or_none, summary
 from controller.daemon.builds import BuildRow
@@ -40,7 +40,6 @@ from controller.store.manifest import Manifest
 
 log = get_logger("scheduler")
 
-_STEP_FAILED = re.compile(r"build step '([^']+)' failed: (.*)")
 MAX_ERROR = 1024
 MAX_TAIL = 16384
 CATCH_UP_REASON = "inputs changed while the controller was stopped"
@@ -61,15 +60,15 @@ def netroot_argv(ctx: Context, *args: str) -> list[str]:
     return [sys.executable, "-m", "controller", *config, "--json", *args]
 
 
-def failure(stderr_tail: str) -> tuple[str, str]:
-    """(step, one-line error) from what a failed `netroot build` printed."""
-    for line in reversed(stderr_tail.splitlines()):
-        match = _STEP_FAILED.search(line)
-        if match:
-            return match.group(1), line.removeprefix("netroot: error: ")[:MAX_ERROR]
-    lines = [ln for ln in stderr_tail.splitlines() if ln.startswith("netroot: error: ")]
-    last = lines[-1] if lines else (stderr_tail.strip().splitlines() or ["failed"])[-1]
-    return "build", last.removeprefix("netroot: error: ")[:MAX_ERROR]
+def child_failure(done: proc.Completed) -> Failure:
+    """Why a child `netroot --json` failed: the report it printed on stdout, or, when it
+    printed none (it crashed), its last line on stderr."""
+    reported = FailureReport.parse(done.stdout)
+    if reported is not None:
+        return reported.error
+    said = [line for line in done.stderr.splitlines() if line.strip()]
+    message = said[-1] if said else f"exited with status {done.returncode}"
+    return Failure(kind="process", step=None, message=message, log_tail=proc.tail(done.stderr))
 
 
 class BuildScheduler(Component):
@@ -245,18 +244,23 @@ class BuildScheduler(Component):
         ]  # fmt: skip
         t0 = time.monotonic()
         try:
-            done = await proc.arun(netroot_argv(ctx, *args), env=child_env())
-            manifest = Manifest.model_validate(json.loads(done.stdout)["version"])
+            done = await proc.arun(netroot_argv(ctx, *args), env=child_env(), check=False)
         except asyncio.CancelledError:
             self._settle(row, "the controller stopped during the build")
             raise
-        except ProcessError as exc:
+        if done.returncode != 0:
             adopted = self._adopt(row)  # killed after its commit: built all the same
             if adopted is not None:
                 return adopted
-            step, error = failure(exc.stderr_tail)
-            self._failed(row, step, error, exc.stderr_tail, time.monotonic() - t0)
+            failed = child_failure(done)
+            # A failure before any step (a bad recipe, a busy label) is the build's own.
+            step = failed.step or "build"
+            log.info("child build failed", label=row.label, kind=failed.kind, step=step)
+            tail = failed.log_tail or proc.tail(done.stderr)
+            self._failed(row, step, failed.message, tail, time.monotonic() - t0)
             return None
+        try:
+            manifest = Manifest.model_validate(json.loads(done.stdout)["version"])
         except (ValueError, KeyError, TypeError) as exc:
             error = f"unreadable build output: {exc}"
             self._failed(row, "output", error, "", time.monotonic() - t0)
@@ -307,7 +311,7 @@ class BuildScheduler(Component):
                     "activation failed; the active version stays",
                     label=label,
                     version=manifest.version,
-                    error=proc.tail(done.stderr, 5),
+                    error=child_failure(done).message,
                 )
             else:
                 # The child wrote the events into the outbox; the log says so too,

@@ -16,7 +16,6 @@ from controller.daemon.db import Database, NodeGuard
 from controller.daemon.emit import Emitter
 from controller.daemon.mqtt import Message, backoff_delay
 from controller.daemon.nodebook import NodeBook
-from controller.daemon.scheduler import failure
 from controller.daemon.spool import DhcpRecord, SpoolListener, now, spool_dir, write_record
 from controller.events.liveness import WILL_WINDOW_S
 from controller.events.wire import MAX_REPORT_BYTES, Envelope, Topics, VersionSummary
@@ -250,17 +249,6 @@ def test_memory_follows_a_rolled_back_transaction(book: NodeBook) -> None:
         book.activation(tx, "demo", V2, datetime.now(UTC))
         raise RuntimeError("disk full")
     assert book.active["demo"] == V1
-
-
-def test_failure_names_the_step_and_the_error() -> None:
-    tail = "netroot: error: build step 'base' failed: mmdebstrap exited with status 1\n"
-    tail = "--- last lines of the build log ---\nE: no network\n" + tail
-    assert failure(tail) == ("base", "build step 'base' failed: mmdebstrap exited with status 1")
-    assert failure("netroot: error: demo.toml: source: not found\n") == (
-        "build",
-        "demo.toml: source: not found",
-    )
-    assert failure("Traceback ...\nKeyError: 'x'") == ("build", "KeyError: 'x'")
 
 
 def test_reconnect_backoff_doubles_to_a_cap_with_jitter() -> None:
