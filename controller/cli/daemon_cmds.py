@@ -28,7 +28,8 @@ from controller.daemon.db import Database, db_path
 from controller.daemon.lock import holder_pid, lock_path
 from controller.daemon.mqtt import BrokerLink, Message
 from controller.daemon.spool import DhcpRecord, write_record
-from controller.events.wire import Envelope, Topics, json_schemas
+from controller.events.envelope import Envelope, json_schemas
+from controller.events.topics import Topics
 
 DHCP_IGNORED = ("del", "init", "tftp", "arp", "arp-del", "relay-snoop")
 

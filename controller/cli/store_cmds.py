@@ -20,7 +20,7 @@ from controller.core.errors import BuildError
 from controller.core.ids import check_label
 from controller.daemon.announce import STAMP_FORMAT, Announcer
 from controller.daemon.db import NodeGuard, db_path
-from controller.events.wire import ActivationReason, BuildKind
+from controller.events.payloads import ActivationReason, BuildKind
 from controller.recipes import load_recipe
 from controller.serve import bootfiles
 from controller.store import activation, gc, treeindex

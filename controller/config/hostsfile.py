@@ -30,7 +30,8 @@ from pydantic import ValidationError
 
 from controller.config.models import LabelConfig
 from controller.config.shellwords import Op, Token, Word, tokenize
-from controller.core.ids import LABEL_ALLOWED, LABEL_RE
+from controller.core.ids import LABEL_ALLOWED, is_label
+from controller.core.model import first_error
 
 _ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
 _OPENERS = {
@@ -339,7 +340,7 @@ def _label_table(
     line: int,
 ) -> dict[str, Any] | None:
     """The netroot.toml table of one label, or None (with a finding) when it is unusable."""
-    if not LABEL_RE.fullmatch(label):
+    if not is_label(label):
         findings.append(
             Finding(
                 line,
@@ -378,12 +379,12 @@ def _label_table(
     try:
         LabelConfig.model_validate(table)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err = first_error(exc)
         findings.append(
             Finding(
                 line,
                 label,
-                f"label {label}: {'.'.join(map(str, err['loc']))}: {err['msg']}: not imported",
+                f"label {label}: {err.field}: {err.problem}: not imported",
             )
         )
         return None

@@ -11,7 +11,6 @@ import ipaddress
 import os
 import re
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,8 +24,8 @@ from pydantic import (
 )
 
 from controller.core.errors import ConfigError
-from controller.core.ids import LABEL_ALLOWED, LABEL_RE, MAC_ALLOWED, MAC_RE, check_label
-from controller.core.model import Model
+from controller.core.ids import check_label, check_mac, valid_label
+from controller.core.model import Model, first_error, read_toml
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 BUILTIN = "built-in defaults"
@@ -182,8 +181,7 @@ class LabelConfig(Model):
     @classmethod
     def _overlay_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         for name in value or ():
-            if not LABEL_RE.fullmatch(name):
-                raise ValueError(f"invalid overlay name {name!r}; allowed: {LABEL_ALLOWED}")
+            valid_label(name, "overlay name")
         return value
 
 
@@ -292,16 +290,10 @@ DEFAULT_LABELS: dict[str, dict[str, Any]] = {
 
 
 def _first_error(exc: ValidationError, source: str, model: type[BaseModel]) -> ConfigError:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    field = ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        allowed = ", ".join(_fields_at(model, loc[:-1]))
-        return ConfigError(source, field, "unknown field", allowed)
-    if err["type"] == "missing":
-        return ConfigError(source, field, "required field is missing")
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return ConfigError(source, field, msg)
+    err = first_error(exc)
+    unknown = err.kind == "extra_forbidden"
+    allowed = ", ".join(_fields_at(model, list(err.loc[:-1]))) if unknown else ""
+    return ConfigError(source, err.field, err.in_file, allowed)
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
@@ -400,8 +392,7 @@ def _check_nodes(config: Config) -> None:
     """Per-MAC overrides: canonical MAC keys, each naming a configured label."""
     for mac, node in config.nodes.items():
         field = f'nodes."{mac}"'
-        if not MAC_RE.fullmatch(mac):
-            raise ConfigError(config.source, field, f"invalid MAC address {mac!r}", MAC_ALLOWED)
+        check_mac(mac, config.source, field)
         if node.label not in config.labels:
             known = ", ".join(sorted(config.labels)) or "none configured"
             problem = f"label {node.label!r} is not configured"
@@ -414,16 +405,7 @@ def load_config(path: Path | None = None) -> Config:
         path = Path(os.environ["NETROOT_CONFIG"])
     if path is None:
         return parse_config({"labels": DEFAULT_LABELS}, source=BUILTIN, root=CHECKOUT)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(str(path), "", "config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), "", f"invalid TOML: {exc}") from None
-    except RecursionError:
-        raise ConfigError(str(path), "", "invalid TOML: nested too deeply") from None
+    data = read_toml(path, "config file")
     try:
         return parse_config(data, source=str(path), root=path.resolve().parent)
     except (TypeError, ValueError, RecursionError) as exc:

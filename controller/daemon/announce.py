@@ -24,7 +24,7 @@ from controller.config.models import Config
 from controller.core.errors import StoreError
 from controller.daemon.db import BuildRow, Database, DatabaseError, Tx, db_path
 from controller.daemon.emit import Emitter
-from controller.events.wire import (
+from controller.events.payloads import (
     Activated,
     ActivationReason,
     BuildFailed,
@@ -33,9 +33,9 @@ from controller.events.wire import (
     BuildSucceeded,
     Pruned,
     RolledBack,
-    Topics,
     VersionSummary,
 )
+from controller.events.topics import Topics
 from controller.store import history
 from controller.store import versions as store
 from controller.store.layout import LabelPaths

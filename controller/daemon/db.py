@@ -30,7 +30,8 @@ from controller.config.models import Config
 from controller.core.errors import NetrootError
 from controller.core.log import get_logger
 from controller.events.liveness import in_use
-from controller.events.wire import NodeState, VersionSummary
+from controller.events.node_events import NodeState
+from controller.events.payloads import VersionSummary
 
 log = get_logger("db")
 

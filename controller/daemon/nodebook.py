@@ -13,6 +13,13 @@ from controller.daemon.db import Database, Tx
 from controller.daemon.emit import Emitter
 from controller.daemon.mqtt import Message
 from controller.events.liveness import HeldWill, WillGate
+from controller.events.node_events import NodeState
+from controller.events.node_messages import (
+    NodeCommand,
+    NodeMessageError,
+    NodeReport,
+    parse_node_message,
+)
 from controller.events.nodes import (
     Activation,
     Effect,
@@ -23,13 +30,6 @@ from controller.events.nodes import (
     PublishState,
     report_input,
     transition,
-)
-from controller.events.wire import (
-    NodeCommand,
-    NodeMessageError,
-    NodeReport,
-    NodeState,
-    parse_node_message,
 )
 
 REJECT_LOG_BURST = 20  # rejected-message lines logged per window

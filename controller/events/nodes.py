@@ -24,21 +24,20 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeAlias, TypeVar, assert_never
 
-from controller.events.wire import (
+from controller.events.node_events import (
     NodeBooted,
-    NodeCommand,
     NodeCurrent,
     NodeDhcp,
     NodeEventData,
     NodeLost,
     NodeRemounted,
     NodeRemountRequested,
-    NodeReport,
     NodeStale,
     NodeState,
     RootMount,
-    StaleAction,
 )
+from controller.events.node_messages import NodeCommand, NodeReport
+from controller.events.payloads import StaleAction
 
 IPAddress: TypeAlias = IPv4Address | IPv6Address
 RUNNING = frozenset({"up", "stale"})  # the agent reported, so we know what the node runs

@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.core.errors import RecipeError
+from controller.core.model import first_error
 from controller.recipes import distros
 from controller.recipes.models import DefRecipe, DnfRecipe, MmdebstrapRecipe
 
@@ -363,9 +364,8 @@ def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfR
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"]]
-        key = loc[0] if loc else ""
+        err = first_error(exc)
+        key = err.loc[0] if err.loc else ""
         number = lines.get(
             key,
             parsed.sections["files"].line
@@ -374,10 +374,10 @@ def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfR
         )
         if key == "post" and "post" in parsed.sections:
             number = parsed.sections["post"].line
-        message = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "literal_error":
-            message = f"{err['input']!r} is not allowed here"
-        name = _HEADER_OF.get(key, "%" + key if key in USED_SECTIONS else ".".join(loc))
+        message = err.problem
+        if err.kind == "literal_error":
+            message = f"{err.input!r} is not allowed here"
+        name = _HEADER_OF.get(key, "%" + key if key in USED_SECTIONS else err.field)
         raise _err(source, number, f"{name}: {message}") from None
 
 

@@ -16,7 +16,13 @@ from pydantic import Field, model_validator
 
 from controller.config.models import HOST_ALLOWED, TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config, is_host
 from controller.core.errors import ConfigError, StoreError
-from controller.core.ids import LABEL_ALLOWED, LABEL_RE
+from controller.core.ids import (
+    VERSION_ID_ALLOWED,
+    check_mac,
+    is_version_id,
+    valid_label,
+    valid_version_id,
+)
 from controller.core.model import Model
 
 # One character class for every word of the command line: it holds nothing
@@ -31,15 +37,8 @@ ARG_ALLOWED = "words of letters, digits and _ . , : = / + @ % ~ ^ ! -"
 PATH_RE = re.compile(r"/[A-Za-z0-9_./+@%~-]*")
 PATH_ALLOWED = "an absolute path of letters, digits and _ . / + @ % ~ -"
 
-VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-VERSION_ALLOWED = "1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
-
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 NAME_ALLOWED = "1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
-
-
-MAC_ALLOWED = "six lowercase hex pairs joined by colons, like aa:bb:cc:dd:ee:ff"
-_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 # Boot files as the TFTP root serves them: <tftp_root>/netroot/<label> links to
 # the active version's files (the store swaps that link).
@@ -82,13 +81,8 @@ class BootTarget(Model):
 
     @model_validator(mode="after")
     def _words_are_safe(self) -> BootTarget:
-        _require(LABEL_RE.fullmatch(self.label) is not None, "label", self.label, LABEL_ALLOWED)
-        _require(
-            VERSION_RE.fullmatch(self.version) is not None,
-            "version id",
-            self.version,
-            VERSION_ALLOWED,
-        )
+        valid_label(self.label)
+        valid_version_id(self.version)
         for host in (self.server, self.mqtt_host):
             _require(host is None or is_host(host), "host", host, HOST_ALLOWED)
         for path in (self.nfs_path, "/" + self.kernel_path, "/" + self.initrd_path):
@@ -98,13 +92,6 @@ class BootTarget(Model):
         for name in self.rootovlcfg:
             _require(NAME_RE.fullmatch(name) is not None, "rootovlcfg name", name, NAME_ALLOWED)
         return self
-
-
-def check_mac(mac: str, source: str = "MAC address") -> str:
-    """Return mac if it is in lowercase colon form, else raise a ConfigError naming it."""
-    if not _MAC_RE.fullmatch(mac):
-        raise ConfigError(source, "mac", f"invalid MAC address {mac!r}", MAC_ALLOWED)
-    return mac
 
 
 def mac_file_id(mac: str) -> str:
@@ -194,9 +181,9 @@ def boot_target(
     label_config = config.label(label)
     if not version:
         raise StoreError(f"label {label!r} has no version to serve: build and activate one first")
-    if not VERSION_RE.fullmatch(version):
+    if not is_version_id(version):
         raise StoreError(
-            f"invalid version id {version!r} for label {label!r} (allowed: {VERSION_ALLOWED})"
+            f"invalid version id {version!r} for label {label!r} (allowed: {VERSION_ID_ALLOWED})"
         )
     source = config.source
     node_server = _check_host(server or config.server, source, "server")

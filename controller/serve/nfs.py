@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError
 from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import StoreError
+from controller.core.ids import is_store_version
 from controller.core.log import get_logger
 from controller.core.model import Model
 from controller.render import ExportSpec, export_specs, render_exports, render_ganesha
@@ -30,7 +31,7 @@ from controller.render.ganesha import EXPORT_ID_LIMIT, export_key
 from controller.store import fsops
 from controller.store import versions as store
 from controller.store.activation import Prepared, Step
-from controller.store.layout import is_version_id, label_paths
+from controller.store.layout import label_paths
 from controller.store.locking import file_lock
 
 log = get_logger("nfs")
@@ -132,7 +133,7 @@ def _read_ids(path: Path) -> ExportIds:
 
 def _exists(config: Config, key: str) -> bool:
     label, _, version = key.partition("/")
-    if not is_version_id(version):
+    if not is_store_version(version):
         return False
     return label_paths(config, label).version(version).is_dir()
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from controller.core import failpoints
 from controller.core.errors import StoreError
+from controller.core.ids import is_store_version
 from controller.store import fsops
 from controller.store import versions as store
 from controller.store.history import Action, Entry
-from controller.store.layout import TMP_MARK, LabelPaths, is_version_id, tmp_name
+from controller.store.layout import TMP_MARK, LabelPaths, tmp_name
 
 
 @dataclass
@@ -221,7 +222,7 @@ def _switch(paths: LabelPaths, action: Action, version: str, render: BootRendere
 def check_version_id(paths: LabelPaths, version: str) -> str:
     """version if it names a committed version of the label, else a StoreError."""
     versions = store.version_ids(paths)
-    if not is_version_id(version) or version not in versions:
+    if not is_store_version(version) or version not in versions:
         known = ", ".join(versions[-5:]) or "none built yet"
         raise StoreError(f"{paths.label}: no version {version!r} in the store (versions: {known})")
     return version

@@ -32,7 +32,8 @@ from typing import Final, TypeVar
 from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import NetrootError
-from controller.events import wire as events
+from controller.events import node_messages as events
+from controller.events.topics import Topics
 from controller.render import BootTarget, boot_target, kernel_cmdline
 from controller.render.cmdline import INITRD_NAME, KERNEL_NAME
 from controller.serve import bootfiles, nfs
@@ -429,7 +430,7 @@ class _Session:
     async def watch_reports(self) -> None:
         """The agent's boot report, as the broker hands it to a subscriber."""
         mqtt = self.config.mqtt
-        topic = events.Topics(mqtt.topic_prefix).node_report(self.outcome.mac)
+        topic = Topics(mqtt.topic_prefix).node_report(self.outcome.mac)
         password = mqtt.password_file.read_text().strip() if mqtt.password_file else None
         argv = mosquitto_sub_argv(mqtt.host, mqtt.port, topic, wait_s=60,
                                   username=mqtt.username, password=password)  # fmt: skip

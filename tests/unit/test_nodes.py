@@ -8,6 +8,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from controller.events.node_events import NodeState, RootMount
+from controller.events.node_messages import NodeReport
 from controller.events.nodes import (
     Activation,
     Booted,
@@ -27,7 +29,6 @@ from controller.events.nodes import (
     transition,
     versions_in_use,
 )
-from controller.events.wire import NodeReport, NodeState, RootMount
 
 MAC = "52:54:00:ab:cd:ef"
 LABEL = "debian12"
