@@ -23,6 +23,7 @@ from controller.cli.output import emit_json, printable, table
 from controller.config.models import Config, load_config
 from controller.core import log as logsetup
 from controller.core.errors import NetrootError
+from controller.core.model import first_error
 from controller.daemon import serve
 from controller.daemon.db import Database, db_path
 from controller.daemon.lock import holder_pid, lock_path
@@ -341,10 +342,8 @@ def cmd_hook_dhcp(args: argparse.Namespace) -> int:
             at=datetime.now(UTC),
         )
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in err["loc"])
-        problem = str(err["msg"]).removeprefix("Value error, ")
-        raise NetrootError(f"hook dhcp: {where}: {problem}") from None
+        err = first_error(exc)
+        raise NetrootError(f"hook dhcp: {err.field}: {err.problem}") from None
     path = write_record(_config(args), record)
     if args.json:
         emit_json({"queued": str(path)})

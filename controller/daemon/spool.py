@@ -28,7 +28,7 @@ from controller.core.log import get_logger
 from controller.core.model import Model
 from controller.daemon.db import Database, Tx
 from controller.daemon.nodebook import NodeBook
-from controller.events.nodes import DhcpLease
+from controller.events.node_inputs import DhcpLease
 from controller.store import fsops
 
 log = get_logger("spool")

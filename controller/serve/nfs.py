@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError
 from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import StoreError
+from controller.core.flock import file_lock
 from controller.core.ids import is_store_version
 from controller.core.log import get_logger
 from controller.core.model import Model
@@ -32,7 +33,6 @@ from controller.store import fsops
 from controller.store import versions as store
 from controller.store.activation import Prepared, Step
 from controller.store.layout import label_paths
-from controller.store.locking import file_lock
 
 log = get_logger("nfs")
 
@@ -301,14 +301,10 @@ def _apply_lock(config: Config) -> contextlib.AbstractContextManager[None]:
 
 
 def _stage_if_changed(prepared: Prepared, path: Path, text: str) -> bool:
-    data = text.encode()
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    prepared.exports.append(Step(fsops.stage_file(path, data), path))
-    return True
+    tmp = fsops.stage_file_if_changed(path, text.encode())
+    if tmp is not None:
+        prepared.exports.append(Step(tmp, path))
+    return tmp is not None
 
 
 def _reload_ganesha(pid_file: Path, config_file: Path, done: Applied) -> None:

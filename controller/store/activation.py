@@ -113,12 +113,8 @@ def placeholder_menu(paths: LabelPaths, version: str) -> Prepared:
     )
     prepared = Prepared()
     with _discard_on_error(prepared):
-        try:
-            unchanged = paths.menu.read_bytes() == text.encode()
-        except OSError:
-            unchanged = False
-        if not unchanged:
-            tmp = fsops.stage_file(paths.menu, text.encode(), durable=False)
+        tmp = fsops.stage_file_if_changed(paths.menu, text.encode(), durable=False)
+        if tmp is not None:
             prepared.menus.append(Step(tmp, paths.menu))
     return prepared
 
@@ -144,13 +140,9 @@ def check_link_slot(link: Path, field_name: str) -> None:
 
 
 def _stage_link(link: Path, target: Path, failpoint: str) -> Step | None:
-    try:
-        if os.readlink(link) == os.fspath(target):
-            return None
-    except OSError:
-        pass
     # Not fsynced: the history line is the durable commit; recovery re-points links.
-    return Step(fsops.stage_symlink(link, target), link, failpoint)
+    tmp = fsops.stage_symlink_if_changed(link, target)
+    return None if tmp is None else Step(tmp, link, failpoint)
 
 
 def publish_boot_files(boot: Path, dest: Path) -> bool:
