@@ -84,8 +84,8 @@ class Offline:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Activation:
-    """A version of the label was activated (or rolled back to)."""
+class VersionChange:
+    """Something happened to a version of a label: every node of the label may be concerned."""
 
     at: datetime
     label: str
@@ -94,13 +94,13 @@ class Activation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LiveEdit:
-    """`netroot shell --live` changed a version's tree in place."""
+class Activation(VersionChange):
+    """A version of the label was activated (or rolled back to)."""
 
-    at: datetime
-    label: str
-    version: str
-    policy: Policy = Policy()
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveEdit(VersionChange):
+    """`netroot shell --live` changed a version's tree in place."""
 
 
 NodeInput: TypeAlias = (

@@ -166,18 +166,22 @@ class _Facts:
     broken: bool
 
 
-def _facts(state: NodeState, event: Reported, **changes: Any) -> _Facts:
-    running = state.state in RUNNING
-    updated = _replace(
+def _told(state: NodeState, event: Reported, **changes: Any) -> NodeState:
+    """The state with what the agent reported folded in."""
+    return _replace(
         state,
         label=event.label,
         version=event.version,
         active_version=event.active_version,
         last_seen=event.at,
-        **{k: v for k, v in changes.items() if v is not None},
+        **changes,
     )
+
+
+def _facts(state: NodeState, event: Reported, **changes: Any) -> _Facts:
+    running = state.state in RUNNING
     return _Facts(
-        updated,
+        _told(state, event, **{k: v for k, v in changes.items() if v is not None}),
         remount_pending=running and state.action == "remount",
         broken=running and state.action == "reboot" and state.version == state.active_version,
     )
@@ -276,16 +280,13 @@ def _booted(state: NodeState, event: Booted) -> Result:
     if state.state in RUNNING and state.boot_id == event.boot_id:
         # The agent restarted within the same boot: nothing was remounted or rebooted.
         return _settle(state, event, _facts(state, event, ip=event.ip))
-    cur = _replace(
+    cur = _told(
         state,
-        label=event.label,
-        version=event.version,
-        active_version=event.active_version,
+        event,
         boot_id=event.boot_id,
         kernel=event.kernel,
         ip=event.ip or state.ip,
         root=event.root,
-        last_seen=event.at,
     )
     booted: Fact = (
         NodeBooted,
