@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from controller.core.errors import ConfigError
-from controller.core.ids import check_label, check_mac, valid_label
+from controller.core.ids import TopicPrefix, check_label, check_mac, valid_label
 from controller.core.model import Model, first_error, read_toml
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ class MqttConfig(Model):
     enabled: bool = True
     host: Host = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
-    topic_prefix: str = Field("netroot", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    topic_prefix: TopicPrefix = "netroot"
     username: str | None = None
     password_file: Path | None = None
     tls: bool = False

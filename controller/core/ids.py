@@ -1,7 +1,9 @@
-"""The names netroot gives things: labels, MACs and version ids. The only place their rules live.
+"""The names netroot uses: labels, MACs, version ids, the topic prefix. The only place their
+rules live.
 
-Each rule has a regular expression, a sentence saying what it allows, a check
-that raises a one-line error, and an Annotated type for pydantic models.
+Each rule is one regular expression; next to it, where callers need them: what
+it allows in words, checks that raise one-line errors, and Annotated types for
+pydantic models.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from controller.core.errors import ConfigError
 
 # --- labels -------------------------------------------------------------------
 
-# A label names a store directory, an export, a topic level and a boot menu:
-# lowercase so two spellings never name the same image on a case-insensitive
-# side, and no '/', '+' or '#', which would change a topic's meaning.
+# A label names a store directory, an export, a topic level and a boot menu
+# entry: no '/', which would be a path or a topic level, nor '+' or '#',
+# which are MQTT wildcards.
 LABEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 LABEL_ALLOWED = "1-63 of a-z 0-9 . _ -, starting with a letter or digit"
 
@@ -43,6 +45,12 @@ def check_label(name: str, source: str = "label", field: str = "label") -> str:
 
 # The schema and messages of event models stay pydantic's pattern check.
 Label = Annotated[str, Field(pattern=f"^{LABEL_RE.pattern}$")]
+
+# --- MQTT topic prefix --------------------------------------------------------
+
+# What every netroot topic starts with: no wildcards, no empty levels.
+TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+TopicPrefix = Annotated[str, Field(pattern=f"^{TOPIC_PREFIX_RE.pattern}$")]
 
 # --- MACs ---------------------------------------------------------------------
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from controller.core.ids import MAC_EXAMPLE, normalize_mac, valid_label
+from controller.core.ids import MAC_EXAMPLE, TOPIC_PREFIX_RE, normalize_mac, valid_label
 
 DEFAULT_PREFIX = "netroot"
-# Same rule as MqttConfig.topic_prefix: no wildcards, no empty levels.
-TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 
 
 def _label_level(label: str) -> str:
