@@ -74,7 +74,7 @@ def test_a_child_dies_with_netroot_even_when_netroot_is_killed(tmp_path: Path) -
     pidfile = tmp_path / "child.pid"
     script = (
         "import sys, time\n"
-        "from controller import proc\n"
+        "from controller.core import proc\n"
         "with proc.background(['sleep', '300']) as child:\n"
         f"    open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
         "    time.sleep(300)\n"
