@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     Field,
@@ -24,30 +22,19 @@ from pydantic import (
 )
 
 from controller.core.errors import ConfigError
-from controller.core.ids import TopicPrefix, check_label, check_mac, valid_label
+from controller.core.ids import Host, TopicPrefix, check_label, check_mac, valid_label
 from controller.core.model import Model, first_error, read_toml
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 BUILTIN = "built-in defaults"
 
 
-HOST_ALLOWED = "an IPv4 or IPv6 address or a host name"
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
 CLIENTS_ALLOWED = "networks like 10.0.2.0/24, or '*' written explicitly"
 # <tftp_root>/TFTP_LINK_DIR/<label> links to the active version's boot files,
 # which live in TFTP_VERSIONS_DIR/<label>/<version>/ (controller.store.activation).
 # Labels cannot start with "_", so the name never clashes with a label's link.
 TFTP_LINK_DIR = "netroot"
 TFTP_VERSIONS_DIR = f"{TFTP_LINK_DIR}/_versions"
-
-
-def is_host(host: str) -> bool:
-    """True for an IP address or a DNS host name."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return len(host) <= 253 and _HOSTNAME_RE.fullmatch(host) is not None
-    return True
 
 
 def client_network_problem(net: str) -> str | None:
@@ -70,15 +57,6 @@ def _split_args(value: Any) -> Any:
 
 
 ArgList = Annotated[tuple[str, ...], BeforeValidator(_split_args)]
-
-
-def _host(value: str) -> str:
-    if not is_host(value):
-        raise ValueError(f"invalid host {value!r} (allowed: {HOST_ALLOWED})")
-    return value
-
-
-Host = Annotated[str, AfterValidator(_host)]
 
 
 class MqttConfig(Model):

@@ -1,5 +1,5 @@
-"""The names netroot uses: labels, MACs, version ids, the topic prefix. The only place their
-rules live.
+"""The names netroot uses: labels, hosts, the topic prefix, MACs, version ids. The only
+place their rules live.
 
 Each rule is one regular expression; next to it, where callers need them: what
 it allows in words, checks that raise one-line errors, and Annotated types for
@@ -8,6 +8,7 @@ pydantic models.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated
 
@@ -45,6 +46,37 @@ def check_label(name: str, source: str = "label", field: str = "label") -> str:
 
 # The schema and messages of event models stay pydantic's pattern check.
 Label = Annotated[str, Field(pattern=f"^{LABEL_RE.pattern}$")]
+
+# --- hosts --------------------------------------------------------------------
+
+HOST_ALLOWED = "an IPv4 or IPv6 address or a host name"
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
+
+
+def is_host(host: str) -> bool:
+    """True for an IP address or a DNS host name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return len(host) <= 253 and _HOSTNAME_RE.fullmatch(host) is not None
+    return True
+
+
+def valid_host(host: str) -> str:
+    """host if it is an address or a host name, else a ValueError (for model validators)."""
+    if not is_host(host):
+        raise ValueError(f"invalid host {host!r} (allowed: {HOST_ALLOWED})")
+    return host
+
+
+def check_host(host: str, source: str, field: str) -> str:
+    """host if it is an address or a host name, else a ConfigError naming it."""
+    if not is_host(host):
+        raise ConfigError(source, field, f"invalid host {host!r}", HOST_ALLOWED)
+    return host
+
+
+Host = Annotated[str, AfterValidator(valid_host)]
 
 # --- MQTT topic prefix --------------------------------------------------------
 

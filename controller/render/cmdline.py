@@ -14,11 +14,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from controller.config.models import HOST_ALLOWED, TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config, is_host
+from controller.config.models import TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config
 from controller.core.errors import ConfigError, StoreError
 from controller.core.ids import (
+    HOST_ALLOWED,
     VERSION_ID_ALLOWED,
+    check_host,
     check_mac,
+    is_host,
     is_version_id,
     valid_label,
     valid_version_id,
@@ -108,12 +111,6 @@ def host_in_url(host: str) -> str:
     return f"[{host}]" if address.version == 6 else host
 
 
-def _check_host(host: str, source: str, field: str) -> str:
-    if not is_host(host):
-        raise ConfigError(source, field, f"invalid host {host!r}", HOST_ALLOWED)
-    return host
-
-
 def _is_local(host: str) -> bool:
     if host == "localhost":
         return True
@@ -152,7 +149,7 @@ def _nfs_path(config: Config, label: str, version: str, nfs: NfsServer | None) -
 
 def _node_broker(config: Config, node_server: str, override: str | None) -> str | None:
     if override is not None:
-        return _check_host(override, config.source, "mqtt.host")
+        return check_host(override, config.source, "mqtt.host")
     if not config.mqtt.enabled:
         return None  # no broker: tell the agent none rather than a dead address
     # The controller's own broker address is often loopback, which a node
@@ -160,7 +157,7 @@ def _node_broker(config: Config, node_server: str, override: str | None) -> str 
     # everything else (DESIGN.md section 8, `server`).
     if _is_local(config.mqtt.host):
         return node_server
-    return _check_host(config.mqtt.host, config.source, "mqtt.host")
+    return check_host(config.mqtt.host, config.source, "mqtt.host")
 
 
 def boot_target(
@@ -186,7 +183,7 @@ def boot_target(
             f"invalid version id {version!r} for label {label!r} (allowed: {VERSION_ID_ALLOWED})"
         )
     source = config.source
-    node_server = _check_host(server or config.server, source, "server")
+    node_server = check_host(server or config.server, source, "server")
     extra = _split_cmdline(label_config.extra_cmdline, source, f"labels.{label}.extra_cmdline")
     for name in label_config.rootovlcfg:
         if not NAME_RE.fullmatch(name):
