@@ -18,8 +18,7 @@ from controller.cli.store_cmds import LabelOptions
 from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import NetrootError
-from controller.core.ids import check_label
-from controller.events.wire import normalize_mac
+from controller.core.ids import check_label, normalize_mac
 from controller.recipes import load_recipe
 from controller.render import (
     boot_target,

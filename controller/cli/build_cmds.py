@@ -17,7 +17,7 @@ from controller.cli.output import Progress, emit_json, human_size, table
 from controller.cli.store_cmds import label_of, waiting
 from controller.core.errors import BuildError
 from controller.daemon.announce import Announcer
-from controller.events.wire import BuildKind
+from controller.events.payloads import BuildKind
 from controller.recipes import load_recipe
 from controller.serve import publish
 from controller.store import activation

@@ -26,12 +26,14 @@ from controller.config.models import BUILTIN, Config, load_config
 from controller.core import log as logsetup
 from controller.core import shipped
 from controller.core.errors import NetrootError
+from controller.core.model import first_error
 from controller.daemon import serve
 from controller.daemon.db import Database, db_path
 from controller.daemon.lock import holder_pid, lock_path
 from controller.daemon.mqtt import BrokerLink, Message
 from controller.daemon.spool import DhcpRecord, write_record
-from controller.events.wire import Envelope, Topics, json_schemas
+from controller.events.envelope import Envelope, json_schemas
+from controller.events.topics import Topics
 
 DHCP_IGNORED = ("del", "init", "tftp", "arp", "arp-del", "relay-snoop")
 
@@ -366,10 +368,8 @@ def cmd_hook_dhcp(opts: DhcpHookOptions) -> int:
             at=datetime.now(UTC),
         )
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in err["loc"])
-        problem = str(err["msg"]).removeprefix("Value error, ")
-        raise NetrootError(f"hook dhcp: {where}: {problem}") from None
+        err = first_error(exc)
+        raise NetrootError(f"hook dhcp: {err.field}: {err.problem}") from None
     path = write_record(load(opts), record)
     if opts.json:
         emit_json({"queued": str(path)})

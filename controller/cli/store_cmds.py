@@ -20,7 +20,7 @@ from controller.core.errors import StoreError
 from controller.core.ids import check_label
 from controller.daemon.announce import STAMP_FORMAT, Announcer
 from controller.daemon.db import NodeGuard, db_path
-from controller.events.wire import ActivationReason
+from controller.events.payloads import ActivationReason
 from controller.serve import publish
 from controller.store import activation, gc, treeindex
 from controller.store import versions as store

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     Field,
@@ -27,29 +24,18 @@ from pydantic import (
 
 from controller.core import shipped
 from controller.core.errors import ConfigError
-from controller.core.ids import LABEL_ALLOWED, LABEL_RE, MAC_ALLOWED, MAC_RE, check_label
-from controller.core.model import Model
+from controller.core.ids import Host, TopicPrefix, check_label, check_mac, valid_label
+from controller.core.model import Model, first_error, read_toml
 
 BUILTIN = "built-in defaults"
 
 
-HOST_ALLOWED = "an IPv4 or IPv6 address or a host name"
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
 CLIENTS_ALLOWED = "networks like 10.0.2.0/24, or '*' written explicitly"
 # <tftp_root>/TFTP_LINK_DIR/<label> links to the active version's boot files,
 # which live in TFTP_VERSIONS_DIR/<label>/<version>/ (controller.store.activation).
 # Labels cannot start with "_", so the name never clashes with a label's link.
 TFTP_LINK_DIR = "netroot"
 TFTP_VERSIONS_DIR = f"{TFTP_LINK_DIR}/_versions"
-
-
-def is_host(host: str) -> bool:
-    """True for an IP address or a DNS host name."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return len(host) <= 253 and _HOSTNAME_RE.fullmatch(host) is not None
-    return True
 
 
 def client_network_problem(net: str) -> str | None:
@@ -74,22 +60,13 @@ def _split_args(value: Any) -> Any:
 ArgList = Annotated[tuple[str, ...], BeforeValidator(_split_args)]
 
 
-def _host(value: str) -> str:
-    if not is_host(value):
-        raise ValueError(f"invalid host {value!r} (allowed: {HOST_ALLOWED})")
-    return value
-
-
-Host = Annotated[str, AfterValidator(_host)]
-
-
 class MqttConfig(Model):
     """Broker connection for events; disabled means events stay in the outbox and the log."""
 
     enabled: bool = True
     host: Host = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
-    topic_prefix: str = Field("netroot", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    topic_prefix: TopicPrefix = "netroot"
     username: str | None = None
     password_file: Path | None = None
     tls: bool = False
@@ -183,8 +160,7 @@ class LabelConfig(Model):
     @classmethod
     def _overlay_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         for name in value or ():
-            if not LABEL_RE.fullmatch(name):
-                raise ValueError(f"invalid overlay name {name!r}; allowed: {LABEL_ALLOWED}")
+            valid_label(name, "overlay name")
         return value
 
 
@@ -306,16 +282,10 @@ def builtin_paths() -> dict[str, Path]:
 
 
 def _first_error(exc: ValidationError, source: str, model: type[BaseModel]) -> ConfigError:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    field = ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        allowed = ", ".join(_fields_at(model, loc[:-1]))
-        return ConfigError(source, field, "unknown field", allowed)
-    if err["type"] == "missing":
-        return ConfigError(source, field, "required field is missing")
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return ConfigError(source, field, msg)
+    err = first_error(exc)
+    unknown = err.kind == "extra_forbidden"
+    allowed = ", ".join(_fields_at(model, list(err.loc[:-1]))) if unknown else ""
+    return ConfigError(source, err.field, err.in_file, allowed)
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
@@ -414,8 +384,7 @@ def _check_nodes(config: Config) -> None:
     """Per-MAC overrides: canonical MAC keys, each naming a configured label."""
     for mac, node in config.nodes.items():
         field = f'nodes."{mac}"'
-        if not MAC_RE.fullmatch(mac):
-            raise ConfigError(config.source, field, f"invalid MAC address {mac!r}", MAC_ALLOWED)
+        check_mac(mac, config.source, field)
         if node.label not in config.labels:
             known = ", ".join(sorted(config.labels)) or "none configured"
             problem = f"label {node.label!r} is not configured"
@@ -430,16 +399,7 @@ def load_config(path: Path | None = None) -> Config:
         paths = builtin_paths()
         data = {**paths, "labels": DEFAULT_LABELS}
         return parse_config(data, source=BUILTIN, root=paths["state_dir"])
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(str(path), "", "config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), "", f"invalid TOML: {exc}") from None
-    except RecursionError:
-        raise ConfigError(str(path), "", "invalid TOML: nested too deeply") from None
+    data = read_toml(path, "config file")
     try:
         return parse_config(data, source=str(path), root=path.resolve().parent)
     except (TypeError, ValueError, RecursionError) as exc:

@@ -142,31 +142,20 @@ def run(
         sink.write(f"$ {shlex.join(args)}\n".encode())
         sink.flush()
         out = sink
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.PIPE if sink is None else subprocess.STDOUT,
-            env=base_env(env),
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=_child_setup(),  # noqa: PLW1509 (see _child_setup)
-        )
-    except FileNotFoundError as exc:
-        if sink is not None:
-            sink.close()
-        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+    proc = _spawn(
+        args,
+        sink,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.PIPE if sink is None else subprocess.STDOUT,
+        env=base_env(env),
+        cwd=cwd,
+    )
     try:
         stdout_b, stderr_b = proc.communicate(stdin, timeout=timeout)
     except BaseException:
         # Interrupted (Ctrl-C, timeout, exception in a thread): take the group down.
-        _kill_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop_group(proc)
         raise
     finally:
         if sink is not None:
@@ -177,6 +166,51 @@ def run(
         detail = file_tail(log_file) if log_file is not None else tail(stderr or stdout)
         raise ProcessError(args, proc.returncode, detail)
     return Completed(args, proc.returncode, stdout, stderr)
+
+
+def _not_found(args: list[str]) -> ProcessError:
+    return ProcessError(args, 127, f"{args[0]}: command not found")
+
+
+_Stream: TypeAlias = IO[bytes] | int | None
+
+
+def _spawn(
+    args: list[str],
+    sink: IO[bytes] | None,
+    *,
+    stdin: _Stream,
+    stdout: _Stream,
+    stderr: _Stream,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start args in a new session (its own process group); sink is closed if it cannot start."""
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_child_setup(),  # noqa: PLW1509 (see _child_setup)
+        )
+    except FileNotFoundError as exc:
+        if sink is not None:
+            sink.close()
+        raise _not_found(args) from exc
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, SIGKILL after a grace; reap the leader."""
+    _kill_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @contextlib.contextmanager
@@ -196,29 +230,18 @@ def background(
     args = to_argv(argv)
     log.debug("background", cmd=shlex.join(args))
     sink = log_file.open("ab") if log_file is not None else None
-    try:
-        child = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if pipe_stdout else sink,
-            stderr=sink,
-            env=base_env(env),
-            start_new_session=True,
-            preexec_fn=_child_setup(),  # noqa: PLW1509 (see _child_setup)
-        )
-    except FileNotFoundError as exc:
-        if sink is not None:
-            sink.close()
-        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+    child = _spawn(
+        args,
+        sink,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if pipe_stdout else sink,
+        stderr=sink,
+        env=base_env(env),
+    )
     try:
         yield child
     finally:
-        _kill_group(child.pid, signal.SIGTERM)
-        try:
-            child.wait(_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            _kill_group(child.pid, signal.SIGKILL)
-            child.wait()
+        _stop_group(child)
         if sink is not None:
             sink.close()
         if child.stdout is not None:
@@ -242,7 +265,7 @@ def run_interactive(argv: Sequence[Arg], *, env: Mapping[str, str] | None = None
             setup = _child_setup()
             child = subprocess.Popen(args, env=base_env(env), preexec_fn=setup)  # noqa: PLW1509
         except FileNotFoundError as exc:
-            raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+            raise _not_found(args) from exc
         try:
             returncode = child.wait()
         except BaseException:
@@ -295,7 +318,7 @@ async def arun(
             preexec_fn=_child_setup(),
         )
     except FileNotFoundError as exc:
-        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+        raise _not_found(args) from exc
     try:
         stdout_b, stderr_b = await proc.communicate(stdin)
     except asyncio.CancelledError:

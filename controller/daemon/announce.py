@@ -25,7 +25,7 @@ from controller.core.errors import StoreError
 from controller.daemon.builds import BuildRow
 from controller.daemon.db import Closing, Database, DatabaseError, Tx, db_path
 from controller.daemon.emit import Emitter
-from controller.events.wire import (
+from controller.events.payloads import (
     Activated,
     ActivationReason,
     BuildFailed,
@@ -34,9 +34,9 @@ from controller.events.wire import (
     BuildSucceeded,
     Pruned,
     RolledBack,
-    Topics,
     VersionSummary,
 )
+from controller.events.topics import Topics
 from controller.store import history
 from controller.store import versions as store
 from controller.store.layout import LabelPaths

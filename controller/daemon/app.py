@@ -36,7 +36,9 @@ from controller.daemon.publisher import IndexKeeper, NodeTracker, Publisher, Sta
 from controller.daemon.scheduler import BuildScheduler
 from controller.daemon.spool import SpoolListener
 from controller.daemon.watch import Watcher, recipe_dependencies, watch_specs
-from controller.events.wire import MAX_REPORT_BYTES, ConfigRejected, ConfigReloaded, Topics
+from controller.events.node_messages import MAX_REPORT_BYTES
+from controller.events.payloads import ConfigRejected, ConfigReloaded
+from controller.events.topics import Topics
 from controller.serve import publish
 
 log = get_logger("daemon")

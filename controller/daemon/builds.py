@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from controller.events.wire import VersionSummary
+from controller.events.payloads import VersionSummary
 
 BuildState = Literal["queued", "running", "succeeded", "failed", "interrupted"]
 MAX_PATHS = 100  # what BuildStarted carries

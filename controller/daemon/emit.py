@@ -13,19 +13,18 @@ from controller.core.log import get_logger
 from controller.daemon.db import Tx
 from controller.daemon.mqtt import Message
 from controller.daemon.outbox import OutboxRow
+from controller.events.envelope import CONTENT_TYPE, envelope_json
+from controller.events.node_events import NodeState
+from controller.events.node_messages import COMMAND_EXPIRY_S
 from controller.events.nodes import Effect, PublishEvent, PublishState, SendCommand
-from controller.events.wire import (
-    COMMAND_EXPIRY_S,
-    CONTENT_TYPE,
+from controller.events.payloads import (
     ControllerStatus,
     ImageEventData,
     ImageState,
-    NodeState,
     Payload,
     StateIndex,
-    Topics,
-    envelope_json,
 )
+from controller.events.topics import Topics
 
 log = get_logger("events")
 

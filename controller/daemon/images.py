@@ -25,7 +25,7 @@ from controller.daemon.builds import LabelRow
 from controller.daemon.db import Database, Tx
 from controller.daemon.emit import Emitter
 from controller.daemon.nodebook import NodeBook
-from controller.events.wire import ImageState, Pruned, VersionSummary
+from controller.events.payloads import ImageState, Pruned, VersionSummary
 from controller.store import history, liveedits
 from controller.store import versions as store
 from controller.store.layout import LabelPaths, label_paths

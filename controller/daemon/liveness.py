@@ -18,7 +18,8 @@ from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.mqtt import BrokerLink
 from controller.events.liveness import Resync, expired, last_seen_due, silent
-from controller.events.nodes import RUNNING, Offline
+from controller.events.node_inputs import Offline
+from controller.events.nodes import RUNNING
 
 log = get_logger("liveness")
 

@@ -13,24 +13,22 @@ from controller.daemon.db import Database, Tx
 from controller.daemon.emit import Emitter
 from controller.daemon.mqtt import Message
 from controller.events.liveness import HeldWill, WillGate
-from controller.events.nodes import (
+from controller.events.node_events import NodeState
+from controller.events.node_inputs import (
     Activation,
-    Effect,
     LiveEdit,
     NodeInput,
     Offline,
     Policy,
-    PublishState,
     report_input,
-    transition,
 )
-from controller.events.wire import (
+from controller.events.node_messages import (
     NodeCommand,
     NodeMessageError,
     NodeReport,
-    NodeState,
     parse_node_message,
 )
+from controller.events.nodes import Effect, PublishState, transition
 
 REJECT_LOG_BURST = 20  # rejected-message lines logged per window
 REJECT_LOG_WINDOW_S = 60.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from controller.events.wire import NodeState
+from controller.events.node_events import NodeState
 
 # One buffered nodes row: mac, label, state, data (the NodeState as JSON), updated_at.
 NodeRow = tuple[str, str | None, str, str, float]

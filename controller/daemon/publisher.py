@@ -15,7 +15,7 @@ from controller.daemon.db import Database
 from controller.daemon.emit import Emitter, Health
 from controller.daemon.mqtt import BrokerLink, LinkDown, Message
 from controller.daemon.nodebook import NodeBook
-from controller.events.wire import StateIndex
+from controller.events.payloads import StateIndex
 
 if TYPE_CHECKING:
     from controller.daemon.scheduler import BuildScheduler

@@ -33,7 +33,7 @@ from controller.daemon.catchup import stale_labels
 from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.images import LabelBusy
-from controller.events.wire import BuildFailed, BuildKind, BuildSucceeded
+from controller.events.payloads import BuildFailed, BuildKind, BuildSucceeded
 from controller.store import versions as store
 from controller.store.layout import label_paths
 from controller.store.manifest import Manifest

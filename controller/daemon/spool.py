@@ -22,13 +22,13 @@ from typing import Literal
 from pydantic import AwareDatetime, Field, IPvAnyAddress, ValidationError
 
 from controller.config.models import Config
+from controller.core.ids import Mac
 from controller.core.log import get_logger
 from controller.core.model import Model
 from controller.daemon.components import Component
 from controller.daemon.db import Database, Tx
 from controller.daemon.nodebook import NodeBook
-from controller.events.nodes import DhcpLease
-from controller.events.wire import Mac
+from controller.events.node_inputs import DhcpLease
 from controller.store import fsops
 
 log = get_logger("spool")

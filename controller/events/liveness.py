@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
 
+from controller.events.node_events import NodeState
 from controller.events.nodes import RUNNING
-from controller.events.wire import NodeState
 
 # A will within this many seconds of our own disconnect or reconnect is suspect.
 # Also how long every will waits before it counts: the disconnect that explains it

@@ -21,182 +21,35 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeAlias, TypeVar, assert_never
 
-from controller.events.wire import (
+from controller.events.node_events import (
     NodeBooted,
-    NodeCommand,
     NodeCurrent,
     NodeDhcp,
     NodeEventData,
     NodeLost,
     NodeRemounted,
     NodeRemountRequested,
-    NodeReport,
     NodeStale,
     NodeState,
-    RootMount,
-    StaleAction,
 )
+from controller.events.node_inputs import (
+    Activation,
+    Booted,
+    DhcpLease,
+    Heartbeat,
+    LiveEdit,
+    NodeInput,
+    Offline,
+    RemountResult,
+    Reported,
+    StaleHandle,
+)
+from controller.events.node_messages import NodeCommand
+from controller.events.payloads import StaleAction
 
-IPAddress: TypeAlias = IPv4Address | IPv6Address
 RUNNING = frozenset({"up", "stale"})  # the agent reported, so we know what the node runs
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """What the controller may do to a label's stale nodes on its own."""
-
-    auto_remount: bool = True
-    auto_reboot: bool = False  # a reboot kills jobs: only when the admin configured it
-
-
-# --- inputs -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DhcpLease:
-    """The DHCP hook saw a lease; firmware means PXE/UEFI asked, i.e. a boot starts."""
-
-    at: datetime
-    ip: IPAddress
-    firmware: bool
-    hostname: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Booted:
-    """The agent's boot report."""
-
-    at: datetime
-    label: str
-    version: str
-    boot_id: str
-    active_version: str | None
-    policy: Policy = Policy()
-    kernel: str | None = None
-    ip: IPAddress | None = None
-    root: RootMount | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Heartbeat:
-    """The agent's periodic report."""
-
-    at: datetime
-    label: str
-    version: str
-    active_version: str | None
-    policy: Policy = Policy()
-    ip: IPAddress | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RemountResult:
-    """The agent ran `mount -o remount /` and says how it went."""
-
-    at: datetime
-    ok: bool
-    label: str
-    version: str
-    active_version: str | None
-    policy: Policy = Policy()
-    error: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StaleHandle:
-    """The agent found / answering ESTALE."""
-
-    at: datetime
-    label: str
-    version: str
-    active_version: str | None
-    policy: Policy = Policy()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Offline:
-    """The node's will fired, or its agent stopped cleanly, or it fell silent."""
-
-    at: datetime
-    boot_id: str | None = None
-    reason: str = "offline"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Activation:
-    """A version of the label was activated (or rolled back to)."""
-
-    at: datetime
-    label: str
-    version: str
-    policy: Policy = Policy()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LiveEdit:
-    """`netroot shell --live` changed a version's tree in place."""
-
-    at: datetime
-    label: str
-    version: str
-    policy: Policy = Policy()
-
-
-NodeInput: TypeAlias = (
-    DhcpLease | Booted | Heartbeat | RemountResult | StaleHandle | Offline | Activation | LiveEdit
-)
-
-
-def report_input(
-    report: NodeReport, *, at: datetime, active_version: str | None, policy: Policy
-) -> NodeInput:
-    """The state-machine input for a validated agent report."""
-    # NodeReport's validator guarantees the fields each kind needs; the
-    # `or ""` only satisfies the type checker.
-    label, version = report.label or "", report.version or ""
-    match report.kind:
-        case "boot":
-            return Booted(
-                at=at,
-                label=label,
-                version=version,
-                boot_id=report.boot_id or "",
-                active_version=active_version,
-                policy=policy,
-                kernel=report.kernel,
-                ip=report.ip,
-                root=report.root,
-            )
-        case "heartbeat" if report.stale_handle:
-            return StaleHandle(
-                at=at, label=label, version=version, active_version=active_version, policy=policy
-            )
-        case "heartbeat":
-            return Heartbeat(
-                at=at,
-                label=label,
-                version=version,
-                active_version=active_version,
-                policy=policy,
-                ip=report.ip,
-            )
-        case "remount_result":
-            return RemountResult(
-                at=at,
-                ok=bool(report.ok),
-                label=label,
-                version=version,
-                active_version=active_version,
-                policy=policy,
-                error=report.error,
-            )
-        case "offline":
-            return Offline(at=at, boot_id=report.boot_id, reason="agent went offline")
-        case _:
-            assert_never(report.kind)
 
 
 # --- effects ------------------------------------------------------------------
@@ -313,20 +166,22 @@ class _Facts:
     broken: bool
 
 
-def _facts(
-    state: NodeState, event: Booted | Heartbeat | RemountResult | StaleHandle, **changes: Any
-) -> _Facts:
-    running = state.state in RUNNING
-    updated = _replace(
+def _told(state: NodeState, event: Reported, **changes: Any) -> NodeState:
+    """The state with what the agent reported folded in."""
+    return _replace(
         state,
         label=event.label,
         version=event.version,
         active_version=event.active_version,
         last_seen=event.at,
-        **{k: v for k, v in changes.items() if v is not None},
+        **changes,
     )
+
+
+def _facts(state: NodeState, event: Reported, **changes: Any) -> _Facts:
+    running = state.state in RUNNING
     return _Facts(
-        updated,
+        _told(state, event, **{k: v for k, v in changes.items() if v is not None}),
         remount_pending=running and state.action == "remount",
         broken=running and state.action == "reboot" and state.version == state.active_version,
     )
@@ -334,7 +189,7 @@ def _facts(
 
 def _settle(
     old: NodeState,
-    event: Booted | Heartbeat | RemountResult | StaleHandle | Activation | LiveEdit,
+    event: Reported | Activation | LiveEdit,
     facts: _Facts,
     *,
     reason: str = "",
@@ -388,7 +243,9 @@ def _settle(
     return _finish(old, new, effects)
 
 
-def _since(old: NodeState, phase: str, action: str | None, event: NodeInput) -> datetime | None:
+def _since(
+    old: NodeState, phase: str, action: str | None, event: NodeInput | Reported
+) -> datetime | None:
     unchanged = old.state == phase and old.action == action
     return old.since if unchanged else event.at
 
@@ -423,16 +280,13 @@ def _booted(state: NodeState, event: Booted) -> Result:
     if state.state in RUNNING and state.boot_id == event.boot_id:
         # The agent restarted within the same boot: nothing was remounted or rebooted.
         return _settle(state, event, _facts(state, event, ip=event.ip))
-    cur = _replace(
+    cur = _told(
         state,
-        label=event.label,
-        version=event.version,
-        active_version=event.active_version,
+        event,
         boot_id=event.boot_id,
         kernel=event.kernel,
         ip=event.ip or state.ip,
         root=event.root,
-        last_seen=event.at,
     )
     booted: Fact = (
         NodeBooted,

@@ -25,45 +25,26 @@ plaintext password to passwd.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from controller.core.errors import RecipeError
+from controller.core.model import first_error
 from controller.recipes import distros
+from controller.recipes.def_syntax import (
+    BOOTSTRAPS,
+    USED_SECTIONS,
+    Parsed,
+    Section,
+    def_error,
+    header_line,
+    header_value,
+    split_def,
+)
 from controller.recipes.models import DefRecipe, DnfRecipe, MmdebstrapRecipe
 
-BOOTSTRAPS = ("yum", "dnf", "debootstrap")
-HEADER_KEYS = ("Bootstrap", "OSVersion", "MirrorURL", "UpdateURL", "Include", "GPG")
-# Singularity's other header keywords: other bootstrap agents' or yum tuning
-OTHER_KEYS = (
-    "From",
-    "IncludeCmd",
-    "Library",
-    "Registry",
-    "Namespace",
-    "Stage",
-    "Product",
-    "User",
-    "Regcode",
-    "ProductPGP",
-    "RegisterURL",
-    "Modules",
-    "Fingerprints",
-    "SetOpt",
-)
-_DISTRO_COMMENT = re.compile(r"#\s*netroot-distro\s*:\s*(\S+)\s*", re.IGNORECASE)
-USED_SECTIONS = ("setup", "post", "files", "environment")
-IGNORED_SECTIONS = {
-    "runscript": "a diskless node has no container entry point",
-    "startscript": "a diskless node starts its services with systemd",
-    "test": "test the node by booting it (netroot boot)",
-    "labels": "labels are container metadata",
-    "help": "help text is container metadata",
-    "pre": "%pre is gone from Singularity 3 too; use %setup",
-}
 RPM_DISTROS = ("rocky", "alma", "centos-stream", "centos", "fedora")
 # words in a MirrorURL that name the distribution, in the order they are tried
 # ("centos" is CentOS Linux for its releases, 7 and 8, else CentOS Stream)
@@ -85,170 +66,13 @@ _HEADER_OF = {
     "files": "%files",
     "post": "%post",
 }
-_SECTION_RE = re.compile(r"%([A-Za-z]+)\b(.*)")
-_HEADER_RE = re.compile(r"([A-Za-z][A-Za-z0-9_-]*)\s*:\s*(.*)")
-
-
-@dataclass
-class _Section:
-    name: str
-    line: int  # of the %name line
-    body: list[str] = field(default_factory=list)
-
-    def text(self) -> str:
-        """The body with surrounding blank lines dropped, ending in a newline."""
-        lines = list(self.body)
-        while lines and not lines[0].strip():
-            lines.pop(0)
-        while lines and not lines[-1].strip():
-            lines.pop()
-        return "\n".join(lines) + "\n" if lines else ""
-
-
-@dataclass
-class _Parsed:
-    header: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, line)
-    sections: dict[str, _Section] = field(default_factory=dict)
-    notices: list[str] = field(default_factory=list)
-
-
-def _err(source: str, line: int, problem: str, allowed: str = "") -> RecipeError:
-    return RecipeError(f"{source}:{line}", "", problem, allowed)
-
-
-def _split(text: str, source: str) -> _Parsed:
-    """Header lines and sections, with their line numbers."""
-    parsed = _Parsed()
-    current: _Section | None = None
-    ended: int | None = None  # line of a %end that closed the last section
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.rstrip("\r")
-        stripped = line.strip()
-        match = _SECTION_RE.fullmatch(stripped)
-        name = match.group(1).lower() if match else ""
-        if match and name == "end":
-            _end(parsed, current, match.group(2).strip(), number, source)
-            current, ended = None, number
-            continue
-        known = name in USED_SECTIONS or name in IGNORED_SECTIONS or name.startswith("app")
-        if match and (known or not line[:1].isspace()):
-            if not known:
-                raise _err(
-                    source,
-                    number,
-                    f"unknown section %{match.group(1)}",
-                    ", ".join(f"%{s}" for s in (*USED_SECTIONS, *IGNORED_SECTIONS)),
-                )
-            current, ended = _section(parsed, name, match.group(2).strip(), number, source), None
-            continue
-        if current is not None:
-            current.body.append(line)
-            continue
-        if ended is not None and stripped and not stripped.startswith("#"):
-            raise _err(
-                source,
-                number,
-                f"text after %end (line {ended}) outside any section",
-                "a %section line, a comment or a blank line",
-            )
-        _header_line(parsed, stripped, number, source)
-    if "Bootstrap" not in parsed.header:
-        raise _err(source, 1, "no `Bootstrap:` header", ", ".join(BOOTSTRAPS))
-    return parsed
-
-
-def _header_line(parsed: _Parsed, stripped: str, number: int, source: str) -> None:
-    """One line before the first section: `Key: value` (any case), a comment or blank."""
-    canonical = {k.lower(): k for k in HEADER_KEYS}
-    if distro := _DISTRO_COMMENT.fullmatch(stripped):
-        parsed.header["Distro"] = (distro.group(1), number)
-        return
-    if not stripped or stripped.startswith("#"):
-        return
-    head = _HEADER_RE.fullmatch(stripped)
-    if head is None:
-        raise _err(
-            source,
-            number,
-            f"expected a header line `Key: value` or a %section, found {stripped[:60]!r}",
-        )
-    key = canonical.get(head.group(1).lower())
-    other = head.group(1).lower() in {k.lower() for k in OTHER_KEYS} or head.group(
-        1
-    ).lower().startswith("otherurl")
-    if key is None and other:
-        parsed.notices.append(
-            f"{source}:{number}: {head.group(1)} ignored (not used by netroot's builder)"
-        )
-        return
-    if key is None:
-        raise _err(
-            source,
-            number,
-            f"unknown header keyword {head.group(1)!r}",
-            ", ".join(HEADER_KEYS + OTHER_KEYS),
-        )
-    if key in parsed.header:
-        raise _err(source, number, f"{key} given twice (first on line {parsed.header[key][1]})")
-    if "Bootstrap" not in parsed.header and key != "Bootstrap":
-        raise _err(source, number, "the header must start with `Bootstrap:`")
-    parsed.header[key] = (head.group(2).strip(), number)
-
-
-def _end(parsed: _Parsed, current: _Section | None, args: str, number: int, source: str) -> None:
-    """A kickstart-style %end: the section ends here rather than at the next one."""
-    if current is None or args:
-        raise _err(
-            source,
-            number,
-            "%end outside a section"
-            if current is None
-            else f"%end {args}: %end takes no arguments",
-        )
-    parsed.notices.append(
-        f"{source}:{number}: %end closes %{current.name} (a kickstart "
-        "habit; sections end at the next %section line)"
-    )
-
-
-def _section(parsed: _Parsed, name: str, args: str, number: int, source: str) -> _Section:
-    section = _Section(name, number)
-    if name in USED_SECTIONS:
-        if args:
-            raise _err(
-                source,
-                number,
-                f"%{name} {args}: section arguments are not supported "
-                f"(%post runs with /bin/sh -e, %files copies from the build host)",
-            )
-        if name in parsed.sections:
-            raise _err(
-                source,
-                number,
-                f"a second %{name} section (the first is on line {parsed.sections[name].line})",
-            )
-        parsed.sections[name] = section
-    else:
-        why = IGNORED_SECTIONS.get(name, "apps are a container feature")
-        parsed.notices.append(f"{source}:{number}: %{name} ignored ({why})")
-    return section
-
-
-def _value(parsed: _Parsed, key: str, osversion: str) -> str | None:
-    if key not in parsed.header:
-        return None
-    return parsed.header[key][0].replace("%{OSVERSION}", osversion)
-
-
-def _line(parsed: _Parsed, key: str) -> int:
-    return parsed.header.get(key, ("", parsed.header["Bootstrap"][1]))[1]
 
 
 def _deb_distro(release: str, source: str, line: int) -> str:
     for name in ("debian", "ubuntu"):
         if release in distros.DISTROS[name].releases:
             return name
-    raise _err(
+    raise def_error(
         source,
         line,
         f"OSVersion {release!r} is not a Debian or Ubuntu release",
@@ -257,13 +81,13 @@ def _deb_distro(release: str, source: str, line: int) -> str:
     )
 
 
-def _rpm_distro(parsed: _Parsed, mirror: str | None, source: str) -> str:
+def _rpm_distro(parsed: Parsed, mirror: str | None, source: str) -> str:
     if "Distro" in parsed.header:
         name = parsed.header["Distro"][0].lower()
         if name not in RPM_DISTROS:
-            raise _err(
+            raise def_error(
                 source,
-                _line(parsed, "Distro"),
+                header_line(parsed, "Distro"),
                 f"netroot-distro {name!r} is not built with dnf",
                 ", ".join(RPM_DISTROS),
             )
@@ -275,15 +99,15 @@ def _rpm_distro(parsed: _Parsed, mirror: str | None, source: str) -> str:
             if name == "centos-stream" and release in linux and "stream" not in mirror.lower():
                 return "centos"
             return name
-    raise _err(
+    raise def_error(
         source,
-        _line(parsed, "MirrorURL"),
+        header_line(parsed, "MirrorURL"),
         "cannot tell the distribution from MirrorURL",
         f"a header comment `# netroot-distro: NAME`, NAME one of {', '.join(RPM_DISTROS)}",
     )
 
 
-def _files(section: _Section | None, root: Path, source: str) -> list[dict[str, str]]:
+def _files(section: Section | None, root: Path, source: str) -> list[dict[str, str]]:
     """`%files` lines `SRC [DEST]`: SRC relative to the .def's directory, DEST default SRC."""
     copies: list[dict[str, str]] = []
     if section is None:
@@ -295,40 +119,40 @@ def _files(section: _Section | None, root: Path, source: str) -> list[dict[str, 
         number = section.line + offset
         parts = line.split()
         if len(parts) > 2:
-            raise _err(
+            raise def_error(
                 source, number, "a %files line is `SOURCE [DESTINATION]` (no spaces in paths)"
             )
         if any(c in parts[0] for c in "*?["):
-            raise _err(
+            raise def_error(
                 source,
                 number,
                 f"{parts[0]}: wildcards in %files are not supported; name each file or a directory",
             )
         src = root / parts[0]
         if not src.exists():
-            raise _err(source, number, f"{parts[0]}: no such file (relative to {root})")
+            raise def_error(source, number, f"{parts[0]}: no such file (relative to {root})")
         dest = parts[1] if len(parts) == 2 else parts[0]
         dest = dest if dest.startswith("/") else f"/{dest}"
         if ".." in dest.split("/"):
-            raise _err(source, number, f"{dest}: a destination may not contain '..'")
+            raise def_error(source, number, f"{dest}: a destination may not contain '..'")
         copies.append({"src": str(src), "dest": dest})
     return copies
 
 
-def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfRecipe:
+def _native(parsed: Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfRecipe:
     bootstrap, boot_line = parsed.header["Bootstrap"][0].lower(), parsed.header["Bootstrap"][1]
     if bootstrap not in BOOTSTRAPS:
-        raise _err(
+        raise def_error(
             source,
             boot_line,
             f"Bootstrap: {bootstrap} is not supported by netroot's builder",
             f'{", ".join(BOOTSTRAPS)}; or builder = "apptainer"',
         )
     if "OSVersion" not in parsed.header:
-        raise _err(source, boot_line, "OSVersion is required (the release to install)")
+        raise def_error(source, boot_line, "OSVersion is required (the release to install)")
     release = parsed.header["OSVersion"][0]
-    mirror = _value(parsed, "MirrorURL", release)
-    include = (_value(parsed, "Include", release) or "").replace(",", " ").split()
+    mirror = header_value(parsed, "MirrorURL", release)
+    include = (header_value(parsed, "Include", release) or "").replace(",", " ").split()
     data: dict[str, Any] = {
         "release": release,
         "packages": include,
@@ -336,10 +160,10 @@ def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfR
         "post": parsed.sections["post"].text() if "post" in parsed.sections else "",
     }
     lines = {
-        "release": _line(parsed, "OSVersion"),
-        "packages": _line(parsed, "Include"),
-        "mirror": _line(parsed, "MirrorURL"),
-        "repositories": _line(parsed, "MirrorURL"),
+        "release": header_line(parsed, "OSVersion"),
+        "packages": header_line(parsed, "Include"),
+        "mirror": header_line(parsed, "MirrorURL"),
+        "repositories": header_line(parsed, "MirrorURL"),
     }
     if bootstrap == "debootstrap":
         distro = (
@@ -351,7 +175,7 @@ def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfR
         for key in ("UpdateURL", "GPG"):
             if key in parsed.header:
                 parsed.notices.append(
-                    f"{source}:{_line(parsed, key)}: {key} ignored "
+                    f"{source}:{header_line(parsed, key)}: {key} ignored "
                     "(mmdebstrap checks the archive with the distribution's "
                     "keyring)"
                 )
@@ -363,9 +187,8 @@ def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfR
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"]]
-        key = loc[0] if loc else ""
+        err = first_error(exc)
+        key = err.loc[0] if err.loc else ""
         number = lines.get(
             key,
             parsed.sections["files"].line
@@ -374,40 +197,40 @@ def _native(parsed: _Parsed, root: Path, source: str) -> MmdebstrapRecipe | DnfR
         )
         if key == "post" and "post" in parsed.sections:
             number = parsed.sections["post"].line
-        message = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "literal_error":
-            message = f"{err['input']!r} is not allowed here"
-        name = _HEADER_OF.get(key, "%" + key if key in USED_SECTIONS else ".".join(loc))
-        raise _err(source, number, f"{name}: {message}") from None
+        message = err.problem
+        if err.kind == "literal_error":
+            message = f"{err.input!r} is not allowed here"
+        name = _HEADER_OF.get(key, "%" + key if key in USED_SECTIONS else err.field)
+        raise def_error(source, number, f"{name}: {message}") from None
 
 
-def _repositories(parsed: _Parsed, mirror: str | None, release: str, source: str) -> dict[str, Any]:
+def _repositories(parsed: Parsed, mirror: str | None, release: str, source: str) -> dict[str, Any]:
     """yum's MirrorURL and UpdateURL are repository baseurls, GPG the key checking both."""
-    gpg = _value(parsed, "GPG", release)
+    gpg = header_value(parsed, "GPG", release)
     repos = []
     for key, name in (("MirrorURL", "base"), ("UpdateURL", "updates")):
-        url = _value(parsed, key, release)
+        url = header_value(parsed, key, release)
         if url is not None:
             repos.append({"name": name, "baseurl": url, **({"gpgkey": gpg} if gpg else {})})
     if "UpdateURL" in parsed.header and mirror is None:
-        raise _err(source, _line(parsed, "UpdateURL"), "UpdateURL needs a MirrorURL")
+        raise def_error(source, header_line(parsed, "UpdateURL"), "UpdateURL needs a MirrorURL")
     if repos and gpg is None:
         parsed.notices.append(
-            f"{source}:{_line(parsed, 'MirrorURL')}: no GPG key given: "
+            f"{source}:{header_line(parsed, 'MirrorURL')}: no GPG key given: "
             "packages are not signature-checked (as Singularity did)"
         )
     return {"repositories": repos, "gpgcheck": gpg is not None or not repos}
 
 
-def _end_of_life(parsed: _Parsed, distro: str, release: str, source: str) -> None:
+def _end_of_life(parsed: Parsed, distro: str, release: str, source: str) -> None:
     """A release past its end of life: only from the named mirror, and say what it implies."""
     info = distros.get(distro)
     why = info.eol(release)
     if why is None:
         return
-    line = _line(parsed, "OSVersion")
+    line = header_line(parsed, "OSVersion")
     if "MirrorURL" not in parsed.header:
-        raise _err(
+        raise def_error(
             source,
             line,
             f"OSVersion {release}: {why}; its packages are no longer on the distribution's mirrors",
@@ -420,7 +243,7 @@ def _end_of_life(parsed: _Parsed, distro: str, release: str, source: str) -> Non
     )
 
 
-def _password_warnings(section: _Section | None, source: str) -> list[str]:
+def _password_warnings(section: Section | None, source: str) -> list[str]:
     """Lines of %post piping a plaintext password to passwd or chpasswd (not a crypt hash)."""
     found: list[str] = []
     if section is None:
@@ -446,7 +269,7 @@ def parse_def(text: str, *, source: str, root: Path) -> DefRecipe:
 
     root is the directory %files sources are relative to (the .def's own).
     """
-    parsed = _split(text, source)
+    parsed = split_def(text, source)
     native = _native(parsed, root, source)
     return DefRecipe(
         builder="def",

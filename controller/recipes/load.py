@@ -15,13 +15,13 @@ hash the same files.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from controller.core.errors import NetrootError, RecipeError
+from controller.core.model import first_error, read_toml
 from controller.recipes import distros
 from controller.recipes.inputs import source_files
 from controller.recipes.legacy_def import load_def
@@ -36,33 +36,20 @@ PLAINTEXT_ALLOWED = "root_password_hash (a crypt hash), or --insecure-test-passw
 
 
 def _first_error(exc: ValidationError, origin: dict[str, str], source: str) -> RecipeError:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    if loc and loc[0] in BUILDERS:
-        loc = loc[1:]  # the discriminated union puts the builder's tag first
+    err = first_error(exc)
+    loc = err.loc[1:] if err.loc and err.loc[0] in BUILDERS else err.loc
+    # (the discriminated union puts the builder's tag first)
     field = ".".join(loc)
     where = origin.get(loc[0], source) if loc else source
-    if err["type"] == "extra_forbidden":
-        return RecipeError(where, field, "unknown field")
-    if err["type"] == "missing":
-        return RecipeError(where, field, "required field is missing")
-    if err["type"] in ("union_tag_invalid", "literal_error") and field in ("", "builder"):
+    if err.kind in ("union_tag_invalid", "literal_error") and field in ("", "builder"):
         return RecipeError(where, "builder", "unknown builder", ", ".join(BUILDERS))
-    if err["type"] == "literal_error":
-        expected = str(err.get("ctx", {}).get("expected", ""))
-        return RecipeError(where, field, f"{err['input']!r} is not allowed here", expected)
-    return RecipeError(where, field, str(err["msg"]).removeprefix("Value error, "))
+    if err.kind == "literal_error":
+        return RecipeError(where, field, f"{err.input!r} is not allowed here", err.expected)
+    return RecipeError(where, field, err.in_file)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise RecipeError(str(path), "", "recipe file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(str(path), "", f"cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(str(path), "", f"invalid TOML: {exc}") from None
+    return read_toml(path, "recipe file", RecipeError)
 
 
 def _absolute_sources(data: dict[str, Any], root: Path) -> dict[str, Any]:

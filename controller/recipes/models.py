@@ -49,6 +49,13 @@ class FileCopy(Model):
         return value
 
 
+def _all_match(pattern: re.Pattern[str], what: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if not pattern.fullmatch(name):
+            raise ValueError(f"invalid {what} {name!r}")
+    return names
+
+
 class Services(Model):
     """systemd units to enable or disable in the image."""
 
@@ -58,10 +65,7 @@ class Services(Model):
     @field_validator("enable", "disable")
     @classmethod
     def _units(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for unit in value:
-            if not _UNIT_RE.fullmatch(unit):
-                raise ValueError(f"invalid unit name {unit!r}")
-        return value
+        return _all_match(_UNIT_RE, "unit name", value)
 
 
 class PackageRecipe(Model):
@@ -112,10 +116,7 @@ class PackageRecipe(Model):
     @field_validator("packages")
     @classmethod
     def _package_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if not _PACKAGE_RE.fullmatch(name):
-                raise ValueError(f"invalid package name {name!r}")
-        return value
+        return _all_match(_PACKAGE_RE, "package name", value)
 
     @field_validator("root_password_hash")
     @classmethod

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from controller.core.errors import StoreError
+from controller.core.ids import check_mac
 from controller.render.cmdline import (
     BootTarget,
     boot_menu,
     boot_target,
-    check_mac,
     kernel_cmdline,
     mac_file_id,
 )

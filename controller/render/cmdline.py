@@ -14,9 +14,18 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from controller.config.models import HOST_ALLOWED, TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config, is_host
+from controller.config.models import TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config
 from controller.core.errors import ConfigError, StoreError
-from controller.core.ids import LABEL_ALLOWED, LABEL_RE
+from controller.core.ids import (
+    HOST_ALLOWED,
+    VERSION_ID_ALLOWED,
+    check_host,
+    check_mac,
+    is_host,
+    is_version_id,
+    valid_label,
+    valid_version_id,
+)
 from controller.core.model import Model
 
 # One character class for every word of the command line: it holds nothing
@@ -31,15 +40,8 @@ ARG_ALLOWED = "words of letters, digits and _ . , : = / + @ % ~ ^ ! -"
 PATH_RE = re.compile(r"/[A-Za-z0-9_./+@%~-]*")
 PATH_ALLOWED = "an absolute path of letters, digits and _ . / + @ % ~ -"
 
-VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-VERSION_ALLOWED = "1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
-
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 NAME_ALLOWED = "1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
-
-
-MAC_ALLOWED = "six lowercase hex pairs joined by colons, like aa:bb:cc:dd:ee:ff"
-_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 # Boot files as the TFTP root serves them: <tftp_root>/netroot/<label> links to
 # the active version's files (the store swaps that link).
@@ -82,13 +84,8 @@ class BootTarget(Model):
 
     @model_validator(mode="after")
     def _words_are_safe(self) -> BootTarget:
-        _require(LABEL_RE.fullmatch(self.label) is not None, "label", self.label, LABEL_ALLOWED)
-        _require(
-            VERSION_RE.fullmatch(self.version) is not None,
-            "version id",
-            self.version,
-            VERSION_ALLOWED,
-        )
+        valid_label(self.label)
+        valid_version_id(self.version)
         for host in (self.server, self.mqtt_host):
             _require(host is None or is_host(host), "host", host, HOST_ALLOWED)
         for path in (self.nfs_path, "/" + self.kernel_path, "/" + self.initrd_path):
@@ -98,13 +95,6 @@ class BootTarget(Model):
         for name in self.rootovlcfg:
             _require(NAME_RE.fullmatch(name) is not None, "rootovlcfg name", name, NAME_ALLOWED)
         return self
-
-
-def check_mac(mac: str, source: str = "MAC address") -> str:
-    """Return mac if it is in lowercase colon form, else raise a ConfigError naming it."""
-    if not _MAC_RE.fullmatch(mac):
-        raise ConfigError(source, "mac", f"invalid MAC address {mac!r}", MAC_ALLOWED)
-    return mac
 
 
 def mac_file_id(mac: str) -> str:
@@ -119,12 +109,6 @@ def host_in_url(host: str) -> str:
     except ValueError:
         return host
     return f"[{host}]" if address.version == 6 else host
-
-
-def _check_host(host: str, source: str, field: str) -> str:
-    if not is_host(host):
-        raise ConfigError(source, field, f"invalid host {host!r}", HOST_ALLOWED)
-    return host
 
 
 def _is_local(host: str) -> bool:
@@ -165,7 +149,7 @@ def _nfs_path(config: Config, label: str, version: str, nfs: NfsServer | None) -
 
 def _node_broker(config: Config, node_server: str, override: str | None) -> str | None:
     if override is not None:
-        return _check_host(override, config.source, "mqtt.host")
+        return check_host(override, config.source, "mqtt.host")
     if not config.mqtt.enabled:
         return None  # no broker: tell the agent none rather than a dead address
     # The controller's own broker address is often loopback, which a node
@@ -173,7 +157,7 @@ def _node_broker(config: Config, node_server: str, override: str | None) -> str 
     # everything else (docs/design.md §7, `server`).
     if _is_local(config.mqtt.host):
         return node_server
-    return _check_host(config.mqtt.host, config.source, "mqtt.host")
+    return check_host(config.mqtt.host, config.source, "mqtt.host")
 
 
 def boot_target(
@@ -194,12 +178,12 @@ def boot_target(
     label_config = config.label(label)
     if not version:
         raise StoreError(f"label {label!r} has no version to serve: build and activate one first")
-    if not VERSION_RE.fullmatch(version):
+    if not is_version_id(version):
         raise StoreError(
-            f"invalid version id {version!r} for label {label!r} (allowed: {VERSION_ALLOWED})"
+            f"invalid version id {version!r} for label {label!r} (allowed: {VERSION_ID_ALLOWED})"
         )
     source = config.source
-    node_server = _check_host(server or config.server, source, "server")
+    node_server = check_host(server or config.server, source, "server")
     extra = _split_cmdline(label_config.extra_cmdline, source, f"labels.{label}.extra_cmdline")
     for name in label_config.rootovlcfg:
         if not NAME_RE.fullmatch(name):

@@ -10,9 +10,9 @@ from pydantic import model_validator
 
 from controller.config.models import CLIENTS_ALLOWED, Config, client_network_problem
 from controller.core.errors import ConfigError
-from controller.core.ids import LABEL_ALLOWED, LABEL_RE
+from controller.core.ids import valid_label, valid_version_id
 from controller.core.model import Model
-from controller.render.cmdline import GENERATED, PATH_ALLOWED, PATH_RE, VERSION_ALLOWED, VERSION_RE
+from controller.render.cmdline import GENERATED, PATH_ALLOWED, PATH_RE
 
 FSID_LIMIT = 2**31 - 1  # fsid= is a 32-bit field; stay positive for every tool that prints it
 
@@ -27,12 +27,11 @@ class ExportSpec(Model):
 
     @model_validator(mode="after")
     def _safe(self) -> ExportSpec:
-        if not LABEL_RE.fullmatch(self.label):
-            raise ValueError(f"invalid label {self.label!r} (allowed: {LABEL_ALLOWED})")
+        valid_label(self.label)
         if not PATH_RE.fullmatch(self.path):
             raise ValueError(f"invalid export path {self.path!r} (allowed: {PATH_ALLOWED})")
-        if self.version is not None and not VERSION_RE.fullmatch(self.version):
-            raise ValueError(f"invalid version id {self.version!r} (allowed: {VERSION_ALLOWED})")
+        if self.version is not None:
+            valid_version_id(self.version)
         return self
 
 

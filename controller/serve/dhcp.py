@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from controller.config.models import BUILTIN, Config
 from controller.core import shipped
 from controller.core.errors import ConfigError
+from controller.core.model import first_error
 from controller.render import DnsmasqSpec, render_dnsmasq
 from controller.render.cmdline import GENERATED
 from controller.store import fsops
@@ -59,10 +60,9 @@ def dnsmasq_spec(config: Config, *, tftp_root: Path | None = None) -> DnsmasqSpe
             lease_file=os.fspath(dhcp.lease_file) if dhcp.lease_file else None,
         )
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        loc = ".".join(str(part) for part in err["loc"])
-        problem = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(config.source, f"dhcp.{loc}" if loc else "dhcp", problem) from None
+        err = first_error(exc)
+        field = f"dhcp.{err.field}" if err.field else "dhcp"
+        raise ConfigError(config.source, field, err.problem) from None
 
 
 def render_config(config: Config) -> str:

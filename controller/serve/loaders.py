@@ -64,17 +64,6 @@ class LoaderReport:
     missing: list[str] = field(default_factory=list)
 
 
-def _copy_if_changed(source: Path, dest: Path) -> bool:
-    data = source.read_bytes()
-    try:
-        if dest.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    fsops.write_atomic(dest, data)
-    return True
-
-
 def install_loaders(
     tftp_root: Path,
     *,
@@ -89,7 +78,7 @@ def install_loaders(
         if source is None:
             report.missing.append(f"{loader.dest} (package {loader.package})")
             continue
-        _copy_if_changed(source, tftp_root / loader.dest)
+        fsops.write_if_changed(tftp_root / loader.dest, source.read_bytes())
         report.installed.append(loader.dest)
     if not grub:
         return report

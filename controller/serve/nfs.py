@@ -23,6 +23,8 @@ from pydantic import Field, ValidationError
 from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import StoreError
+from controller.core.flock import file_lock
+from controller.core.ids import is_store_version
 from controller.core.log import get_logger
 from controller.core.model import Model
 from controller.render import ExportSpec, export_specs, render_exports, render_ganesha
@@ -30,8 +32,7 @@ from controller.render.ganesha import EXPORT_ID_LIMIT, export_key
 from controller.store import fsops
 from controller.store import versions as store
 from controller.store.activation import Prepared, Step
-from controller.store.layout import is_version_id, label_paths
-from controller.store.locking import file_lock
+from controller.store.layout import label_paths
 
 log = get_logger("nfs")
 
@@ -132,7 +133,7 @@ def _read_ids(path: Path) -> ExportIds:
 
 def _exists(config: Config, key: str) -> bool:
     label, _, version = key.partition("/")
-    if not is_version_id(version):
+    if not is_store_version(version):
         return False
     return label_paths(config, label).version(version).is_dir()
 
@@ -300,14 +301,10 @@ def _apply_lock(config: Config) -> contextlib.AbstractContextManager[None]:
 
 
 def _stage_if_changed(prepared: Prepared, path: Path, text: str) -> bool:
-    data = text.encode()
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    prepared.exports.append(Step(fsops.stage_file(path, data), path))
-    return True
+    tmp = fsops.stage_file_if_changed(path, text.encode())
+    if tmp is not None:
+        prepared.exports.append(Step(tmp, path))
+    return tmp is not None
 
 
 def _reload_ganesha(pid_file: Path, config_file: Path, done: Applied) -> None:

@@ -14,15 +14,15 @@ renders of labels that share it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.config.models import TFTP_VERSIONS_DIR, Config
 from controller.core.errors import StoreError
+from controller.core.flock import file_lock
 from controller.core.log import get_logger
 from controller.render import (
     BootTarget,
@@ -194,17 +194,9 @@ def plan_tftp_root(
     )
 
 
-@contextlib.contextmanager
-def tftp_lock(tftp_root: Path) -> Iterator[None]:
+def tftp_lock(tftp_root: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the TFTP root's render lock (taken after any label lock, never before)."""
-    lock = tftp_root / LOCK_NAME
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(tftp_root / LOCK_NAME, mode=0o644)
 
 
 def _sweep(directory: Path, keep: set[str], owned: re.Pattern[str] | None) -> list[str]:
@@ -259,15 +251,11 @@ def stage_plan(tftp_root: Path, plan: BootPlan, prepared: Prepared) -> Written:
             done.written.append(rel)
     for rel, text in sorted(plan.files.items()):
         path = tftp_root / rel
-        data = text.encode()
-        try:
-            if path.read_bytes() == data:
-                continue
-        except OSError:
-            pass
         # Not fsynced: recovery renders every menu again after a crash.
-        prepared.menus.append(Step(fsops.stage_file(path, data, durable=False), path))
-        done.written.append(rel)
+        tmp = fsops.stage_file_if_changed(path, text.encode(), durable=False)
+        if tmp is not None:
+            prepared.menus.append(Step(tmp, path))
+            done.written.append(rel)
 
     def sweep() -> None:
         for directory, owned in _OWNED.items():

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from controller.core import failpoints
 from controller.core.errors import StoreError
+from controller.core.ids import is_store_version
 from controller.store import fsops
 from controller.store import versions as store
 from controller.store.history import Action, Entry
-from controller.store.layout import TMP_MARK, LabelPaths, is_version_id, tmp_name
+from controller.store.layout import TMP_MARK, LabelPaths, tmp_name
 
 
 @dataclass
@@ -123,13 +124,9 @@ def check_link_slot(link: Path, field_name: str) -> None:
 
 
 def _stage_link(link: Path, target: Path, failpoint: str) -> Step | None:
-    try:
-        if os.readlink(link) == os.fspath(target):
-            return None
-    except OSError:
-        pass
     # Not fsynced: the history line is the durable commit; recovery re-points links.
-    return Step(fsops.stage_symlink(link, target), link, failpoint)
+    tmp = fsops.stage_symlink_if_changed(link, target)
+    return None if tmp is None else Step(tmp, link, failpoint)
 
 
 def publish_boot_files(boot: Path, dest: Path) -> bool:
@@ -201,7 +198,7 @@ def _switch(paths: LabelPaths, action: Action, version: str, render: BootRendere
 def check_version_id(paths: LabelPaths, version: str) -> str:
     """version if it names a committed version of the label, else a StoreError."""
     versions = store.version_ids(paths)
-    if not is_version_id(version) or version not in versions:
+    if not is_store_version(version) or version not in versions:
         known = ", ".join(versions[-5:]) or "none built yet"
         raise StoreError(f"{paths.label}: no version {version!r} in the store (versions: {known})")
     return version

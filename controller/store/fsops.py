@@ -97,6 +97,39 @@ def stage_symlink(link: Path, target: Path | str) -> Path:
     return tmp
 
 
+def holds(path: Path, data: bytes) -> bool:
+    """True if path is a file holding exactly data (a missing or unreadable one does not)."""
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def stage_file_if_changed(
+    path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True
+) -> Path | None:
+    """stage_file, or None when path already holds data (nothing to rename over it)."""
+    return None if holds(path, data) else stage_file(path, data, mode, durable=durable)
+
+
+def stage_symlink_if_changed(link: Path, target: Path | str) -> Path | None:
+    """stage_symlink, or None when link already points at target."""
+    try:
+        if os.readlink(link) == os.fspath(target):
+            return None
+    except OSError:
+        pass
+    return stage_symlink(link, target)
+
+
+def write_if_changed(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> bool:
+    """write_atomic unless path already holds data; True if it wrote."""
+    if holds(path, data):
+        return False
+    write_atomic(path, data, mode, durable=durable)
+    return True
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
     """Replace path with data: write a temporary sibling, fsync, rename, fsync the dir.
 

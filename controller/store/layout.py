@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from controller.config.models import TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config
 
-VERSION_RE = re.compile(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{8}")
 TMP_MARK = ".tmp-"
 
 
 def new_version_id(now: datetime, content_digest: str) -> str:
-    """Version ids sort by build time (UTC, milliseconds) and carry a short content hash."""
+    """Version ids sort by build time (UTC, milliseconds) and carry a short content hash.
+
+    core.ids.STORE_VERSION_RE is the rule these names follow.
+    """
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z"
     return f"{stamp}-{content_digest[:8]}"
-
-
-def is_version_id(name: str) -> bool:
-    """True for names new_version_id produces."""
-    return VERSION_RE.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

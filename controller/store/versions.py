@@ -10,8 +10,9 @@ from typing import Literal
 from pydantic import ValidationError
 
 from controller.core.errors import StoreError, VerifyError
+from controller.core.ids import is_store_version
 from controller.store import history, treeindex
-from controller.store.layout import LabelPaths, is_version_id
+from controller.store.layout import LabelPaths
 from controller.store.manifest import BootArtifact, Manifest
 
 INDEX_NAME = "files.idx"
@@ -32,12 +33,12 @@ def version_ids(paths: LabelPaths) -> list[str]:
         names = os.listdir(paths.images)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if is_version_id(n))
+    return sorted(n for n in names if is_store_version(n))
 
 
 def read_manifest(paths: LabelPaths, version: str) -> Manifest:
     """A version's manifest; StoreError when the version does not exist."""
-    if not is_version_id(version):
+    if not is_store_version(version):
         # Never a path: `verify LABEL /abs/path` must not read outside the store.
         known = ", ".join(version_ids(paths)[-5:]) or "none built yet"
         raise StoreError(f"{paths.label}: {version!r} is not a version id (latest: {known})")

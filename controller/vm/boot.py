@@ -30,7 +30,8 @@ from typing import Final, TypeVar
 from controller.config.models import Config
 from controller.core import proc
 from controller.core.errors import NetrootError
-from controller.events import wire as events
+from controller.events.node_messages import NodeMessageError, NodeReport, parse_node_message
+from controller.events.topics import Topics
 from controller.render import BootTarget
 from controller.render.cmdline import KERNEL_NAME
 from controller.serve import nfs, tftp
@@ -69,7 +70,7 @@ class BootOutcome:
     version: str
     mac: str
     hits: list[Hit] = field(default_factory=list)
-    report: events.NodeReport | None = None
+    report: NodeReport | None = None
     ended: str = ""  # why the VM was stopped
     serial_log: Path | None = None
     accel: Accel | None = None  # what the last VM ran under
@@ -305,7 +306,7 @@ class _Session:
     async def watch_reports(self) -> None:
         """The agent's boot report, as the broker hands it to a subscriber."""
         mqtt = self.config.mqtt
-        topic = events.Topics(mqtt.topic_prefix).node_report(self.outcome.mac)
+        topic = Topics(mqtt.topic_prefix).node_report(self.outcome.mac)
         password = mqtt.password_file.read_text().strip() if mqtt.password_file else None
         argv = mosquitto_sub_argv(mqtt.host, mqtt.port, topic, wait_s=60,
                                   username=mqtt.username, password=password)  # fmt: skip
@@ -320,10 +321,10 @@ class _Session:
         """One `topic payload` line from mosquitto_sub -v."""
         topic, _, payload = line.partition(" ")
         try:
-            report = events.parse_node_message(
+            report = parse_node_message(
                 topic, payload.encode(), prefix=self.config.mqtt.topic_prefix
             )
-        except events.NodeMessageError:
+        except NodeMessageError:
             return
         if report.kind != "boot":
             return

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from controller.core.model import Model
 
 QEMU = "qemu-system-x86_64"
 GUEST_SERVER = "10.0.2.100"  # where the guest finds NFS and MQTT (guestfwd)
@@ -130,10 +130,8 @@ PROBE_APPEND = "console=ttyS0 panic=-1"  # print on the serial port; no root: pa
 PROBE_SIGN = "Linux version"  # the kernel's first console line: the guest really runs
 
 
-class KvmProbe(BaseModel):
+class KvmProbe(Model):
     """Whether a KVM guest was seen running on this host since it booted (a cache entry)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     boot_id: str  # /proc/sys/kernel/random/boot_id: the host boot this holds for
     runs: bool

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from support import REPO, Mosquitto
 
-from controller.events.wire import NodeReport, parse_node_message
+from controller.events.node_messages import NodeReport, parse_node_message
 
 AGENT = REPO / "base" / "usr" / "lib" / "netroot" / "agent"
 MAC = "52:54:00:0a:0b:0c"

@@ -22,7 +22,7 @@ from controller.daemon.emit import Emitter
 from controller.daemon.images import ImageBook
 from controller.daemon.imagewatch import ImageWatch
 from controller.daemon.nodebook import NodeBook
-from controller.events.wire import Topics
+from controller.events.topics import Topics
 from controller.serve import publish
 from controller.store import liveedits
 from controller.store.layout import label_paths

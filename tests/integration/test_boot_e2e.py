@@ -33,7 +33,7 @@ from typing import IO, Any
 import pytest
 from support import Mosquitto
 
-from controller.events.wire import NodeReport, parse_node_message
+from controller.events.node_messages import NodeReport, parse_node_message
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT_WAIT = 1500  # seconds for a VM to report, on a loaded machine

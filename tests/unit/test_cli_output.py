@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from controller.cli.daemon_cmds import as_json_line, describe
 from controller.cli.output import printable
 from controller.daemon.mqtt import Message
-from controller.events.wire import NodeDhcp, envelope_json
+from controller.events.envelope import envelope_json
+from controller.events.node_events import NodeDhcp
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 MAC = "52:54:00:ab:cd:ef"

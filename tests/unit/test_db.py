@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from controller.daemon.db import Database, DatabaseError, NodeGuard
-from controller.events.wire import NodeState, VersionSummary
+from controller.events.node_events import NodeState
+from controller.events.payloads import VersionSummary
 
 MAC_A = "52:54:00:00:00:0a"
 MAC_B = "52:54:00:00:00:0b"

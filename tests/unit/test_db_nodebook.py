@@ -17,8 +17,11 @@ from controller.daemon.emit import Emitter
 from controller.daemon.mqtt import Message, backoff_delay
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.spool import DhcpRecord, SpoolListener, now, spool_dir, write_record
+from controller.events.envelope import Envelope
 from controller.events.liveness import WILL_WINDOW_S
-from controller.events.wire import MAX_REPORT_BYTES, Envelope, Topics, VersionSummary
+from controller.events.node_messages import MAX_REPORT_BYTES
+from controller.events.payloads import VersionSummary
+from controller.events.topics import Topics
 
 MAC = "52:54:00:ab:cd:ef"
 OTHER = "52:54:00:ab:cd:00"

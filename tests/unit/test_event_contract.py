@@ -9,19 +9,48 @@ from typing import Any
 
 import jsonschema
 import pytest
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
 
 from controller.daemon.announce import changes, entry_time
 from controller.daemon.emit import Emitter, Health
 from controller.daemon.outbox import OutboxRow
-from controller.events.wire import (
+from controller.events.envelope import (
     CONTENT_TYPE,
     ENVELOPE_REQUIRED,
-    Activated,
-    NodeState,
-    Topics,
+    EVENT_MODELS,
+    Envelope,
     envelope_json,
     json_schemas,
 )
+from controller.events.node_events import (
+    NodeBooted,
+    NodeCurrent,
+    NodeDhcp,
+    NodeLost,
+    NodeRemounted,
+    NodeRemountRequested,
+    NodeStale,
+    NodeState,
+    RootMount,
+)
+from controller.events.payloads import (
+    Activated,
+    BuildFailed,
+    BuildStarted,
+    BuildSucceeded,
+    ConfigRejected,
+    ConfigReloaded,
+    ControllerStatus,
+    ImageState,
+    LabelCounts,
+    Payload,
+    Pruned,
+    RolledBack,
+    StateIndex,
+    VersionSummary,
+)
+from controller.events.topics import Topics
 from controller.store.history import Entry
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -154,3 +183,66 @@ def test_history_lines_become_changes_with_their_previous_version() -> None:
 def test_activated_carries_a_reason_and_its_build(reason: str) -> None:
     data = Activated(label="demo", version=V1, build_id="20260301T120000-abcdef", reason=reason)
     assert json.loads(data.model_dump_json())["reason"] == reason
+
+
+# --- every event as a CloudEvents SDK reads it --------------------------------
+
+BOOT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+SUMMARY = VersionSummary(
+    version=V1, built_at=NOW, kind="full", kernel="6.1.0", file_count=3, size_bytes=4096
+)
+ROOT = RootMount(fstype="nfs4", source="10.0.2.2:/demo/" + V1)
+# One event of each type, with every field a subscriber may meet set: a payload
+# model added to the registry without a sample here fails the test below.
+SAMPLES: dict[str, Payload] = {
+    m.event_type: m
+    for m in (
+        BuildStarted(label="demo", build_id="b-1", kind="full", reason="edit", paths=("a",)),
+        BuildSucceeded(label="demo", build_id="b-1", kind="overlay", version=V1, duration_s=1.5),
+        BuildFailed(
+            label="demo", build_id="b-1", kind="full", step="install", error="ü", duration_s=0
+        ),
+        Activated(label="demo", version=V2, previous=V1, kernel="6.1", build_id="b-2"),
+        RolledBack(label="demo", version=V1, previous=V2),
+        Pruned(label="demo", versions=(V1,), kept=(V2,)),
+        ImageState(label="demo", active=SUMMARY, activated_at=NOW, previous=V2),
+        NodeDhcp(mac=MAC, state="dhcp", ip="10.0.2.15", firmware=True, hostname="n1"),
+        NodeBooted(mac=MAC, state="booting", label="demo", version=V1, boot_id=BOOT_ID, root=ROOT),
+        NodeStale(mac=MAC, state="stale", action="reboot", active_version=V2, commanded=True),
+        NodeRemountRequested(mac=MAC, state="stale", reason="tree changed"),
+        NodeRemounted(mac=MAC, state="up", label="demo", version=V1),
+        NodeLost(mac=MAC, state="lost", reason="will"),
+        NodeCurrent(mac=MAC, state="up", label="demo", version=V2),
+        NodeState(mac=MAC, state="stale", action="remount", since=NOW, last_seen=NOW, root=ROOT),
+        ControllerStatus(status="online", since=NOW, running_builds=("demo",), heartbeat_s=30),
+        StateIndex(labels={"demo": LabelCounts(active=V1, nodes={"up": 2})}, node_count=2),
+        ConfigReloaded(source="/etc/netroot/netroot.toml", labels=("demo",)),
+        ConfigRejected(source="/etc/netroot/netroot.toml", error="labels.x: invalid"),
+    )
+}
+
+
+def test_there_is_a_sample_of_every_event_type() -> None:
+    assert set(SAMPLES) == set(EVENT_MODELS)
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_MODELS))
+@pytest.mark.parametrize("subject", [None, "demo/ü"])
+def test_envelope_json_is_an_event_the_cloudevents_sdk_reads(
+    event_type: str, subject: str | None
+) -> None:
+    data = SAMPLES[event_type]
+    raw = envelope_json(data, subject, "netroot://h", now=NOW, event_id="e-1")
+    event = JSONFormat().read(CloudEvent, raw)
+    assert event.get_specversion() == "1.0"
+    assert event.get_id() == "e-1"
+    assert event.get_source() == "netroot://h"
+    assert event.get_type() == event_type
+    assert event.get_time() == NOW
+    assert event.get_subject() == subject
+    assert event.get_datacontenttype() == "application/json"
+    assert event.get_dataschema() == data.schema_id()
+    assert event.get_data() == json.loads(data.model_dump_json())
+    # The payload comes back equal, and the envelope is what its own model takes.
+    assert EVENT_MODELS[event_type].model_validate(event.get_data()) == data
+    assert Envelope.model_validate_json(raw).data == event.get_data()

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from controller.daemon.builds import LabelRow
 from controller.daemon.images import DbView, StoreView, diff
-from controller.events.wire import VersionSummary
+from controller.events.payloads import VersionSummary
 from controller.store.history import Entry, replay
 
 V1 = "20250101T000000.000Z-00000001"

@@ -14,7 +14,7 @@ from controller.events.liveness import (
     last_seen_due,
     silent,
 )
-from controller.events.wire import NodeState
+from controller.events.node_events import NodeState
 
 MAC = "52:54:00:00:03:01"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -16,7 +16,8 @@ from controller.daemon.emit import Emitter
 from controller.daemon.mqtt import Message, Receipt
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.publisher import NodeTracker
-from controller.events.wire import Topics, VersionSummary
+from controller.events.payloads import VersionSummary
+from controller.events.topics import Topics
 
 BOOT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 V1 = "20250301T120000.000Z-0000aaaa"

@@ -8,26 +8,29 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from controller.events.nodes import (
+from controller.events.node_events import NodeState, RootMount
+from controller.events.node_inputs import (
     Activation,
     Booted,
     DhcpLease,
-    Effect,
     Heartbeat,
     LiveEdit,
     NodeInput,
     Offline,
     Policy,
-    PublishEvent,
-    PublishState,
     RemountResult,
-    SendCommand,
     StaleHandle,
     report_input,
+)
+from controller.events.node_messages import NodeReport
+from controller.events.nodes import (
+    Effect,
+    PublishEvent,
+    PublishState,
+    SendCommand,
     transition,
     versions_in_use,
 )
-from controller.events.wire import NodeReport, NodeState, RootMount
 
 MAC = "52:54:00:ab:cd:ef"
 LABEL = "debian12"

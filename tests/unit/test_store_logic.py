@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from controller.build.builders.importer import copy_tree_argv, tar_extract_argv
+from controller.core.ids import is_store_version
 from controller.store.fsops import clone_tree_argv
 from controller.store.gc import select_prunable
 from controller.store.history import Entry, parse, replay
-from controller.store.layout import is_version_id, new_version_id
+from controller.store.layout import new_version_id
 
 
 def test_version_ids_sort_by_time_and_carry_the_content_hash() -> None:
@@ -17,8 +18,8 @@ def test_version_ids_sort_by_time_and_carry_the_content_hash() -> None:
     ids = [new_version_id(t0 + timedelta(milliseconds=ms), "f" * 64) for ms in (0, 1, 999, 1000)]
     assert ids[0] == "20261126T093015.123Z-ffffffff"
     assert ids == sorted(ids) and len(set(ids)) == 4
-    assert all(is_version_id(i) for i in ids)
-    assert not is_version_id("20261126T093015Z-ffffffff")
+    assert all(is_store_version(i) for i in ids)
+    assert not is_store_version("20261126T093015Z-ffffffff")
 
 
 def _entries(*pairs: tuple[str, str]) -> list[Entry]:

@@ -1,0 +1,116 @@
+"""Node events and the retained node state (the payloads about one node)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Self
+
+from pydantic import AwareDatetime, Field, model_validator
+
+from controller.core.ids import Label, Mac, VersionId
+from controller.core.model import Model
+from controller.events.payloads import (
+    TYPE_PREFIX,
+    BootId,
+    IpAddress,
+    NodePhase,
+    Payload,
+    ShortText,
+    StaleAction,
+)
+
+
+class RootMount(Model):
+    """How the node's / is mounted, as the agent sees it in /proc/mounts."""
+
+    fstype: str = Field(max_length=64, description="fstype of /: overlay, nfs, nfs4...")
+    source: ShortText = Field("", description="source of / (server:/path for NFS)")
+    lower: ShortText | None = Field(None, description="NFS source under the tmpfs overlay")
+
+
+class NodeState(Payload):
+    """Retained node state, and the state the node state machine works on."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.state"
+    mac: Mac
+    state: NodePhase = "unknown"
+    label: Label | None = None
+    version: VersionId | None = Field(None, description="the version the node reported running")
+    active_version: VersionId | None = Field(None, description="the label's active version")
+    action: StaleAction | None = Field(None, description="what clears a stale node")
+    reason: ShortText = ""
+    ip: IpAddress | None = None
+    kernel: str | None = Field(None, max_length=256)
+    boot_id: BootId | None = None
+    root: RootMount | None = None
+    since: AwareDatetime | None = Field(None, description="when the node entered this state")
+    last_seen: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _action_only_when_stale(self) -> Self:
+        if (self.state == "stale") != (self.action is not None):
+            raise ValueError("action is set exactly when state is 'stale'")
+        return self
+
+
+class NodeEventData(Payload):
+    """Fields every node event carries: who, what it runs, and its state after the event."""
+
+    mac: Mac
+    state: NodePhase
+    label: Label | None = None
+    version: VersionId | None = None
+
+
+class NodeDhcp(NodeEventData):
+    """The DHCP server leased an address to the node."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.dhcp"
+    ip: IpAddress
+    firmware: bool = Field(description="requested by PXE/UEFI firmware: a boot is starting")
+    hostname: str | None = Field(None, max_length=255)
+
+
+class NodeBooted(NodeEventData):
+    """The node's agent reported a boot."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.booted"
+    boot_id: BootId
+    kernel: str | None = Field(None, max_length=256)
+    ip: IpAddress | None = None
+    root: RootMount | None = None
+
+
+class NodeStale(NodeEventData):
+    """The node runs an outdated or broken root and must remount or reboot."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.stale"
+    action: StaleAction
+    active_version: VersionId | None = None
+    reason: ShortText = ""
+    commanded: bool = Field(description="the controller sent the node the action's command")
+
+
+class NodeRemountRequested(NodeEventData):
+    """The controller asked the node to remount its root."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.remount_requested"
+    reason: ShortText = ""
+
+
+class NodeRemounted(NodeEventData):
+    """The node remounted its root successfully."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.remounted"
+
+
+class NodeLost(NodeEventData):
+    """The node went offline (its will, a clean stop, or silence)."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.lost"
+    reason: ShortText = ""
+
+
+class NodeCurrent(NodeEventData):
+    """The node now runs the active version of its label."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.current"

@@ -1,0 +1,239 @@
+"""The payloads of netroot's events: the field types they share, the base model, image and
+controller events (node events are in node_events.py).
+
+Everything the controller publishes is a CloudEvents 1.0 structured JSON
+envelope (envelope.py) whose `data` is one of these models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Final, Literal
+
+from pydantic import AwareDatetime, Field, IPvAnyAddress, WithJsonSchema
+
+from controller.core.ids import Label, VersionId
+from controller.core.model import Model
+
+TYPE_PREFIX = "org.netroot."
+# Schema ids are URNs: names, not addresses; `netroot schema` is where the text is.
+SCHEMA_ID_PREFIX: Final = "urn:netroot:schema:"
+
+# /proc/sys/kernel/random/boot_id: a lowercase UUID.
+BootId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")]
+ShortText = Annotated[str, Field(max_length=1024)]
+# pydantic documents IPvAnyAddress with its own format name, which strict
+# validators refuse; these are the standard JSON Schema formats.
+IpAddress = Annotated[
+    IPvAnyAddress,
+    WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
+]
+BuildId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="names the build log: <state_dir>/logs/<label>/<build_id>.log",
+    ),
+]
+ActivationReason = Literal["auto", "cli", "rollback", "canary"]
+BuildKind = Literal["full", "overlay"]
+NodePhase = Literal["unknown", "dhcp", "booting", "up", "stale", "lost"]
+StaleAction = Literal["reboot", "remount"]
+
+
+class Payload(Model):
+    """Base of every model that travels as the `data` of an envelope."""
+
+    event_type: ClassVar[str]
+    # Fields are only ever added; a breaking change is a new event type
+    # (`...activated.v2`) with its own schema, never a new meaning of the old one.
+    schema_version: ClassVar[int] = 1
+
+    @classmethod
+    def schema_id(cls) -> str:
+        """The `$id` of this payload's JSON Schema, named by each event's `dataschema`."""
+        return schema_id(cls.event_type, cls.schema_version)
+
+
+def schema_id(name: str, version: int = 1) -> str:
+    """A versioned schema id, such as urn:netroot:schema:org.netroot.image.activated:1."""
+    return f"{SCHEMA_ID_PREFIX}{name}:{version}"
+
+
+# --- image events -------------------------------------------------------------
+
+
+class ImageEventData(Payload):
+    """Fields every image event carries."""
+
+    label: Label
+
+
+class BuildStarted(ImageEventData):
+    """A build of the label began."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.build.started"
+    build_id: BuildId
+    kind: BuildKind = Field(description="full rebuild, or overlay-only clone of the active version")
+    reason: ShortText = Field("", description="what triggered the build (an edit, the CLI...)")
+    paths: tuple[ShortText, ...] = Field((), max_length=100, description="changed files, if any")
+
+
+class BuildSucceeded(ImageEventData):
+    """A build produced a complete, verified version."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.build.succeeded"
+    build_id: BuildId
+    kind: BuildKind
+    version: VersionId
+    duration_s: float = Field(ge=0)
+    adopted: bool = Field(
+        False,
+        description="the build committed while no controller watched it (a killed daemon); "
+        "announced when the controller found it",
+    )
+
+
+class BuildFailed(ImageEventData):
+    """A build failed; the active version is untouched."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.build.failed"
+    build_id: BuildId
+    kind: BuildKind
+    step: str = Field(max_length=128, description="the build step that failed")
+    error: ShortText
+    log_tail: str = Field("", max_length=16384, description="last lines of the build log")
+    duration_s: float = Field(ge=0)
+
+
+class Activated(ImageEventData):
+    """A version became the one new boots of the label get."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.activated"
+    version: VersionId
+    previous: VersionId | None = None
+    kernel: str | None = Field(None, max_length=256)
+    build_id: BuildId | None = Field(None, description="the build that made the version")
+    reason: ActivationReason = Field(
+        "cli",
+        description="auto: the controller activated its own build (activation = auto); "
+        "cli: `netroot activate` or `build --activate` by hand; rollback and canary are "
+        "reserved (a rollback is announced as image.rolled_back)",
+    )
+
+
+class RolledBack(ImageEventData):
+    """The label went back to the version active before the current one."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.rolled_back"
+    version: VersionId = Field(description="the version now active")
+    previous: VersionId = Field(description="the version rolled back from")
+    build_id: BuildId | None = Field(None, description="the build that made the version")
+
+
+class Pruned(ImageEventData):
+    """Versions were deleted by garbage collection."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.pruned"
+    versions: tuple[VersionId, ...] = Field(min_length=1)
+    kept: tuple[VersionId, ...] = ()
+
+
+class VersionSummary(Model):
+    """What a subscriber needs to know about one version."""
+
+    version: VersionId
+    built_at: AwareDatetime
+    kind: BuildKind
+    kernel: str | None = Field(None, max_length=256)
+    file_count: int = Field(ge=0)
+    size_bytes: int = Field(ge=0)
+
+
+class ImageState(ImageEventData):
+    """Retained: the label's active version and its rollback target."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.state"
+    active: VersionSummary | None = None
+    activated_at: AwareDatetime | None = None
+    previous: VersionId | None = Field(None, description="what `netroot rollback` would activate")
+
+
+# --- controller --------------------------------------------------------------
+
+
+class ControllerStatus(Payload):
+    """Retained controller presence and health; the offline form is also the MQTT will.
+
+    Every publication is a new event (its own `id` and `time`). While online it
+    is refreshed every `heartbeat_s` seconds; a status older than about twice
+    that means the controller is stuck or cut off even if it still says online.
+    A will (`will` true) is published by the broker after it lost the
+    controller: the controller cannot know that moment, so a will has no
+    `since` and no counters, and its envelope `time` is when the will was set
+    (the start of that connection), not when the controller went away.
+    """
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "controller.status"
+    status: Literal["online", "offline"]
+    netroot_version: str = Field("", max_length=64)
+    since: AwareDatetime | None = Field(
+        None, description="when the controller entered this status; absent in a will"
+    )
+    will: bool = Field(
+        False, description="published by the broker on the controller's behalf (MQTT will)"
+    )
+    started_at: AwareDatetime | None = Field(
+        None, description="when this controller process started"
+    )
+    broker_connected: bool | None = Field(
+        None, description="the controller's broker link is up (false in its goodbye and its will)"
+    )
+    connections: int | None = Field(
+        None, ge=0, description="broker connections made since start (more than 1: reconnects)"
+    )
+    outbox_pending: int | None = Field(None, ge=0, description="events not yet acknowledged")
+    outbox_dropped: int | None = Field(None, ge=0, description="events dropped at the bound")
+    queued_builds: int | None = Field(None, ge=0, description="builds waiting to start")
+    running_builds: tuple[Label, ...] = Field((), description="labels building now")
+    heartbeat_s: float | None = Field(
+        None, gt=0, description="while online, the next status comes within this many seconds"
+    )
+
+
+class LabelCounts(Model):
+    """One label in the index: its active version and how many nodes are in each state."""
+
+    active: VersionId | None = None
+    nodes: dict[NodePhase, int] = Field(default_factory=dict)
+
+
+class StateIndex(Payload):
+    """Retained: every label and how many nodes of each state it has.
+
+    A subscriber joining late reads this, then `state/image/+` and
+    `state/node/+` (retained), and knows the whole state; `node_count` tells it
+    how many node states to expect.
+    """
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "state.index"
+    labels: dict[Label, LabelCounts] = Field(default_factory=dict)
+    unlabelled: dict[NodePhase, int] = Field(
+        default_factory=dict, description="nodes that never reported a label, by state"
+    )
+    node_count: int = Field(ge=0, description="retained node states published")
+
+
+class ConfigReloaded(Payload):
+    """The daemon took a new configuration (SIGHUP or an edit of the file)."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "controller.config_reloaded"
+    source: ShortText = Field(description="the config file")
+    labels: tuple[Label, ...] = ()
+
+
+class ConfigRejected(Payload):
+    """A new configuration was invalid; the daemon keeps running on the previous one."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "controller.config_rejected"
+    source: ShortText = Field(description="the config file")
+    error: ShortText = Field(description="what is wrong, naming the field")
