@@ -23,7 +23,7 @@ from typing import Any
 
 from common import REPO
 
-from controller.config.models import load_config
+from controller.config.load import load_config
 
 MILESTONES = ("pxe", "boot-files", "kernel", "nfs-root", "switch-root", "login", "agent", "report")
 

@@ -20,7 +20,8 @@ from controller.core import log  # noqa: E402
 log.configure(
     level=int(__import__("os").environ.get("NETROOT_BENCH_LOG", "30"))
 )  # warnings only: the figures are the output
-from controller.config.models import Config, load_config  # noqa: E402
+from controller.config.load import load_config  # noqa: E402
+from controller.config.models import Config  # noqa: E402
 
 # What the benchmarks take from here, support's helpers included.
 __all__ = [

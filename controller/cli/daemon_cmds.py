@@ -22,7 +22,8 @@ from pydantic.dataclasses import dataclass
 
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, failed, printable, table
-from controller.config.models import BUILTIN, Config, load_config
+from controller.config.load import load_config
+from controller.config.models import BUILTIN, Config
 from controller.core import log as logsetup
 from controller.core import shipped
 from controller.core.errors import NetrootError

@@ -13,7 +13,7 @@ from pydantic.dataclasses import dataclass
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, opt, pos
 from controller.cli.output import emit_json, printable
 from controller.config import hostsfile
-from controller.config.models import load_config, parse_config
+from controller.config.load import load_config, parse_config
 from controller.core.errors import ConfigError, NetrootError
 from controller.store import fsops
 

@@ -18,7 +18,8 @@ from typing import Any, Generic, TypeVar
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
-from controller.config.models import Config, load_config
+from controller.config.load import load_config
+from controller.config.models import Config
 
 # What argparse adds to the Namespace that is not an option of the command.
 PARSER_KEYS = frozenset({"handler", "subcommand", "hook"})

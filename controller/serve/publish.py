@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from controller.config.models import Config, load_config
+from controller.config.load import load_config
+from controller.config.models import Config
 from controller.render import ExportSpec, boot_target, export_specs, render_exports, render_ganesha
 from controller.serve import nfs
 from controller.serve.tftp import plan_tftp_root, stage_plan, tftp_lock

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import Workspace, snapshot
 
-from controller.config.models import load_config
+from controller.config.load import load_config
 from controller.serve import nfs
 from controller.serve.tftp import read_default_choice
 from controller.store.layout import label_paths

@@ -13,7 +13,7 @@ import pytest
 from support import Workspace
 
 from controller.build.pipeline import STEPS
-from controller.config.models import load_config
+from controller.config.load import load_config
 from controller.store import versions as store
 from controller.store.layout import TMP_MARK, label_paths
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support import Workspace, make_root_tree
 
-from controller.config.models import load_config
+from controller.config.load import load_config
 from controller.store import versions as store
 from controller.store.layout import label_paths
 

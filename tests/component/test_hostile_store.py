@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import Workspace, snapshot
 
-from controller.config.models import load_config
+from controller.config.load import load_config
 from controller.render import export_id_for
 from controller.serve import nfs
 from controller.store.layout import label_paths

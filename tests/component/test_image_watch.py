@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from support import Workspace, make_root_tree
 
-from controller.config.models import Config, load_config
+from controller.config.load import load_config
+from controller.config.models import Config
 from controller.daemon.context import Context
 from controller.daemon.db import Database, db_path
 from controller.daemon.emit import Emitter

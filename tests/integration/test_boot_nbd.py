@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from support import Workspace
 
-from controller.config.models import load_config
+from controller.config.load import load_config
 from controller.render import boot_target
 from controller.serve import nbd
 

@@ -25,7 +25,7 @@ from integration.harness import (
 )
 from support import Workspace, make_root_tree
 
-from controller.config.models import load_config
+from controller.config.load import load_config
 from controller.store import liveedits
 from controller.store.layout import label_paths
 

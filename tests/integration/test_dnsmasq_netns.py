@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from support import KVER, Workspace, make_root_tree, wait_until
 
-from controller.config.models import load_config
+from controller.config.load import load_config
 from controller.serve import dhcp
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

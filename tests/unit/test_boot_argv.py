@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controller.config.models import parse_config
+from controller.config.load import parse_config
 from controller.core.errors import ConfigError, NetrootError
 from controller.render import boot_target
 from controller.serve import dhcp, loaders, nbd, nfs

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-from controller.config.models import BUILTIN, load_config
+from controller.config.load import load_config
+from controller.config.models import BUILTIN
 from controller.core.errors import ConfigError
 from controller.core.ids import check_label
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.config.models import Config, parse_config
+from controller.config.load import parse_config
+from controller.config.models import Config
 from controller.daemon.debounce import Batch, Debouncer, affected_labels, is_noise
 
 ROOT = Path("/srv/netroot")

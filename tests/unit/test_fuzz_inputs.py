@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import REPO
 
-from controller.config.models import Config, LabelConfig, load_config
+from controller.config.load import load_config
+from controller.config.models import Config, LabelConfig
 from controller.core.errors import ConfigError, NetrootError
 from controller.recipes import load_recipe
 from controller.recipes.legacy_def import parse_def

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from controller.config.hostsfile import merge_into, read_hosts, render_labels
-from controller.config.models import parse_config
+from controller.config.load import parse_config
 
 PWD = Path("/srv/netroot")
 

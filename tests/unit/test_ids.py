@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from controller.config.models import parse_config
+from controller.config.load import parse_config
 from controller.core.errors import ConfigError
 from controller.core.ids import (
     check_mac,

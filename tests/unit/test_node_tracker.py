@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config.models import parse_config
+from controller.config.load import parse_config
 from controller.daemon.db import Database
 from controller.daemon.emit import Emitter
 from controller.daemon.mqtt import Message, Receipt

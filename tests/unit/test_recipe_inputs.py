@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from controller.build.builders import builder_for
-from controller.config.models import Config, parse_config
+from controller.config.load import parse_config
+from controller.config.models import Config
 from controller.daemon.catchup import Inputs, decide
 from controller.daemon.debounce import affected_labels
 from controller.daemon.watch import WatchSpec, recipe_dependencies, watch_specs

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.config.models import Config, parse_config
+from controller.config.load import parse_config
+from controller.config.models import Config
 from controller.core.errors import ConfigError, StoreError
 from controller.render import (
     BootTarget,
