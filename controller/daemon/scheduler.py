@@ -27,7 +27,7 @@ from controller.core import proc
 from controller.core.errors import NetrootError
 from controller.core.failure import Failure, FailureReport
 from controller.core.log import get_logger
-from controller.daemon.announce import manifest_or_none, summary
+from controller.daemon.announce import manifest_or_none, record_success, summary
 from controller.daemon.builds import BuildRow
 from controller.daemon.catchup import stale_labels
 from controller.daemon.components import Component
@@ -270,16 +270,7 @@ class BuildScheduler(Component):
         if current is not None and current.state == "succeeded":
             return manifest  # announced by the child
         with ctx.db.transaction() as tx:
-            tx.finish_build(row.build_id, "succeeded", version=manifest.version)
-            tx.record_version(row.label, summary(manifest, row.kind))
-            succeeded = BuildSucceeded(
-                label=row.label,
-                build_id=row.build_id,
-                kind=row.kind,
-                version=manifest.version,
-                duration_s=duration,
-            )
-            ctx.emitter.image(tx, succeeded)
+            record_success(tx, ctx.emitter, row, manifest, duration)
         return manifest
 
     def _failed(self, row: BuildRow, step: str, error: str, tail: str, duration: float) -> None:
