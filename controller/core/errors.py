@@ -43,10 +43,6 @@ class UnsafePathError(NetrootError):
     """A path would escape the image tree, or an overlay holds an unsupported file type."""
 
 
-class InUseError(StoreError):
-    """A version is still used by a live node or is otherwise protected."""
-
-
 class BuildError(NetrootError):
     """A build step failed; carries the step name and the tail of its log."""
 

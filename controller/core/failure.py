@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from controller.core.errors import (
     BuildError,
     ConfigError,
-    InUseError,
     NetrootError,
     ProcessError,
     RecipeError,
@@ -29,7 +28,6 @@ FailureKind = Literal[
     "recipe",
     "config",
     "verify",
-    "in_use",
     "store",
     "unsafe_path",
     "process",
@@ -46,7 +44,6 @@ _KINDS: tuple[tuple[type[NetrootError], FailureKind], ...] = (
     (RecipeError, "recipe"),
     (ConfigError, "config"),
     (VerifyError, "verify"),
-    (InUseError, "in_use"),
     (StoreError, "store"),
     (UnsafePathError, "unsafe_path"),
     (ProcessError, "process"),

@@ -24,7 +24,7 @@ from pydantic import AwareDatetime, Field, IPvAnyAddress, ValidationError
 from controller.config.models import Config
 from controller.core.ids import Mac
 from controller.core.log import get_logger
-from controller.core.model import Model
+from controller.core.model import Model, first_error
 from controller.daemon.components import Component
 from controller.daemon.db import Database, Tx
 from controller.daemon.nodebook import NodeBook
@@ -144,7 +144,8 @@ class SpoolListener(Component):
         try:
             return DhcpRecord.model_validate_json(data)
         except ValidationError as exc:
-            self._reject(path, str(exc.errors(include_url=False)[0]["msg"]))
+            err = first_error(exc)
+            self._reject(path, f"{err.field}: {err.problem}" if err.field else err.problem)
             return None
 
 

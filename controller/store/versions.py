@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from controller.core.errors import StoreError, VerifyError
 from controller.core.ids import is_store_version
+from controller.core.model import first_error
 from controller.store import history, treeindex
 from controller.store.layout import LabelPaths
 from controller.store.manifest import BootArtifact, Manifest
@@ -50,9 +51,9 @@ def read_manifest(paths: LabelPaths, version: str) -> Manifest:
     try:
         return Manifest.model_validate_json(data)
     except ValidationError as exc:
-        raise VerifyError(
-            f"{paths.manifest(version)}: invalid manifest: {exc.errors()[0]['msg']}"
-        ) from None
+        err = first_error(exc)
+        problem = f"{err.field}: {err.in_file}" if err.field else err.in_file
+        raise VerifyError(f"{paths.manifest(version)}: invalid manifest: {problem}") from None
 
 
 def read_history(paths: LabelPaths) -> list[history.Entry]:
