@@ -134,7 +134,7 @@ class Watcher(Component):
         """Start the observer thread on the watched directories."""
         self._loop = asyncio.get_running_loop()
         self._observer = Observer()
-        self._schedule()
+        self._schedule(announce=True)
         self._observer.start()
 
     async def teardown(self) -> None:
@@ -149,7 +149,9 @@ class Watcher(Component):
             raise RuntimeError("the watcher is used outside its `async with`")
         return self._observer, self._loop
 
-    def _schedule(self) -> None:
+    def _schedule(self, *, announce: bool = False) -> None:
+        # Said once at start; the image watch reschedules on every activation.
+        say = log.info if announce else log.debug
         observer, loop = self._running()
         for spec in self._specs:
             if not spec.path.is_dir():
@@ -161,7 +163,7 @@ class Watcher(Component):
             except OSError as exc:  # e.g. the inotify watch limit: the others still work
                 log.warning("cannot watch", path=str(spec.path), error=str(exc))
                 continue
-            log.info("watching", path=str(spec.path), recursive=spec.recursive)
+            say("watching", path=str(spec.path), recursive=spec.recursive)
 
     def reconfigure(self, specs: Iterable[WatchSpec], *, quiet: float, max_latency: float) -> None:
         """Watch other paths or debounce differently (after a config reload)."""

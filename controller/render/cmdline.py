@@ -97,6 +97,9 @@ class BootTarget(Model):
         return self
 
 
+MAC_FILE_ID_PATTERN = r"01(-[0-9a-f]{2}){6}"  # what mac_file_id makes
+
+
 def mac_file_id(mac: str) -> str:
     """The `01-aa-bb-cc-dd-ee-ff` form (ARP type 1, Ethernet) loaders look up per client."""
     return "01-" + check_mac(mac).replace(":", "-")

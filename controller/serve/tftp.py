@@ -23,6 +23,7 @@ from pathlib import Path
 from controller.config.models import TFTP_VERSIONS_DIR, Config
 from controller.core.errors import StoreError
 from controller.core.flock import file_lock
+from controller.core.ids import LABEL_RE
 from controller.core.log import get_logger
 from controller.render import (
     BootTarget,
@@ -30,7 +31,13 @@ from controller.render import (
     render_all,
     render_pxelinux,
 )
-from controller.render.cmdline import INITRD_NAME, KERNEL_NAME, TFTP_DIR, version_boot_dir
+from controller.render.cmdline import (
+    INITRD_NAME,
+    KERNEL_NAME,
+    MAC_FILE_ID_PATTERN,
+    TFTP_DIR,
+    version_boot_dir,
+)
 from controller.render.grub import GRUB_DIR
 from controller.render.ipxe import IPXE_DIR
 from controller.render.pxelinux import PXELINUX_DIR
@@ -49,10 +56,11 @@ DEFAULT_CHOICE = f"{TFTP_DIR}/.default-label"  # labels cannot start with "."
 LOCK_NAME = f"{TFTP_DIR}/.render.lock"
 # Files this module owns in the directories it renders into, beside the ones
 # it renders now: anything matching and not rendered is stale and removed.
+_MAC, _LABEL = MAC_FILE_ID_PATTERN, LABEL_RE.pattern
 _OWNED = {
-    PXELINUX_DIR: re.compile(r"01(-[0-9a-f]{2}){6}|netroot-[a-z0-9][a-z0-9._-]*|default"),
-    IPXE_DIR: re.compile(r"01(-[0-9a-f]{2}){6}\.ipxe|boot\.ipxe|default\.ipxe"),
-    GRUB_DIR: re.compile(r"grub\.cfg(-01(-[0-9a-f]{2}){6})?"),
+    PXELINUX_DIR: re.compile(rf"{_MAC}|netroot-{_LABEL}|default"),
+    IPXE_DIR: re.compile(rf"{_MAC}\.ipxe|boot\.ipxe|default\.ipxe"),
+    GRUB_DIR: re.compile(rf"grub\.cfg(-{_MAC})?"),
 }
 
 
