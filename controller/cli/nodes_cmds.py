@@ -56,13 +56,13 @@ def cmd_nodes(opts: NodesOptions) -> int:
     """The fleet table (or --json objects) and a one-line summary by state."""
     nodes, active = _read_nodes(opts)
     shown = nodes_view.fleet(nodes, active, opts.filters())
-    now = datetime.now(UTC)
     if opts.json:
-        emit_json([nodes_view.record(n, now) for n in shown])
+        emit_json([nodes_view.record(n) for n in shown])
         return 0
     if not shown:
         print("no nodes known yet" if not nodes and not opts.label else "no nodes match")
         return 0
+    now = datetime.now(UTC)
     table(nodes_view.HEADERS, [nodes_view.row(n, now) for n in shown])
     print(nodes_view.summary(shown))
     return 0

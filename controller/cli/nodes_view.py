@@ -103,10 +103,13 @@ def boot_duration_s(node: NodeState) -> float | None:
     return None
 
 
-def record(node: NodeState, now: datetime) -> dict[str, Any]:
-    """One object of `nodes --json`: the node state plus the fields the table derives."""
+def record(node: NodeState) -> dict[str, Any]:
+    """One object of `nodes --json`: the node state and its boot duration.
+
+    No field depends on when it is read (uptime is now - booted_at): two reads
+    of an unchanged fleet, or the CLI and an API, give equal objects.
+    """
     data = node.model_dump(mode="json")
-    data["uptime_s"] = _round(uptime_s(node, now))
     data["boot_duration_s"] = _round(boot_duration_s(node))
     return data
 

@@ -78,10 +78,9 @@ def test_missing_data_is_a_dash_in_the_table_and_null_in_json() -> None:
     assert nodes_view.row(shown, NOW) == [
         "52:54:00:00:00:03", "-", "-", "-", "-", "dhcp", "-", "-", "-", "-", "",
     ]  # fmt: skip
-    record = nodes_view.record(shown, NOW)
+    record = nodes_view.record(shown)
     for name in ("hostname", "label", "version", "active_version", "action", "last_seen"):
         assert record[name] is None, name
-    assert record["uptime_s"] is None
     assert record["boot_duration_s"] is None  # no agent reports boot timings yet
 
 
@@ -89,8 +88,10 @@ def test_only_a_running_node_has_an_uptime() -> None:
     booted = NOW - timedelta(minutes=10)
     lost = node("04", "lost", booted_at=booted, since=NOW - timedelta(minutes=1))
     up = node("05", booted_at=booted)
-    assert nodes_view.record(lost, NOW)["uptime_s"] is None
-    assert nodes_view.record(up, NOW)["uptime_s"] == 600.0
+    assert nodes_view.uptime_s(lost, NOW) is None
+    assert nodes_view.uptime_s(up, NOW) == 600.0
+    assert nodes_view.row(lost, NOW)[8] == "-"
+    assert nodes_view.row(up, NOW)[8] == "10m"
 
 
 def test_the_active_version_comes_from_the_store_not_the_stored_state() -> None:
@@ -98,7 +99,7 @@ def test_the_active_version_comes_from_the_store_not_the_stored_state() -> None:
     lost = node("06", "lost", version=V1, active_version=V1)
     (shown,) = nodes_view.fleet([lost], {"demo": V2}, Filters())
     assert shown.active_version == V2
-    assert nodes_view.record(shown, NOW)["active_version"] == V2
+    assert nodes_view.record(shown)["active_version"] == V2
 
 
 def test_rows_go_by_label_then_problems_first_then_mac() -> None:
