@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 
+from controller.cli.nodes_cmds import cmd_nodes
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, failed, printable, table
 from controller.config.load import load_config
@@ -37,13 +38,6 @@ from controller.events.envelope import Envelope, json_schemas
 from controller.events.topics import Topics
 
 DHCP_IGNORED = ("del", "init", "tftp", "arp", "arp-del", "relay-snoop")
-
-
-@dataclass(frozen=True, kw_only=True, config=OPTIONS)
-class NodesOptions(Common):
-    """netroot nodes."""
-
-    stale: bool = flag("only nodes that must remount or reboot")
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
@@ -206,40 +200,6 @@ def _status(config: Config, db: Database) -> dict[str, Any]:
         "nodes": counts,
         "outbox": {"pending": db.outbox_pending, "dropped": db.outbox_dropped()},
     }
-
-
-@command("nodes", NodesOptions, help="known nodes and their state")
-def cmd_nodes(opts: NodesOptions) -> int:
-    """Nodes and their state; --stale: those that must remount or reboot."""
-    config = load(opts)
-    db = _open_db(config)
-    nodes = []
-    if db is not None:
-        with db:
-            nodes = [n for n in db.nodes() if not opts.stale or n.state == "stale"]
-    if opts.json:
-        emit_json([n.model_dump(mode="json") for n in nodes])
-        return 0
-    if not nodes:
-        print("no stale nodes" if opts.stale else "no nodes known yet")
-        return 0
-    rows = [
-        [
-            n.mac,
-            n.state,
-            n.action or "",
-            n.label or "-",
-            n.version or "-",
-            n.active_version or "-",
-            str(n.ip) if n.ip else "-",
-            n.last_seen.strftime("%Y-%m-%d %H:%M:%S") if n.last_seen else "-",
-            n.reason,
-        ]
-        for n in nodes
-    ]
-    headers = ["MAC", "STATE", "ACTION", "LABEL", "VERSION", "ACTIVE", "IP", "LAST SEEN", "REASON"]
-    table(headers, rows)
-    return 0
 
 
 def describe(message: Message) -> str:

@@ -39,8 +39,12 @@ class NodeState(Payload):
     action: StaleAction | None = Field(None, description="what clears a stale node")
     reason: ShortText = ""
     ip: IpAddress | None = None
+    hostname: str | None = Field(None, max_length=255, description="from the last DHCP lease")
     kernel: str | None = Field(None, max_length=256)
     boot_id: BootId | None = None
+    booted_at: AwareDatetime | None = Field(
+        None, description="when the controller got the report of this boot"
+    )
     root: RootMount | None = None
     since: AwareDatetime | None = Field(None, description="when the node entered this state")
     last_seen: AwareDatetime | None = None

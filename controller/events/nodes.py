@@ -254,7 +254,7 @@ def _dhcp(state: NodeState, event: DhcpLease) -> Result:
     if event.firmware:
         # The firmware asks: whatever ran before is gone, a new boot begins.
         phase = "dhcp"
-        changes: dict[str, Any] = {"version": None, "kernel": None, "root": None}
+        changes: dict[str, Any] = dict.fromkeys(("version", "kernel", "root", "booted_at"))
     elif state.state in {"unknown", "dhcp", "lost"}:
         phase, changes = "booting", {}
     else:
@@ -265,6 +265,7 @@ def _dhcp(state: NodeState, event: DhcpLease) -> Result:
         action=state.action if phase == "stale" else None,
         reason=state.reason if phase == state.state else "",
         ip=event.ip,
+        hostname=event.hostname or state.hostname,
         last_seen=event.at,
         since=_since(state, phase, state.action if phase == "stale" else None, event),
         **changes,
@@ -284,6 +285,7 @@ def _booted(state: NodeState, event: Booted) -> Result:
         state,
         event,
         boot_id=event.boot_id,
+        booted_at=event.at,
         kernel=event.kernel,
         ip=event.ip or state.ip,
         root=event.root,

@@ -351,6 +351,27 @@ def test_dhcp_renewal_of_a_running_node_is_silent_unless_the_address_changes() -
     assert event_kinds(fx) == ["dhcp"]
 
 
+def test_the_boot_time_is_kept_while_the_boot_lasts_and_cleared_by_the_next() -> None:
+    node, _ = step(NodeState(mac=MAC), booted(V1, V1, t=5))
+    assert node.booted_at == at(5)
+    node, _ = step(node, heartbeat(V1, V1, t=60))
+    node, _ = step(node, booted(V1, V1, boot_id=BOOT_A, t=90))  # the agent restarted
+    assert node.booted_at == at(5)
+    node, _ = step(node, DhcpLease(at=at(120), ip=IP, firmware=True))  # a reboot begins
+    assert node.booted_at is None
+    node, _ = step(node, booted(V1, V1, boot_id=BOOT_B, t=150))
+    assert node.booted_at == at(150)
+
+
+def test_the_hostname_of_a_lease_is_kept_until_another_lease_names_one() -> None:
+    node, _ = step(NodeState(mac=MAC), DhcpLease(at=at(0), ip=IP, firmware=False, hostname="n01"))
+    assert node.hostname == "n01"
+    node, _ = step(node, DhcpLease(at=at(10), ip=IP, firmware=True))  # firmware sends none
+    assert node.hostname == "n01"
+    node, _ = step(node, DhcpLease(at=at(20), ip=IP, firmware=False, hostname="n01b"))
+    assert node.hostname == "n01b"
+
+
 # --- agent reports ------------------------------------------------------------
 
 
