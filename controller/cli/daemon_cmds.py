@@ -288,6 +288,8 @@ def cmd_events(opts: EventsOptions) -> int:
     """Print events as they arrive, until Ctrl-C, --count or --timeout; or the journal's."""
     config = load(opts)
     if opts.since is not None:
+        if opts.state or opts.count is not None or opts.timeout is not None:
+            raise NetrootError("--state, --count and --timeout are for the live stream only")
         query = history.journal_query(opts.since, opts.type, opts.label)
         return history.show(config, query, as_json=opts.json)
     if opts.type is not None or opts.label is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,33 @@ def test_the_journal_answers_what_happened_with_the_daemon_stopped(
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0
     assert "--since: 'yesterday' is not a time (allowed: an ISO 8601 time" in bad.stderr
+    mixed = ws.run("events", "--since", "1h", "--count", "1", check=False)
+    assert "are for the live stream only" in mixed.stderr
+    alone = ws.run("events", "--type", "node.", check=False)
+    assert "--type and --label select from the journal: give --since TIME too" in alone.stderr
+
+
+def test_the_daemon_prunes_the_journal_at_start_and_the_outbox_still_delivers(
+    tmp_path: Path, broker: Broker
+) -> None:
+    ws = Workspace(
+        tmp_path, extra_config=QUICK + "events_retention = 1\n" + broker.mqtt_config()
+    ).write()
+    make_root_tree(ws.tree)
+    ws.run("build", "demo", "--activate")
+    journalled = journal(ws, "--since", "1h")
+    assert [e["type"] for e in journalled][-1] == "org.netroot.image.activated"
+    written = max(datetime.fromisoformat(e["time"]) for e in journalled)
+    wait_for(lambda: datetime.now(UTC) - written > timedelta(seconds=1.5), "the events to age")
+    collector = Collector(broker.port)
+    controller = Controller(ws)
+    try:
+        controller.start()
+        controller.wait_log("journal pruned")
+        collector.wait_event("image.activated")  # the outbox is not the journal
+        assert controller.stop() == 0
+    finally:
+        controller.cleanup()
+        collector.close()
+    assert journal(ws, "--since", "1h") == []
+    assert ws.run("events", "--since", "1h").stdout.startswith("no events since ")
