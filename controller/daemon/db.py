@@ -2,9 +2,9 @@
 
 The tables have their own modules: builds and versions seen (daemon.builds),
 nodes (daemon.nodestore), the event outbox (daemon.outbox) and the event
-journal (daemon.journal). Every event is
-inserted into the outbox in the same transaction as the state change it
-reports. Only the daemon writes; CLI commands (`status`, `nodes`, `gc`) open
+journal (daemon.journal). Every event is inserted into the outbox and the
+journal in the same transaction as the state change it reports. Only the
+daemon writes; CLI commands (`status`, `nodes`, `events --since`, `gc`) open
 the file read-only, which WAL allows while the daemon runs.
 """
 
@@ -120,7 +120,7 @@ class Tx(OutboxWrites, JournalWrites, NodeWrites, BuildWrites):
         self._undo.append(callback)
 
     def flush(self) -> None:
-        """Write the buffered messages and node states (before commit)."""
+        """Write the buffered messages, journal rows and node states (before commit)."""
         self._flush_messages()
         self._flush_journal()
         self._flush_nodes()
