@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 
+from controller.cli import history
 from controller.cli.nodes_cmds import cmd_nodes
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, failed, printable, table
@@ -47,6 +48,15 @@ class EventsOptions(Common):
     state: bool = flag("also retained image and node states")
     count: int | None = opt(type=int, metavar="N", help="exit after N messages")
     timeout: float | None = opt(type=float, metavar="S", help="exit after S seconds")
+    since: str | None = opt(
+        metavar="TIME",
+        help="the journal since TIME instead of the live stream: 2026-12-04T08:00 (UTC "
+        "unless an offset is given) or an age like 10m, 2h, 1d; works with the daemon stopped",
+    )
+    type: str | None = opt(
+        metavar="T", help="with --since: types starting with T (node., image.build.failed)"
+    )
+    label: str | None = opt(metavar="L", help="with --since: events of label L")
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
@@ -233,10 +243,17 @@ def as_json_line(payload: bytes) -> str:
         return json.dumps({"raw": payload.decode(errors="replace")})
 
 
-@command("events", EventsOptions, help="the live event stream from the broker")
+@command("events", EventsOptions, help="the live event stream, or the journal with --since")
 def cmd_events(opts: EventsOptions) -> int:
-    """Print events as they arrive, until Ctrl-C, --count or --timeout."""
+    """Print events as they arrive, until Ctrl-C, --count or --timeout; or the journal's."""
     config = load(opts)
+    if opts.since is not None:
+        if opts.state or opts.count is not None or opts.timeout is not None:
+            raise NetrootError("--state, --count and --timeout are for the live stream only")
+        query = history.journal_query(opts.since, opts.type, opts.label)
+        return history.show(config, query, as_json=opts.json)
+    if opts.type is not None or opts.label is not None:
+        raise NetrootError("--type and --label select from the journal: give --since TIME too")
     if not config.mqtt.enabled:
         raise NetrootError(f"{config.source}: mqtt is disabled; there is no event stream")
     prefix = config.mqtt.topic_prefix

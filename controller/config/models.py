@@ -220,6 +220,17 @@ class Config(Model):
         le=86400,
         description="the retained node state's last_seen lags the newest report by at most this",
     )
+    events_retention: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="seconds the event journal keeps an event (`netroot events --since`)",
+    )
+    events_limit: int = Field(
+        500_000,
+        ge=1000,
+        le=100_000_000,
+        description="events the journal keeps at most: the oldest go first",
+    )
     source: str = Field(BUILTIN, exclude=True, description="where this config came from")
 
     @property

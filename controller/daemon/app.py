@@ -27,6 +27,7 @@ from controller.daemon.debounce import Batch, affected_labels
 from controller.daemon.emit import Emitter
 from controller.daemon.images import ImageBook
 from controller.daemon.imagewatch import ImageWatch
+from controller.daemon.journal import JournalKeeper
 from controller.daemon.liveness import NodeWatch
 from controller.daemon.lock import exclusive, holder_pid, lock_path
 from controller.daemon.mqtt import BrokerLink, Message
@@ -163,6 +164,7 @@ class Daemon:
             IndexKeeper(ctx),
             self.tracker,
             NodeWatch(ctx, self.link),
+            JournalKeeper(db, lambda: (ctx.config.events_retention, ctx.config.events_limit)),
             self.spool,
             self.scheduler,
             self.watcher,
@@ -225,7 +227,8 @@ class Daemon:
                 task.cancel()
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
-        for name in ("watcher", "images", "spool", "reloader", "liveness"):  # no new triggers
+        # No new triggers (and no pruning while the rest stops).
+        for name in ("watcher", "images", "spool", "reloader", "liveness", "journal"):
             await _cancel(tasks[name])
         await _cancel(tasks["scheduler"])  # running builds are killed and recorded
         await _cancel(tasks["index"])

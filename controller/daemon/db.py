@@ -1,9 +1,10 @@
 """The daemon's SQLite state (WAL): the connection, the schema and transactions.
 
 The tables have their own modules: builds and versions seen (daemon.builds),
-nodes (daemon.nodestore) and the event outbox (daemon.outbox). Every event is
-inserted into the outbox in the same transaction as the state change it
-reports. Only the daemon writes; CLI commands (`status`, `nodes`, `gc`) open
+nodes (daemon.nodestore), the event outbox (daemon.outbox) and the event
+journal (daemon.journal). Every event is inserted into the outbox and the
+journal in the same transaction as the state change it reports. Only the
+daemon writes; CLI commands (`status`, `nodes`, `events --since`, `gc`) open
 the file read-only, which WAL allows while the daemon runs.
 """
 
@@ -23,6 +24,7 @@ from typing import Self
 from controller.config.models import Config
 from controller.core.errors import NetrootError
 from controller.daemon.builds import BuildReads, BuildWrites
+from controller.daemon.journal import JOURNAL_SCHEMA, Journal, JournalRow, JournalWrites
 from controller.daemon.nodestore import NodeReads, NodeRow, NodeWrites
 from controller.daemon.outbox import MessageRow, Outbox, OutboxWrites
 from controller.events.liveness import in_use
@@ -97,7 +99,7 @@ def db_path(config: Config) -> Path:
 
 
 @dataclass
-class Tx(OutboxWrites, NodeWrites, BuildWrites):
+class Tx(OutboxWrites, JournalWrites, NodeWrites, BuildWrites):
     """Writes of one transaction; the outbox rows commit with the state they describe."""
 
     conn: sqlite3.Connection
@@ -106,6 +108,7 @@ class Tx(OutboxWrites, NodeWrites, BuildWrites):
     _after: list[Callable[[], None]] = field(default_factory=list)
     _undo: list[Callable[[], None]] = field(default_factory=list)
     _messages: list[MessageRow] = field(default_factory=list)
+    _journal: list[JournalRow] = field(default_factory=list)
     _nodes: dict[str, NodeRow] = field(default_factory=dict)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -117,8 +120,9 @@ class Tx(OutboxWrites, NodeWrites, BuildWrites):
         self._undo.append(callback)
 
     def flush(self) -> None:
-        """Write the buffered messages and node states (before commit)."""
+        """Write the buffered messages, journal rows and node states (before commit)."""
         self._flush_messages()
+        self._flush_journal()
         self._flush_nodes()
 
 
@@ -154,7 +158,7 @@ def _connect(path: Path, *, readonly: bool, immutable: bool = False) -> sqlite3.
     return conn
 
 
-class Database(Closing, Outbox, NodeReads, BuildReads):
+class Database(Closing, Outbox, Journal, NodeReads, BuildReads):
     """The state database; `transaction()` is the only way to change it."""
 
     def __init__(
@@ -188,6 +192,7 @@ class Database(Closing, Outbox, NodeReads, BuildReads):
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.executescript(_SCHEMA)
+        self._conn.executescript(JOURNAL_SCHEMA)  # added without a schema version: a new table
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))

@@ -60,12 +60,30 @@ class Emitter:
     def _envelope(self, data: Payload, subject: str | None, at: datetime | None = None) -> bytes:
         return envelope_json(data, subject, self.source, now=at or datetime.now(UTC))
 
+    def _event(
+        self,
+        tx: Tx,
+        topic: str,
+        data: Payload,
+        subject: str | None,
+        *,
+        label: str | None,
+        at: datetime | None = None,
+    ) -> None:
+        """An event: to the outbox, and to the journal in the same transaction."""
+        when = at or datetime.now(UTC)
+        envelope = envelope_json(data, subject, self.source, now=when)
+        tx.emit(topic, envelope)
+        tx.record(when, data.event_type, envelope, subject=subject, label=label)
+
     def image(self, tx: Tx, data: ImageEventData, at: datetime | None = None) -> None:
         """An image event of the label (build.*, activated, rolled_back, pruned).
 
         `at` is when it happened, when that was earlier than now (a history line).
         """
-        tx.emit(self.topics.image_events(data.label), self._envelope(data, data.label, at))
+        self._event(
+            tx, self.topics.image_events(data.label), data, data.label, label=data.label, at=at
+        )
         log.info("event", type=data.event_type, subject=data.label, **_brief(data))
 
     def index(self, tx: Tx, data: StateIndex) -> None:
@@ -78,7 +96,7 @@ class Emitter:
 
     def controller(self, tx: Tx, data: Payload) -> None:
         """An event about the controller itself."""
-        tx.emit(self.topics.controller_events(), self._envelope(data, None))
+        self._event(tx, self.topics.controller_events(), data, None, label=None)
         log.info("event", type=data.event_type, **_brief(data))
 
     def node_effects(self, tx: Tx, mac: str, effects: list[Effect]) -> None:
@@ -86,7 +104,8 @@ class Emitter:
         for effect in effects:
             match effect:
                 case PublishEvent(data):
-                    tx.emit(self.topics.node_events(data.mac), self._envelope(data, data.mac))
+                    topic = self.topics.node_events(data.mac)
+                    self._event(tx, topic, data, data.mac, label=data.label)
                     # Debug: a boot storm of thousands of nodes must not flood the journal.
                     self._node_log.debug(
                         "event", type=data.event_type, subject=data.mac, state=data.state
