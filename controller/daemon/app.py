@@ -36,6 +36,7 @@ from controller.daemon.publisher import IndexKeeper, NodeTracker, Publisher, Sta
 from controller.daemon.scheduler import BuildScheduler
 from controller.daemon.spool import SpoolListener
 from controller.daemon.watch import Watcher, recipe_dependencies, watch_specs
+from controller.daemon.web.server import HttpServer
 from controller.events.node_messages import MAX_REPORT_BYTES
 from controller.events.payloads import ConfigRejected, ConfigReloaded
 from controller.events.topics import Topics
@@ -168,6 +169,7 @@ class Daemon:
             self.watcher,
             self.image_watch,
             self.reloader,
+            HttpServer(ctx, self.link),
             Watchdog(),
         ]
         loop = asyncio.get_running_loop()
@@ -227,6 +229,7 @@ class Daemon:
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         for name in ("watcher", "images", "spool", "reloader", "liveness"):  # no new triggers
             await _cancel(tasks[name])
+        await _cancel(tasks["http"])  # the listener closes at teardown
         await _cancel(tasks["scheduler"])  # running builds are killed and recorded
         await _cancel(tasks["index"])
         # Reports the broker delivered: applied and acknowledged while still connected,
@@ -314,6 +317,8 @@ def _check_reloadable(old: Config, new: Config) -> None:
         raise NetrootError(f"state_dir cannot change while serving ({old.state_dir}); restart")
     if new.mqtt.enabled != old.mqtt.enabled:
         raise NetrootError("mqtt.enabled cannot change while serving; restart")
+    if new.http != old.http:
+        raise NetrootError("http cannot change while serving; restart")
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
