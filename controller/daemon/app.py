@@ -36,7 +36,7 @@ from controller.daemon.publisher import IndexKeeper, NodeTracker, Publisher, Sta
 from controller.daemon.scheduler import BuildScheduler
 from controller.daemon.spool import SpoolListener
 from controller.daemon.watch import Watcher, recipe_dependencies, watch_specs
-from controller.daemon.web.server import HttpServer
+from controller.daemon.web.server import HttpServer, read_token
 from controller.events.node_messages import MAX_REPORT_BYTES
 from controller.events.payloads import ConfigRejected, ConfigReloaded
 from controller.events.topics import Topics
@@ -89,6 +89,7 @@ class Daemon:
     async def run(self) -> None:
         """Recover, serve until told to stop, shut down in order."""
         config = self.config
+        self.http_token = read_token(config)  # a refused token file stops us before any work
         config.state_dir.mkdir(parents=True, exist_ok=True)
         with daemon_lock(config.state_dir):
             log.info("starting", version=__version__, config=config.source, pid=os.getpid())
@@ -169,7 +170,7 @@ class Daemon:
             self.watcher,
             self.image_watch,
             self.reloader,
-            HttpServer(ctx, self.link),
+            HttpServer(ctx, self.link, self.http_token),
             Watchdog(),
         ]
         loop = asyncio.get_running_loop()

@@ -98,20 +98,20 @@ class HttpServer(Component):
 
     name = "http"
 
-    def __init__(self, ctx: Context, link: BrokerLink | None) -> None:
+    def __init__(self, ctx: Context, link: BrokerLink | None, token: str | None) -> None:
         self.ctx = ctx
+        self.token = token  # read_token's, checked before the daemon started anything
         self.endpoints = Endpoints(ctx, link)
         self.runner: web.AppRunner | None = None
 
     async def setup(self) -> None:
-        """Read the token and listen; a refused token or a taken port stops the start."""
+        """Listen; a taken port stops the start."""
         http = self.ctx.config.http
         if not http.enabled:
             log.info("http disabled (http.listen is empty)")
             return
-        token = await asyncio.to_thread(read_token, self.ctx.config)
         host, port = listen_address(http.listen)
-        runner = web.AppRunner(build_app(self.endpoints.routes(), token), access_log=None)
+        runner = web.AppRunner(build_app(self.endpoints.routes(), self.token), access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
@@ -121,7 +121,7 @@ class HttpServer(Component):
                 self.ctx.config.source, "http.listen", f"cannot listen on {http.listen}: {exc}"
             ) from None
         self.runner = runner
-        log.info("http listening", listen=http.listen, token=token is not None)
+        log.info("http listening", listen=http.listen, token=self.token is not None)
 
     async def run(self) -> None:
         """aiohttp serves on its own tasks; this one lives until cancelled."""
