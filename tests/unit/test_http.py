@@ -10,7 +10,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from controller.config.load import load_config
 from controller.config.models import Config
-from controller.core.errors import ConfigError
+from controller.core.errors import ConfigError, NetrootError
+from controller.daemon.app import _check_reloadable
 from controller.daemon.web.server import build_app, read_token
 
 
@@ -124,3 +125,10 @@ async def test_read_only_routes_answer_other_methods_and_paths_in_json() -> None
             assert "error" in await refused.json()
     finally:
         await client.close()
+
+
+def test_a_reload_that_changes_http_is_refused(tmp_path: Path) -> None:
+    old = _load(tmp_path, 'listen = "127.0.0.1:9650"')
+    _check_reloadable(old, _load(tmp_path, 'listen = "127.0.0.1:9650"'))
+    with pytest.raises(NetrootError, match=r"^http cannot change while serving; restart$"):
+        _check_reloadable(old, _load(tmp_path, 'listen = "127.0.0.1:9651"'))
