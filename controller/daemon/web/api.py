@@ -2,15 +2,17 @@
 
 Handlers take what they need from the daemon's context on the event loop (the
 current config, the broker link's state) and do their reading in a worker
-thread (daemon.web.fleet), so a slow disk never stalls the daemon. More
+thread of the server's own (daemon.web.fleet), so a slow disk never stalls the daemon. More
 resources plug in as rows of `Endpoints.routes`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -21,6 +23,11 @@ from controller.daemon.web import fleet, metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API = "/api/v1"
+# Readers of their own: a burst of scrapes queues here, never in the default executor
+# the daemon's other components hand their blocking work to.
+READERS = 2
+
+T = TypeVar("T")
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -36,6 +43,15 @@ class Endpoints:
         self.link = link
         collector = metrics.FleetCollector(self._read_fleet, self._connected)
         self.registry = metrics.registry(collector)
+        self.pool = ThreadPoolExecutor(READERS, thread_name_prefix="http-read")
+
+    async def _off_loop(self, read: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, functools.partial(read, *args))
+
+    def close(self) -> None:
+        """Let the reading threads go (a read in progress finishes first)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def routes(self) -> list[tuple[str, Handler]]:
         """GET routes: path, handler (every other method is 405)."""
@@ -54,12 +70,12 @@ class Endpoints:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format."""
-        body = await asyncio.to_thread(metrics.exposition, self.registry)
+        body = await self._off_loop(metrics.exposition, self.registry)
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def labels(self, request: web.Request) -> web.Response:
         """Every configured label."""
-        rows = await asyncio.to_thread(fleet.label_overview, self.ctx.config)
+        rows = await self._off_loop(fleet.label_overview, self.ctx.config)
         return web.json_response(rows)
 
     async def versions(self, request: web.Request) -> web.Response:
@@ -68,7 +84,7 @@ class Endpoints:
         label = request.match_info["label"]
         if label not in config.labels:
             return json_error(404, f"no such label: {label!r}")
-        rows = await asyncio.to_thread(fleet.label_versions, config, label)
+        rows = await self._off_loop(fleet.label_versions, config, label)
         return web.json_response(rows)
 
     async def openapi(self, request: web.Request) -> web.Response:

@@ -37,7 +37,7 @@ def read_token(config: Config) -> str | None:
     hold one non-empty line.
     """
     path = config.http.token_file
-    if path is None:
+    if path is None or not config.http.enabled:
         return None
     field = "http.token_file"
 
@@ -132,3 +132,4 @@ class HttpServer(Component):
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        self.endpoints.close()
