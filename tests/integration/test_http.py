@@ -97,6 +97,9 @@ def test_metrics_and_the_label_api_after_an_activation_made_nodes_stale(
     agent_report(broker, A, version=v1, ip="10.0.2.31")
     agent_report(broker, B, version=v1, ip="10.0.2.32")
     served.collector.wait_event("node.current", count=2)
+    up = samples(served.get("/metrics")[1].decode())  # the event commits with the state
+    assert up["netroot_nodes", frozenset({("label", "demo"), ("state", "up")})] == 2
+    assert ("netroot_nodes_stale", frozenset({("label", "demo"), ("action", "reboot")})) not in up
     v2 = served.new_version("v2")
     served.collector.wait_event("node.stale", count=2, action="reboot", active_version=v2)
 
@@ -105,7 +108,7 @@ def test_metrics_and_the_label_api_after_an_activation_made_nodes_stale(
     scraped = samples(body.decode())
     demo = frozenset({("label", "demo")})
     assert scraped["netroot_nodes", demo | {("state", "stale")}] == 2
-    assert ("netroot_nodes", demo | {("state", "running")}) not in scraped
+    assert ("netroot_nodes", demo | {("state", "up")}) not in scraped
     assert scraped["netroot_nodes_stale", demo | {("action", "reboot")}] == 2
     assert scraped["netroot_node_last_seen_age_seconds_count", frozenset()] == 2
     assert scraped["netroot_node_last_seen_age_seconds_bucket", frozenset({("le", "+Inf")})] == 2
