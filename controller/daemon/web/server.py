@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import sqlite3
 import stat
 
 from aiohttp import web
@@ -86,6 +87,8 @@ def build_app(routes: list[tuple[str, Handler]], token: str | None) -> web.Appli
             return error
         except NetrootError as exc:  # a store or database error: one line, no traceback
             return json_error(500, str(exc))
+        except sqlite3.Error as exc:  # the daemon holds the database longer than busy_timeout
+            return json_error(503, f"state database: {exc}")
 
     app = web.Application(middlewares=[guard])
     for path, handler in routes:
