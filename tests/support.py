@@ -133,6 +133,8 @@ class Workspace:
     keep_versions: int = 3
     extra_config: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    # The [http] table: off, so daemons of tests running side by side never share a port.
+    http: str = 'listen = ""'
 
     @property
     def config(self) -> Path:
@@ -177,6 +179,7 @@ class Workspace:
         self.config.write_text(
             f'state_dir = "state"\nrecipes_dir = "recipes"\noverlays_dir = "overlays"\n'
             f'export_root = "export"\ntftp_root = "tftp"\n{self.extra_config}\n'
+            f"[http]\n{self.http}\n"
             f'[labels.{self.label}]\nrecipe = "{self.label}.toml"\n'
             f"keep_versions = {self.keep_versions}\n"
         )

@@ -26,7 +26,6 @@ from controller.store import activation, gc, treeindex
 from controller.store import versions as store
 from controller.store.layout import LabelPaths, label_paths
 from controller.store.locking import label_lock
-from controller.store.manifest import Manifest
 from controller.store.recovery import Recovered, known_labels
 
 
@@ -89,10 +88,6 @@ def waiting(label: str) -> None:
     print(f"netroot: waiting for another build or activation of {label}...", file=sys.stderr)
 
 
-def _summary(m: Manifest) -> dict[str, Any]:
-    return m.model_dump(mode="json")
-
-
 def _print_activation(opts: Common, done: activation.Activation) -> None:
     if opts.json:
         emit_json(
@@ -148,12 +143,7 @@ def cmd_versions(opts: LabelOptions) -> int:
     paths = label_of(config, opts.label)
     infos = store.list_versions(paths)
     if opts.json:
-        emit_json(
-            [
-                {**_summary(i.manifest), "active": i.active, "rollback_target": i.rollback_target}
-                for i in infos
-            ]
-        )
+        emit_json([i.as_json() for i in infos])
         return 0
     if not infos:
         print(f"{opts.label}: no versions yet; run `netroot build {opts.label}`")

@@ -15,7 +15,15 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from controller.config.models import BUILTIN, TFTP_LINK_DIR, Config, LabelConfig, NodeConfig
+from controller.config.models import (
+    BUILTIN,
+    TFTP_LINK_DIR,
+    Config,
+    LabelConfig,
+    NodeConfig,
+    is_loopback,
+    listen_address,
+)
 from controller.core import shipped
 from controller.core.errors import ConfigError
 from controller.core.ids import check_label, check_mac
@@ -78,6 +86,9 @@ def _resolve(data: dict[str, Any], root: Path) -> dict[str, Any]:
             value = out.get(key, field.default)
             if isinstance(value, (str, Path)):
                 out[key] = root / Path(value)
+    http = out.get("http")
+    if isinstance(http, dict) and isinstance(http.get("token_file"), str):
+        out["http"] = {**http, "token_file": root / Path(http["token_file"])}
     labels = out.get("labels")
     if isinstance(labels, dict):
         resolved = {}
@@ -108,7 +119,20 @@ def parse_config(data: dict[str, Any], *, source: str, root: Path) -> Config:
         raise ConfigError(source, "", "values nested too deeply") from None
     _check_nodes(config)
     _check_link_paths(config)
+    _check_http(config)
     return config
+
+
+def _check_http(config: Config) -> None:
+    """Only loopback may listen without a bearer token."""
+    http = config.http
+    if http.enabled and http.token_file is None:
+        host, _ = listen_address(http.listen)
+        if not is_loopback(host):
+            problem = f"{http.listen!r} is reachable from other machines without http.token_file"
+            raise ConfigError(
+                config.source, "http.listen", problem, "a loopback address, or set http.token_file"
+            )
 
 
 def _inside(path: Path, directory: Path) -> bool:

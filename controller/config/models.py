@@ -73,6 +73,49 @@ class MqttConfig(Model):
     )
 
 
+def listen_address(listen: str) -> tuple[str, int]:
+    """(host, port) of an `http.listen` value like 127.0.0.1:9650 or [::1]:9650."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{listen!r} is not an address like 127.0.0.1:9650 or [::1]:9650")
+    host = host.removeprefix("[").removesuffix("]")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{listen!r}: {host!r} is not an IP address or localhost") from None
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach host (an address listen_address accepted)."""
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+class HttpConfig(Model):
+    """The daemon's HTTP server: /metrics and the read-only API (docs/design.md §12)."""
+
+    listen: str = Field(
+        "127.0.0.1:9650",
+        description='host:port; "" turns the server off; other than loopback needs token_file',
+    )
+    token_file: Path | None = Field(
+        None, description="bearer token every request must carry (not readable by others)"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            listen_address(value)
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the daemon serves HTTP at all."""
+        return bool(self.listen)
+
+
 class NfsConfig(Model):
     """How root trees are exported to nodes."""
 
@@ -168,6 +211,7 @@ class Config(Model):
     tftp_root: Path = Path("var/tftp")
     server: Host = "10.0.2.2"
     mqtt: MqttConfig = MqttConfig()
+    http: HttpConfig = HttpConfig()
     nfs: NfsConfig = NfsConfig()
     labels: dict[str, LabelConfig] = Field(default_factory=dict)
     nodes: dict[str, NodeConfig] = Field(

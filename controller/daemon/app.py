@@ -37,6 +37,7 @@ from controller.daemon.publisher import IndexKeeper, NodeTracker, Publisher, Sta
 from controller.daemon.scheduler import BuildScheduler
 from controller.daemon.spool import SpoolListener
 from controller.daemon.watch import Watcher, recipe_dependencies, watch_specs
+from controller.daemon.web.server import HttpServer, read_token
 from controller.events.node_messages import MAX_REPORT_BYTES
 from controller.events.payloads import ConfigRejected, ConfigReloaded
 from controller.events.topics import Topics
@@ -89,6 +90,7 @@ class Daemon:
     async def run(self) -> None:
         """Recover, serve until told to stop, shut down in order."""
         config = self.config
+        self.http_token = read_token(config)  # a refused token file stops us before any work
         config.state_dir.mkdir(parents=True, exist_ok=True)
         with daemon_lock(config.state_dir):
             log.info("starting", version=__version__, config=config.source, pid=os.getpid())
@@ -170,6 +172,7 @@ class Daemon:
             self.watcher,
             self.image_watch,
             self.reloader,
+            HttpServer(ctx, self.link, self.http_token),
             Watchdog(),
         ]
         loop = asyncio.get_running_loop()
@@ -230,6 +233,7 @@ class Daemon:
         # No new triggers (and no pruning while the rest stops).
         for name in ("watcher", "images", "spool", "reloader", "liveness", "journal"):
             await _cancel(tasks[name])
+        await _cancel(tasks["http"])  # the listener closes at teardown
         await _cancel(tasks["scheduler"])  # running builds are killed and recorded
         await _cancel(tasks["index"])
         # Reports the broker delivered: applied and acknowledged while still connected,
@@ -317,6 +321,8 @@ def _check_reloadable(old: Config, new: Config) -> None:
         raise NetrootError(f"state_dir cannot change while serving ({old.state_dir}); restart")
     if new.mqtt.enabled != old.mqtt.enabled:
         raise NetrootError("mqtt.enabled cannot change while serving; restart")
+    if new.http != old.http:
+        raise NetrootError("http cannot change while serving; restart")
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

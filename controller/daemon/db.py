@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from controller.config.models import Config
 from controller.core.errors import NetrootError
@@ -204,6 +204,10 @@ class Database(Closing, Outbox, Journal, NodeReads, BuildReads):
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()
+
+    def rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read query (aggregates over the tables: daemon.web.fleet)."""
+        return self._conn.execute(sql, args).fetchall()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -26,6 +26,11 @@ class VersionInfo:
     manifest: Manifest
     active: bool
     rollback_target: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """The row of `netroot versions --json` and of the HTTP API: the manifest, marked."""
+        row: dict[str, Any] = self.manifest.model_dump(mode="json")
+        return {**row, "active": self.active, "rollback_target": self.rollback_target}
 
 
 def version_ids(paths: LabelPaths) -> list[str]:

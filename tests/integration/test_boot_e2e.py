@@ -252,6 +252,9 @@ tftp_root = "{root / "tftp"}"
 host = "127.0.0.1"
 port = {broker.port}
 
+[http]
+listen = ""
+
 [labels.debian12]
 recipe = "{recipe}"
 
