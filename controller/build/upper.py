@@ -22,15 +22,8 @@ def _kind(st: os.stat_result, path: Path) -> str:
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
         return "whiteout"
     if stat.S_ISDIR(st.st_mode):
-        return "opaque" if _opaque(path) else "dir"
+        return "opaque" if cow.is_opaque(path) else "dir"
     return "file" if stat.S_ISREG(st.st_mode) else "other"
-
-
-def _opaque(path: Path) -> bool:
-    try:
-        return os.getxattr(path, cow.OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
 
 
 def upper_entries(upper: Path) -> list[tuple[str, str]]:

@@ -45,7 +45,8 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: Path) -> bool:
+def is_opaque(path: Path) -> bool:
+    """An overlay upper directory marked opaque: it hides the lower one's entries."""
     try:
         return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:
@@ -77,7 +78,7 @@ def _merge_dir(src: Path, dst: Path, st: os.stat_result) -> None:
         existing = dst.lstat()
     except FileNotFoundError:
         existing = None
-    if existing is not None and (not stat.S_ISDIR(existing.st_mode) or _is_opaque(src)):
+    if existing is not None and (not stat.S_ISDIR(existing.st_mode) or is_opaque(src)):
         _remove(dst)
         existing = None
     if existing is None:

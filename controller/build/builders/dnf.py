@@ -25,10 +25,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.build.builders import BuildRequest, Progress, basetree, chroot, pkgstage
+from controller.build.builders import BuildRequest, Progress, basetree, chroot
 from controller.build.builders.package_backend import PackageBackend, place_kernels
 from controller.core import proc
 from controller.core.errors import NetrootError, RecipeError
+from controller.core.flock import file_lock
 from controller.recipes import DnfRecipe, distros
 
 BACKEND_VERSION = "1"  # bump when a change here changes the trees built
@@ -260,7 +261,7 @@ class DnfBuilder(PackageBackend[DnfRecipe]):
             f"dependencies ({where}, dnf, from {names})"
         )
         with (
-            pkgstage.locked(rpms.with_name(rpms.name + ".lock")),
+            file_lock(rpms.with_name(rpms.name + ".lock"), mode=0o644),
             tempfile.TemporaryDirectory(prefix="netroot-dnf-") as tmp,
         ):
             conf = Path(tmp)

@@ -15,9 +15,10 @@ import os
 import re
 from pathlib import Path
 
-from controller.build.builders import BuildRequest, Progress, chroot, pkgstage
+from controller.build.builders import BuildRequest, Progress, chroot
 from controller.build.builders.package_backend import PackageBackend
 from controller.core.errors import NetrootError, RecipeError
+from controller.core.flock import file_lock
 from controller.recipes import MmdebstrapRecipe, PackageRecipe
 
 BACKEND_VERSION = "1"  # bump when a change here changes the trees built
@@ -175,7 +176,7 @@ class MmdebstrapBuilder(PackageBackend[MmdebstrapRecipe]):
             f"installing {len(recipe.package_set)} requested packages and their "
             f"dependencies ({suite}, mmdebstrap)"
         )
-        with pkgstage.locked(debs.with_name(debs.name + ".lock")):
+        with file_lock(debs.with_name(debs.name + ".lock"), mode=0o644):
             before = {p.name for p in debs.glob("*.deb")}
             argv = chroot.unshare_argv(mmdebstrap_argv(recipe, request.rootfs))
             env = mmdebstrap_env(debs, base_tar)

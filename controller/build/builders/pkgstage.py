@@ -16,12 +16,9 @@ the versions that share it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +26,7 @@ from pathlib import Path
 from controller.build.builders import basetree
 from controller.core import proc
 from controller.core.errors import RecipeError
+from controller.core.flock import file_lock
 from controller.recipes import PackageRecipe
 from controller.store import fsops
 
@@ -100,7 +98,8 @@ class StageCache:
     def copy_out(self, stage: Stage, rootfs: Path, log_file: Path) -> None:
         """Fill the (empty) rootfs with a clone of the cached tree."""
         rootfs.rmdir()
-        with locked(self.top / ".lock", shared=True):  # no store replaces it meanwhile
+        # shared: no store replaces the stage meanwhile
+        with file_lock(self.top / ".lock", mode=0o644, shared=True):
             clone_into(stage.rootfs, rootfs, log_file)
 
     def store(
@@ -108,7 +107,7 @@ class StageCache:
     ) -> Stage:
         """Copy a freshly installed tree into the cache, completing it atomically."""
         stage = Stage(self.top / key[:32], key)
-        with locked(self.top / ".lock"):
+        with file_lock(self.top / ".lock", mode=0o644):
             # under the lock no other store is running: any .tmp-* is a killed build's
             for leftover in self.top.glob(".tmp-*"):
                 fsops.remove_tree(leftover)
@@ -123,18 +122,6 @@ class StageCache:
             finally:
                 fsops.remove_tree(tmp)
         return stage
-
-
-@contextlib.contextmanager
-def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
-    """An flock on path (created), exclusive unless shared, held for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def path_digest(path: Path) -> str:
