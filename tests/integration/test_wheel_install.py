@@ -20,8 +20,9 @@ from controller.build.builders import basetree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
-# What a checkout holds that is no input of the build (state, caches, git).
-UNBUILT = {".git", "var", "build", "dist", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache",
+# What the top of a checkout holds that is no input of the build (state, caches, git);
+# only there: controller/build is a package.
+UNBUILT = {".git", "var", "build", "dist", ".venv", ".mypy_cache", ".ruff_cache",
            ".pytest_cache", ".hypothesis"}  # fmt: skip
 
 
@@ -29,7 +30,12 @@ def _copy_checkout(dest: Path) -> Path:
     """The checkout as it is now (uncommitted edits too), without state or caches."""
 
     def skip(directory: str, names: list[str]) -> set[str]:
-        return {n for n in names if n in UNBUILT or n.endswith(".egg-info")}
+        top = Path(directory) == REPO
+        return {
+            n
+            for n in names
+            if (top and n in UNBUILT) or n == "__pycache__" or n.endswith(".egg-info")
+        }
 
     shutil.copytree(REPO, dest, symlinks=True, ignore=skip)
     return dest
