@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from typing import Annotated, ClassVar, Self
 
 from pydantic import AwareDatetime, Field, model_validator
 
@@ -27,6 +27,21 @@ class RootMount(Model):
     lower: ShortText | None = Field(None, description="NFS source under the tmpfs overlay")
 
 
+# A boot's phases are seconds; a day bounds any figure a node can send.
+BootSeconds = Annotated[float, Field(ge=0, le=86400)]
+
+
+class BootTiming(Model):
+    """How long the node's last boot took, as `systemd-analyze time` printed it on the node."""
+
+    firmware_s: BootSeconds | None = Field(None, description="firmware (UEFI only)")
+    loader_s: BootSeconds | None = Field(None, description="boot loader (UEFI only)")
+    kernel_s: BootSeconds = Field(description="kernel start to the initramfs")
+    initrd_s: BootSeconds | None = Field(None, description="initramfs to switch-root")
+    userspace_s: BootSeconds = Field(description="switch-root to the default target")
+    total_s: BootSeconds = Field(description="the sum systemd-analyze printed")
+
+
 class NodeState(Payload):
     """Retained node state, and the state the node state machine works on."""
 
@@ -46,6 +61,9 @@ class NodeState(Payload):
         None, description="when the controller got the report of this boot"
     )
     root: RootMount | None = None
+    boot_timing: BootTiming | None = Field(
+        None, description="the agent's systemd-analyze figures for this boot"
+    )
     since: AwareDatetime | None = Field(None, description="when the node entered this state")
     last_seen: AwareDatetime | None = None
 
