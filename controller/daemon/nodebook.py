@@ -61,6 +61,7 @@ class NodeBook:
         self.nodes: dict[str, NodeState] = {n.mac: n for n in db.nodes()}
         self.active: dict[str, str | None] = {k: r.active for k, r in db.labels().items()}
         self.rejected = 0
+        self.accepted = 0  # node messages applied since the daemon started (/metrics rates it)
         self.refused_at_cap = 0  # reports of new nodes refused because max_nodes was reached
         self.gate = WillGate(grace=config.resync_grace)
         # The last_seen each node's retained state carries (the database's, at start).
@@ -239,6 +240,7 @@ class NodeBook:
                     self._reject(message.topic, f"cannot apply: {exc}")
                     continue
                 accepted += 1
+        self.accepted += accepted
         return accepted
 
     def _reject(self, topic: str, reason: str) -> None:
