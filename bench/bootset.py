@@ -18,6 +18,7 @@ import ctypes
 import mmap
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,22 @@ _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def _walk(root: Path) -> list[Path]:
-    found = [root]
-    for top, dirs, files in os.walk(root):
-        found += [Path(top, name) for name in dirs + files]
+def _walk(root: Path) -> list[tuple[Path, os.stat_result]]:
+    """Every entry with its lstat, each taken before the entry is listed or followed.
+
+    Listing a directory moves its atime, and so does following a symlink
+    (os.walk's is_dir does): the walk must not record its own reads.
+    """
+    found, pending = [], [root]
+    while pending:
+        directory = pending.pop()
+        found.append((directory, directory.lstat()))
+        with os.scandir(directory) as listing:
+            for entry in listing:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                else:
+                    found.append((Path(entry.path), entry.stat(follow_symlinks=False)))
     return found
 
 
@@ -44,8 +57,7 @@ def reset(rootfs: Path, skip: set[tuple[int, int]]) -> int:
     """Old atimes on every entry, page cache dropped for every file; entries reset."""
     os.sync()  # fadvise cannot drop dirty pages
     entries = _walk(rootfs)
-    for path in entries:
-        st = path.lstat()
+    for path, st in entries:
         if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in skip:
             fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
             try:
@@ -85,25 +97,28 @@ def resident_ranges(path: Path, size: int) -> list[tuple[int, int]]:
     return [(offset, min(length, size - offset)) for offset, length in runs]
 
 
-def collect(rootfs: Path, skip: set[tuple[int, int]]) -> list[dict[str, Any]]:
-    """Entries read since reset, in first-access order (atimes first: mincore's mmap moves them)."""
+def collect(rootfs: Path, skip: set[tuple[int, int]], since_ns: int) -> list[dict[str, Any]]:
+    """Entries read at or after since_ns, in first-access order, each with `at_ns`.
+
+    All atimes are taken first: mincore's mmap moves them.
+    """
     touched = []
-    for path in _walk(rootfs):
-        st = path.lstat()
-        if st.st_atime_ns > OLD_ATIME_NS and (st.st_dev, st.st_ino) not in skip:
+    for path, st in _walk(rootfs):
+        if st.st_atime_ns >= since_ns and (st.st_dev, st.st_ino) not in skip:
             touched.append((st.st_atime_ns, path, st))
     touched.sort(key=lambda item: (item[0], str(item[1])))
     entries: list[dict[str, Any]] = []
-    for _atime, path, st in touched:
+    for atime, path, st in touched:
         rel = "/" + path.relative_to(rootfs).as_posix() if path != rootfs else "/"
+        at = {"at_ns": atime}
         if stat.S_ISREG(st.st_mode):
             ranges = resident_ranges(path, st.st_size)
             entries.append({"path": rel, "kind": "file", "size": st.st_size,
-                            "ranges": [list(r) for r in ranges]})  # fmt: skip
+                            "ranges": [list(r) for r in ranges], **at})  # fmt: skip
         elif stat.S_ISLNK(st.st_mode):
-            entries.append({"path": rel, "kind": "symlink", "target": os.readlink(path)})
+            entries.append({"path": rel, "kind": "symlink", "target": os.readlink(path), **at})
         elif stat.S_ISDIR(st.st_mode):
-            entries.append({"path": rel, "kind": "dir", "entries": len(os.listdir(path))})
+            entries.append({"path": rel, "kind": "dir", "entries": len(os.listdir(path)), **at})
     return entries
 
 
@@ -127,3 +142,25 @@ def totals(entries: list[dict[str, Any]]) -> dict[str, int]:
         "range_bytes": sum(length for e in files for _o, length in e["ranges"]),
         "reads": sum(len(e["ranges"]) for e in files),
     }
+
+
+def other_readers(rootfs: Path, stop: threading.Event, found: dict[int, str]) -> None:
+    """Until stop: processes other than ganesha.nfsd holding a file under rootfs open.
+
+    A poll (five times a second) can miss a short read; it names who else
+    reads the tree, whose reads would otherwise count as the boot's.
+    """
+    prefix = os.fspath(rootfs) + "/"
+    while not stop.wait(0.2):
+        for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+            pid = int(fd_dir.parent.name)
+            if pid in found:
+                continue
+            try:
+                cmdline = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "ganesha.nfsd" in cmdline:
+                    continue
+                if any(os.readlink(fd).startswith(prefix) for fd in fd_dir.iterdir()):
+                    found[pid] = cmdline[:300]
+            except OSError:
+                continue
