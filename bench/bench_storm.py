@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +56,7 @@ from controller.store import versions as store
 from controller.store.layout import label_paths
 
 KS = (1, 10, 50, 100, 200)
+Run = Callable[[], tuple[float, list[float], int]]  # -> (total s, per-node s, bytes read)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -182,7 +184,8 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def _machine() -> tuple[int, int]:
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
 
@@ -192,7 +195,7 @@ def _self_cpu() -> float:
     return times.user + times.system
 
 
-def measure(mode: str, k: int, server_pid: int, run: Any) -> Phase:
+def measure(mode: str, k: int, server_pid: int, run: Run) -> Phase:
     """Run `run()` -> (total seconds, per-node seconds, bytes) with CPU accounting around it."""
     server0, client0, (busy0, all0) = _cpu_ticks(server_pid), _self_cpu(), _machine()
     total_s, node_s, nbytes = run()
@@ -203,7 +206,7 @@ def measure(mode: str, k: int, server_pid: int, run: Any) -> Phase:
                  machine_busy=(busy1 - busy0) / max(1, all1 - all0))  # fmt: skip
 
 
-def sequential(url: str, k: int, entries: list[dict[str, Any]], whole: bool) -> Any:
+def sequential(url: str, k: int, entries: list[dict[str, Any]], whole: bool) -> Run:
     """The baseline: one node after another, K times."""
 
     def run() -> tuple[float, list[float], int]:
@@ -218,7 +221,7 @@ def sequential(url: str, k: int, entries: list[dict[str, Any]], whole: bool) -> 
     return run
 
 
-def storm(url: str, k: int, entries: list[dict[str, Any]], whole: bool) -> Any:
+def storm(url: str, k: int, entries: list[dict[str, Any]], whole: bool) -> Run:
     """K nodes released at the same instant; each node's time runs from the release."""
 
     def run() -> tuple[float, list[float], int]:
@@ -310,7 +313,7 @@ Projection (one run, this machine: {cpus} CPUs shared by server and clients, loo
   initramfs ({initrd_note}) is not part of this figure; metadata is a lower bound."""
 
 
-def print_table(phases: list[Phase], set_bytes: int) -> None:
+def print_table(phases: list[Phase]) -> None:
     """The figures, one line per phase, then the storm/sequential ratios per K."""
     print(f"{'mode':<11}{'K':>5}{'total s':>9}{'nodes/min':>11}{'p50 s':>8}{'p99 s':>8}"
           f"{'max s':>8}{'srv CPU s':>10}{'cli CPU s':>10}{'MB/s':>8}{'busy':>6}")  # fmt: skip
@@ -330,7 +333,6 @@ def print_table(phases: list[Phase], set_bytes: int) -> None:
             continue
         print(f"{k:>5}{s.per_minute:>17,.0f}{q.per_minute:>12,.0f}"
               f"{s.per_minute / q.per_minute:>7.2f}{s.pct(99) / q.pct(50):>23.2f}")  # fmt: skip
-    _ = set_bytes
 
 
 def main() -> None:
@@ -398,7 +400,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
-    print_table(phases, set_bytes)
+    print_table(phases)
     storms = [p for p in phases if p.mode == "storm"]
     top = storms[-1]
     print()
