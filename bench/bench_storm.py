@@ -126,6 +126,8 @@ def record(config_path: Path | None, label: str) -> None:
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "boot": "PXE, qemu TCG, until the agent's MQTT report",
         "milestones_s": milestones,
+        "entry_at_s": "an entry's first access, seconds after `netroot boot` was started (qemu"
+        " starts a few seconds later: milestones count from qemu's start)",
         "excluded_before_kernel": len(early) - len(entries),
         "other_readers": list(others.values()),
         "method": bootset.__doc__,
