@@ -339,6 +339,45 @@ def print_table(phases: list[Phase]) -> None:
               f"{s.per_minute / q.per_minute:>7.2f}{s.pct(99) / q.pct(50):>23.2f}")  # fmt: skip
 
 
+def replay(
+    args: argparse.Namespace, recorded: dict[str, Any], version: str, rootfs: Path
+) -> list[Phase]:
+    """Serve the version, warm up, then the sequential baseline and the storm for each K."""
+    entries: list[dict[str, Any]] = recorded["entries"]
+    ks = [int(k) for k in args.ks.split(",")]
+    with tempfile.TemporaryDirectory(prefix="netroot-storm-") as tmp:
+        server, url = start_ganesha(Path(tmp), args.label, version, rootfs)
+        try:
+            wait_mounted(url, server)
+            cat_s = nfs_cat_overhead(url, entries)
+            warm = time.perf_counter()
+            try:
+                replay_node(url, "netroot-storm-warmup", entries, args.whole_files)
+            except NfsError as exc:
+                raise SystemExit(
+                    f"{set_file(args.label)}: {exc}: recorded on version"
+                    f" {recorded['version']}, serving {version}: run with --record"
+                ) from None
+            warm_s = time.perf_counter() - warm
+            per_node = cat_s * recorded["totals"]["files"]
+            print(f"warm-up node (untimed in the table): {warm_s:.2f} s; nfs-cat of one small"
+                  f" file: {cat_s * 1000:.1f} ms (a process and a mount each: {per_node:.1f} s"
+                  " per node if used per file)\n")  # fmt: skip
+            phases = []
+            whole = args.whole_files
+            for k in ks:
+                if not args.no_sequential:
+                    phases.append(
+                        measure("sequential", k, server.pid, sequential(url, k, entries, whole))
+                    )
+                phases.append(measure("storm", k, server.pid, storm(url, k, entries, whole)))
+                print(f"  K={k} done", file=sys.stderr, flush=True)
+        finally:
+            server.terminate()
+            server.wait(30)
+    return phases
+
+
 def main() -> None:
     """Record the boot set (--record) or replay it as storms of K nodes."""
     parser = argparse.ArgumentParser(
@@ -367,10 +406,8 @@ def main() -> None:
     if not path.is_file():
         raise SystemExit(f"{path}: no recorded boot set: run with --record")
     recorded = json.loads(path.read_text())
-    entries: list[dict[str, Any]] = recorded["entries"]
     config = load_config(args.config)
     version, rootfs, _boot = active_rootfs(config, args.label)
-    ks = [int(k) for k in args.ks.split(",")]
     totals = recorded["totals"]
     set_bytes = totals["file_bytes"] if args.whole_files else totals["range_bytes"]
     print(f"boot set of {args.label} (recorded {recorded['recorded_at']}, version "
@@ -380,30 +417,7 @@ def main() -> None:
     print(f"replaying {'whole files' if args.whole_files else 'recorded ranges'} "
           f"({set_bytes / 1e6:.1f} MB per node) against version {version}, "
           f"{os.cpu_count()} CPUs, Ganesha and clients on loopback")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="netroot-storm-") as tmp:
-        server, url = start_ganesha(Path(tmp), args.label, version, rootfs)
-        try:
-            wait_mounted(url, server)
-            cat_s = nfs_cat_overhead(url, entries)
-            warm = time.perf_counter()
-            replay_node(url, "netroot-storm-warmup", entries, args.whole_files)
-            warm_s = time.perf_counter() - warm
-            per_node = cat_s * totals["files"]
-            print(f"warm-up node (untimed in the table): {warm_s:.2f} s; nfs-cat of one small"
-                  f" file: {cat_s * 1000:.1f} ms (a process and a mount each: {per_node:.1f} s"
-                  " per node if used per file)\n")  # fmt: skip
-            phases = []
-            whole = args.whole_files
-            for k in ks:
-                if not args.no_sequential:
-                    phases.append(
-                        measure("sequential", k, server.pid, sequential(url, k, entries, whole))
-                    )
-                phases.append(measure("storm", k, server.pid, storm(url, k, entries, whole)))
-                print(f"  K={k} done", file=sys.stderr, flush=True)
-        finally:
-            server.terminate()
-            server.wait(30)
+    phases = replay(args, recorded, version, rootfs)
     print_table(phases)
     storms = [p for p in phases if p.mode == "storm"]
     top = storms[-1]
