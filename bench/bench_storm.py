@@ -349,7 +349,6 @@ def replay(
         server, url = start_ganesha(Path(tmp), args.label, version, rootfs)
         try:
             wait_mounted(url, server)
-            cat_s = nfs_cat_overhead(url, entries)
             warm = time.perf_counter()
             try:
                 replay_node(url, "netroot-storm-warmup", entries, args.whole_files)
@@ -359,6 +358,7 @@ def replay(
                     f" {recorded['version']}, serving {version}: run with --record"
                 ) from None
             warm_s = time.perf_counter() - warm
+            cat_s = nfs_cat_overhead(url, entries)
             per_node = cat_s * recorded["totals"]["files"]
             print(f"warm-up node (untimed in the table): {warm_s:.2f} s; nfs-cat of one small"
                   f" file: {cat_s * 1000:.1f} ms (a process and a mount each: {per_node:.1f} s"
