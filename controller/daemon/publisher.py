@@ -32,7 +32,7 @@ WINDOW = 1000
 # then waits for the backlog to clear (at most YIELD_S): in a boot storm states
 # are stored first and events follow; they are durable in the outbox meanwhile.
 BUSY_WINDOW = 64
-INGEST_BATCH = 2000  # at most this many reports applied in one transaction
+INGEST_BATCH = 1000  # reports applied in one transaction (below mqtt.RECEIVE_MAXIMUM)
 # After the first report, wait this long for more: reports come in bursts
 # (a boot storm), and one transaction for many is far cheaper than many.
 GATHER_S = 0.01
