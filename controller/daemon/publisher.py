@@ -36,6 +36,7 @@ INGEST_BATCH = 1000  # reports applied in one transaction (below mqtt.RECEIVE_MA
 # After the first report, wait this long for more: reports come in bursts
 # (a boot storm), and one transaction for many is far cheaper than many.
 GATHER_S = 0.01
+QUIET_S = 0.05  # no report for this long: ingest is idle, the publisher sends full windows
 RETRY_S = 0.5
 YIELD_S = 0.5
 # The CLI adds events to the outbox from other processes: look for them this often.
@@ -154,12 +155,16 @@ class NodeTracker(Component):
     async def run(self) -> None:
         """Take what has arrived, apply it, yield to the other components, repeat."""
         while True:
+            if self.inbox.empty() and not self.idle.is_set():
+                # Idle only after a quiet moment: right after a batch is acknowledged
+                # the inbox is empty until the broker sends the next one.
+                await asyncio.sleep(QUIET_S)
+                if self.inbox.empty():
+                    self.idle.set()
             self._held.append(await self.inbox.get())
             self.idle.clear()
             await asyncio.sleep(GATHER_S)
             self._take()
-            if self.inbox.empty():
-                self.idle.set()
 
     def _take(self) -> None:
         batch, self._held = self._held, []
