@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import ssl
 from collections.abc import Callable, Sequence
@@ -17,8 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aiomqtt
+import paho.mqtt.client as paho_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from controller.config.models import MqttConfig
 from controller.core.errors import NetrootError
@@ -31,7 +34,10 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 ACK_TIMEOUT_S = 30.0
-MAX_INFLIGHT = 64
+# QoS 1 messages handed to the broker before the first is acknowledged: the
+# publisher's window (publisher.WINDOW) fits, so a window goes out at once and
+# loopback round trips never leave the broker idle.
+MAX_INFLIGHT = 2000
 # MQTT 5: a persistent session outlives a restart of the controller by this much
 # (the broker keeps node reports for it meanwhile).
 SESSION_EXPIRY_S = 7 * 24 * 3600
@@ -67,11 +73,18 @@ class Message:
 def _publish_properties(message: Message, packet: int = PacketTypes.PUBLISH) -> Properties | None:
     if message.content_type is None and message.expiry_s is None:
         return None
+    return _properties(packet, message.content_type, message.expiry_s)
+
+
+@functools.lru_cache(maxsize=16)
+def _properties(packet: int, content_type: str | None, expiry_s: int | None) -> Properties:
+    # Shared, never changed after this: paho only reads them when it packs a
+    # message, and building one is most of the cost of a publish.
     props = Properties(packet)  # type: ignore[no-untyped-call]
-    if message.content_type is not None:
-        props.ContentType = message.content_type
-    if message.expiry_s is not None:
-        props.MessageExpiryInterval = message.expiry_s
+    if content_type is not None:
+        props.ContentType = content_type
+    if expiry_s is not None:
+        props.MessageExpiryInterval = expiry_s
     return props
 
 
@@ -128,6 +141,19 @@ def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return context
 
 
+class _Window:
+    """Packet ids of one `publish()` call still waiting for their acknowledgement."""
+
+    def __init__(self, waiting: set[int]) -> None:
+        self.waiting = waiting
+        self.done = asyncio.get_running_loop().create_future()
+
+    def acked(self, mid: int) -> None:
+        self.waiting.discard(mid)
+        if not self.waiting and not self.done.done():
+            self.done.set_result(None)
+
+
 def _payload_bytes(payload: object) -> bytes:
     if isinstance(payload, bytes | bytearray):
         return bytes(payload)
@@ -176,6 +202,7 @@ class BrokerLink(Component):
         self._session: asyncio.Task[None] | None = None
         self._closing = False
         self._restart = asyncio.Event()
+        self._windows: dict[int, _Window] = {}  # packet id -> the publish() awaiting it
 
     async def teardown(self) -> None:
         """End the session `run` keeps (a `close()` said goodbye before, if anyone did)."""
@@ -232,6 +259,26 @@ class BrokerLink(Component):
             # aiomqtt 2.5 has no option for it; its paho client has (paho acks in
             # on_message otherwise, before the message is even in our inbox).
             client._client.manual_ack_set(True)
+        # publish() hands whole windows to paho and waits for them together, not
+        # one asyncio future and timer per message as aiomqtt's publish does.
+        # paho calls on_publish in the event loop's thread (aiomqtt drives it).
+        aiomqtt_on_publish = client._on_publish
+        windows = self._windows = {}
+
+        def on_publish(
+            paho: paho_client.Client,
+            userdata: object,
+            mid: int,
+            reason: ReasonCode,
+            properties: Properties,
+        ) -> None:
+            window = windows.pop(mid, None)
+            if window is not None:
+                window.acked(mid)
+            else:
+                aiomqtt_on_publish(paho, userdata, mid, reason, properties)
+
+        client._client.on_publish = on_publish
         return client
 
     async def run(self) -> None:
@@ -302,22 +349,38 @@ class BrokerLink(Component):
         """Publish in order; returns how many, from the first, the broker acknowledged.
 
         All are handed to the client before any acknowledgement is awaited, so
-        they go out in order on one connection; a QoS 0 message counts once sent.
+        they go out in order on one connection, up to MAX_INFLIGHT unacknowledged
+        (paho queues the rest and sends each as a slot frees); a QoS 0 message
+        counts once sent.
         """
         client = self._client
-        if client is None:
+        session = self._session
+        if client is None or session is None:
             raise LinkDown("not connected to the broker")
-        calls = [asyncio.ensure_future(_publish(client, m, wait_s=ACK_TIMEOUT_S)) for m in messages]
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        paho = client._client  # see _make_client
+        infos: list[paho_client.MQTTMessageInfo] = []
+        window = _Window(set())
+        windows = self._windows
+        for m in messages:
+            info = paho.publish(m.topic, m.payload, m.qos, m.retain, _publish_properties(m))
+            if info.rc not in (paho_client.MQTT_ERR_SUCCESS, paho_client.MQTT_ERR_NO_CONN):
+                break  # the rest would go out of order after a gap
+            infos.append(info)
+            if m.qos > 0 and not info.is_published():
+                window.waiting.add(info.mid)
+                windows[info.mid] = window
+        if window.waiting:
+            # Until all are acknowledged, the connection ends, or the broker is stuck.
+            await asyncio.wait({window.done, session}, timeout=ACK_TIMEOUT_S,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            for mid in window.waiting:
+                windows.pop(mid, None)
         acked = 0
-        for result in results:
-            if isinstance(result, BaseException):
+        for m, info in zip(messages, infos, strict=False):
+            if m.qos > 0 and not info.is_published():
                 break
             acked += 1
         if acked < len(messages):
-            error = results[acked]
-            if isinstance(error, Exception) and not isinstance(error, aiomqtt.MqttError):
-                raise error  # a bug, not the network
             log.warning("publish interrupted", acked=acked, pending=len(messages) - acked)
         return acked
 

@@ -10,6 +10,12 @@ message that a newer retained message for the same topic supersedes goes
 first, then the oldest non-retained events, with the count logged and kept
 in `outbox_dropped`. The latest retained state of a topic is never dropped,
 and the tables holding state are never touched by the bound.
+
+The publisher coalesces what it reads (`coalesce`): a retained message with a
+newer retained message for the same topic further on in the same window is
+superseded, so only the newer one is sent. Events (not retained) are never
+coalesced: each is an occurrence that subscribers count; the journal keeps
+every event anyway.
 """
 
 from __future__ import annotations
@@ -35,6 +41,30 @@ class OutboxRow:
     payload: bytes
     qos: int
     retain: bool
+
+
+def coalesce(rows: Sequence[OutboxRow], barrier: str) -> tuple[list[OutboxRow], list[int]]:
+    """The rows worth sending (in order) and the seqs of retained rows superseded in `rows`.
+
+    A retained row is superseded by a later retained row of the same topic,
+    unless a `barrier` row (the retained index, which promises that every state
+    it counts was published before it) lies between them.
+    """
+    newer: set[str] = set()  # retained topics that have a later row (since the last barrier)
+    send: list[OutboxRow] = []
+    superseded: list[int] = []
+    for row in reversed(rows):
+        if row.retain:
+            if row.topic in newer:
+                superseded.append(row.seq)
+                continue
+            if row.topic == barrier:
+                newer.clear()
+            newer.add(row.topic)
+        send.append(row)
+    send.reverse()
+    superseded.reverse()
+    return send, superseded
 
 
 class OutboxWrites:

@@ -15,6 +15,7 @@ from controller.daemon.db import Database
 from controller.daemon.emit import Emitter, Health
 from controller.daemon.mqtt import BrokerLink, LinkDown, Message
 from controller.daemon.nodebook import NodeBook
+from controller.daemon.outbox import coalesce
 from controller.events.payloads import StateIndex
 
 if TYPE_CHECKING:
@@ -22,15 +23,21 @@ if TYPE_CHECKING:
 
 log = get_logger("publisher")
 
-WINDOW = 64  # messages handed to the client before awaiting their acknowledgements
-INGEST_BATCH = 1000  # reports applied in one transaction
+# Outbox rows read, coalesced and handed to the broker at once; their
+# acknowledgements are awaited together and the delivered rows deleted in one
+# transaction. Large enough that loopback round trips and the per-window work
+# cost little; mqtt.MAX_INFLIGHT lets a whole window be in flight.
+WINDOW = 1000
+# While node reports wait to be applied, the publisher sends a small window and
+# then waits for the backlog to clear (at most YIELD_S): in a boot storm states
+# are stored first and events follow; they are durable in the outbox meanwhile.
+BUSY_WINDOW = 64
+INGEST_BATCH = 1000  # reports applied in one transaction (below mqtt.RECEIVE_MAXIMUM)
 # After the first report, wait this long for more: reports come in bursts
 # (a boot storm), and one transaction for many is far cheaper than many.
 GATHER_S = 0.01
+QUIET_S = 0.05  # no report for this long: ingest is idle, the publisher sends full windows
 RETRY_S = 0.5
-# While node reports wait to be applied, the publisher sends one window, then
-# waits for the backlog to clear (at most this long): in a boot storm states are
-# stored first and events follow; they are durable in the outbox meanwhile.
 YIELD_S = 0.5
 # The CLI adds events to the outbox from other processes: look for them this often.
 POLL_S = 1.0
@@ -55,6 +62,7 @@ class Publisher(Component):
         self.emitter = emitter
         self.wake = asyncio.Event()
         self.published = 0
+        self.coalesced = 0  # retained messages not sent: a newer one for the topic followed
 
     def notify(self) -> None:
         """Called after a transaction added messages."""
@@ -75,7 +83,8 @@ class Publisher(Component):
         if self.link is None:
             return False
         self.wake.clear()
-        rows = self.db.outbox_head(WINDOW)
+        busy = self.ingest_idle is not None and not self.ingest_idle.is_set()
+        rows = self.db.outbox_head(BUSY_WINDOW if busy else WINDOW)
         if not rows:
             if wait:
                 try:
@@ -87,19 +96,24 @@ class Publisher(Component):
             if not wait:
                 return False
             await self.link.wait_connected()
+        index = self.emitter.topics.state_index() if self.emitter else ""
+        send, superseded = coalesce(rows, barrier=index)
+        emitter = self.emitter
         try:
-            emitter = self.emitter
             acked = await self.link.publish(
                 [
                     emitter.message(r) if emitter else Message(r.topic, r.payload, r.qos, r.retain)
-                    for r in rows
+                    for r in send
                 ]
             )
         except LinkDown:
             acked = 0
-        self.db.outbox_delete([r.seq for r in rows[:acked]])
+        # A superseded row goes with the others: its newer row is still in the outbox
+        # (or delivered), so a subscriber ends with the newest state either way.
+        self.db.outbox_delete([r.seq for r in send[:acked]] + superseded)
         self.published += acked
-        if acked < len(rows):
+        self.coalesced += len(superseded)
+        if acked < len(send):
             await asyncio.sleep(RETRY_S)  # the link notices the drop; then wait_connected()
         return True
 
@@ -141,12 +155,16 @@ class NodeTracker(Component):
     async def run(self) -> None:
         """Take what has arrived, apply it, yield to the other components, repeat."""
         while True:
+            if self.inbox.empty() and not self.idle.is_set():
+                # Idle only after a quiet moment: right after a batch is acknowledged
+                # the inbox is empty until the broker sends the next one.
+                await asyncio.sleep(QUIET_S)
+                if self.inbox.empty():
+                    self.idle.set()
             self._held.append(await self.inbox.get())
             self.idle.clear()
             await asyncio.sleep(GATHER_S)
             self._take()
-            if self.inbox.empty():
-                self.idle.set()
 
     def _take(self) -> None:
         batch, self._held = self._held, []
