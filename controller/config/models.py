@@ -116,6 +116,27 @@ class HttpConfig(Model):
         return bool(self.listen)
 
 
+class BootHttpConfig(Model):
+    """Kernel and initramfs over HTTP for iPXE nodes: a listener of its own, no API, no token."""
+
+    listen: str = Field(
+        "",
+        description='host:port nodes reach (iPXE menus use `server` and this port); "" is off',
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            listen_address(value)
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether iPXE menus load boot files over HTTP, served by the daemon."""
+        return bool(self.listen)
+
+
 class NfsConfig(Model):
     """How root trees are exported to nodes."""
 
@@ -212,6 +233,7 @@ class Config(Model):
     server: Host = "10.0.2.2"
     mqtt: MqttConfig = MqttConfig()
     http: HttpConfig = HttpConfig()
+    boot_http: BootHttpConfig = BootHttpConfig()
     nfs: NfsConfig = NfsConfig()
     labels: dict[str, LabelConfig] = Field(default_factory=dict)
     nodes: dict[str, NodeConfig] = Field(
