@@ -263,6 +263,14 @@ def test_a_bad_boot_http_listen_names_the_field() -> None:
     assert "boot_http.listen" in str(err.value)
 
 
+def test_initramfs_modules_are_kernel_module_names() -> None:
+    labels = {"debian12": {"recipe": "d.toml", "initramfs_modules": ["mlx5_core", "ice"]}}
+    assert make_config(labels=labels).labels["debian12"].initramfs_modules == ("mlx5_core", "ice")
+    with pytest.raises(ConfigError) as err:
+        make_config(labels={"debian12": {"recipe": "d.toml", "initramfs_modules": ["a b"]}})
+    assert "labels.debian12.initramfs_modules" in str(err.value)
+
+
 def test_ipxe_entry_prefers_the_per_mac_script() -> None:
     assert (
         render_ipxe_entry()
