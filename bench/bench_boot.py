@@ -1,11 +1,14 @@
 """Seconds from qemu start to each boot milestone and to the agent's MQTT report.
 
 Boots the label's active version with `netroot boot --headless
---stop-after-report`, once over PXE (firmware, pxelinux, TFTP) and once with
-a direct kernel boot (qemu -kernel: no firmware, no TFTP), and prints the
-milestones side by side with the PXE/direct ratio: a baseline for later
-comparisons. The label must be built and activated. A broker is started
-here on a free loopback port; the config is otherwise the one given.
+--stop-after-report`, once with pxelinux loading kernel and initramfs over
+TFTP (the baseline) and once with qemu's iPXE loading them over HTTP from
+netroot's boot file server (`--boot-files http`), and prints the milestones
+side by side with the HTTP/TFTP ratio. `load` is kernel and initramfs loaded,
+counted from the loader's start (pxelinux's banner; iPXE's first HTTP
+request). `--direct` adds a direct kernel boot (qemu -kernel: no firmware,
+no TFTP). The label must be built and activated. A broker is started here on
+a free loopback port; the config is otherwise the one given.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 from common import REPO
 
 from controller.config.load import load_config
+from controller.store import versions
+from controller.store.layout import label_paths
 
 MILESTONES = ("pxe", "boot-files", "kernel", "nfs-root", "switch-root", "login", "agent", "report")
 
@@ -61,7 +66,10 @@ def to_toml(data: dict[str, Any], prefix: str = "") -> str:
     return out
 
 
-def boot(config: Path, label: str, *, direct: bool) -> dict[str, float]:
+MODES = ("tftp", "http", "direct")
+
+
+def boot(config: Path, label: str, mode: str) -> dict[str, float]:
     """One boot; milestone -> seconds since qemu started."""
     argv = [
         sys.executable,
@@ -79,8 +87,7 @@ def boot(config: Path, label: str, *, direct: bool) -> dict[str, float]:
         "--timeout",
         "1800",
     ]
-    if direct:
-        argv.append("--direct")
+    argv += ["--direct"] if mode == "direct" else ["--boot-files", mode]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False,
                           timeout=2000)  # fmt: skip
     seen: dict[str, float] = {}
@@ -90,7 +97,15 @@ def boot(config: Path, label: str, *, direct: bool) -> dict[str, float]:
             seen.setdefault(data["milestone"], data["at"])
     if done.returncode != 0:
         print(f"  boot failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    if "pxe" in seen and "boot-files" in seen:
+        seen["load"] = seen["boot-files"] - seen["pxe"]
     return seen
+
+
+def median(runs: list[dict[str, float]], name: str) -> float | None:
+    """The median of one milestone over runs that reached it."""
+    times = sorted(r[name] for r in runs if name in r)
+    return times[len(times) // 2] if times else None
 
 
 def main() -> None:
@@ -99,8 +114,15 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=None, help="default: NETROOT_CONFIG")
     parser.add_argument("--label", default="debian12")
     parser.add_argument("--runs", type=int, default=1, help="boots per mode (median printed)")
+    parser.add_argument("--direct", action="store_true", help="also a direct kernel boot")
     args = parser.parse_args()
     config = load_config(args.config)
+    paths = label_paths(config, args.label)
+    active = versions.active_version(paths)
+    if active is None:
+        sys.exit(f"{args.label}: no active version; run `netroot build {args.label} --activate`")
+    manifest = versions.read_manifest(paths, active)
+    modes = MODES if args.direct else MODES[:2]
     with tempfile.TemporaryDirectory(prefix="netroot-bench-") as tmp:
         port = free_port()
         (Path(tmp) / "mosquitto.conf").write_text(
@@ -114,27 +136,29 @@ def main() -> None:
             data["mqtt"] = {**data["mqtt"], "enabled": True, "host": "127.0.0.1", "port": port}
             bench_config = Path(tmp) / "netroot.toml"
             bench_config.write_text(to_toml(data))
-            results: dict[str, list[dict[str, float]]] = {"pxe": [], "direct": []}
+            results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
             for _ in range(args.runs):
                 for mode, runs in results.items():
-                    runs.append(boot(bench_config, args.label, direct=mode == "direct"))
+                    runs.append(boot(bench_config, args.label, mode))
         finally:
             broker.terminate()
             broker.wait(10)
-    print(f"boot of {args.label}: seconds from qemu start (median of {args.runs}, "
-          f"{os.cpu_count()} host CPUs, TCG unless KVM works)")  # fmt: skip
-    print(f"{'milestone':<12} {'PXE':>8} {'direct':>8} {'PXE/direct':>11}")
-    for name in MILESTONES:
-        cells = []
-        for mode in ("pxe", "direct"):
-            times = sorted(r[name] for r in results[mode] if name in r)
-            cells.append(times[len(times) // 2] if times else None)
-        if cells == [None, None]:
+    print(f"boot of {args.label} {active}: seconds from qemu start (median of {args.runs},"
+          f" {os.cpu_count()} host CPUs, TCG unless KVM works)")  # fmt: skip
+    print(
+        f"kernel {manifest.kernel.size / 1e6:.1f} MB, initramfs {manifest.initrd.size / 1e6:.1f} MB"
+    )
+    print(
+        f"{'milestone':<12} " + " ".join(f"{m.upper():>8}" for m in modes) + f" {'HTTP/TFTP':>10}"
+    )
+    for name in ("load", *MILESTONES):
+        cells = [median(results[mode], name) for mode in modes]
+        if all(c is None for c in cells):
             continue
         shown = [f"{c:8.1f}" if c is not None else f"{'-':>8}" for c in cells]
-        pxe, direct = cells
-        ratio = f"{pxe / direct:11.2f}" if pxe is not None and direct else f"{'-':>11}"
-        print(f"{name:<12} {shown[0]} {shown[1]} {ratio}")
+        tftp, http = cells[0], cells[1]
+        ratio = f"{http / tftp:10.2f}" if tftp and http is not None else f"{'-':>10}"
+        print(f"{name:<12} {' '.join(shown)} {ratio}")
 
 
 if __name__ == "__main__":

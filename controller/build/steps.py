@@ -15,11 +15,11 @@ import structlog
 
 from controller.build import cpio as initramfs
 from controller.build import secretscan
-from controller.build.builders import BuildRequest, builder_for, cow
+from controller.build.builders import BuildRequest, builder_for, chroot, cow
 from controller.build.context import BuildContext, Unchanged
 from controller.build.overlays import apply_overlays, overlay_digest, record_parents, scan_overlays
-from controller.core.errors import BuildError, UnsafePathError, VerifyError
-from controller.recipes import load_recipe
+from controller.core.errors import BuildError, ProcessError, UnsafePathError, VerifyError
+from controller.recipes import distros, load_recipe
 from controller.render.cmdline import INITRD_NAME, KERNEL_NAME  # the names menus serve
 from controller.store import fsops, liveedits, treeindex
 from controller.store import versions as store
@@ -206,14 +206,41 @@ def _boot_artifact(ctx: BuildContext, image: ImageRoot, source: str, name: str) 
     return BootArtifact(name=name, source=source, size=size, sha256=sha)
 
 
+LABEL_INITRD = "netroot-label-initrd.img"  # at the image's top: no directory to follow
+
+
 def step_boot(ctx: BuildContext) -> None:
     """Take kernel and initramfs out of the tree into boot/."""
+    modules = ctx.config.label(ctx.label).initramfs_modules
     with ImageRoot(ctx.rootfs, ctx.image_name) as image:
         kernel, initrd, ctx.kernel_version = _find_kernel(ctx, image)
         ctx.kernel = _boot_artifact(ctx, image, kernel, KERNEL_NAME)
-        ctx.initrd = _boot_artifact(ctx, image, initrd, INITRD_NAME)
+        if modules:
+            initrd = _label_initramfs(ctx, ctx.kernel_version, modules)
+        try:
+            ctx.initrd = _boot_artifact(ctx, image, initrd, INITRD_NAME)
+        finally:
+            if modules:
+                (ctx.rootfs / LABEL_INITRD).unlink(missing_ok=True)  # never part of the tree
     _check_initrd(ctx, initrd)
-    ctx.say(f"kernel {ctx.kernel_version}")
+    ctx.say(
+        f"kernel {ctx.kernel_version}, initramfs"
+        f" {ctx.initrd.size / 1e6:.1f} MB{' with ' + ' '.join(modules) if modules else ''}"
+    )
+
+
+def _label_initramfs(ctx: BuildContext, kver: str, modules: tuple[str, ...]) -> str:
+    """The initramfs made again with the label's initramfs_modules; its path in the image."""
+    ctx.say(f"making the initramfs again with {' '.join(modules)} (labels.{ctx.label})")
+    argv = distros.dracut_argv(kver, f"/{LABEL_INITRD}", add_drivers=modules)
+    try:
+        # The tree shares inodes with the base cache: changes reach it by rename only.
+        chroot.run(ctx.rootfs, argv, log_file=ctx.log_file, copy_on_write=True)
+    except ProcessError as exc:
+        raise BuildError(
+            "boot", f"dracut with initramfs_modules failed with status {exc.returncode}"
+        ) from None
+    return LABEL_INITRD
 
 
 def _check_initrd(ctx: BuildContext, source: str) -> None:

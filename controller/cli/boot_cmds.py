@@ -40,7 +40,7 @@ from controller.vm import guest
 from controller.vm.boot import run_boot, serial_log_hint
 from controller.vm.console import interactive
 from controller.vm.milestones import STALL_SECONDS, Hit
-from controller.vm.qemu import AccelRequest
+from controller.vm.qemu import BOOT_FILES, AccelRequest, BootFiles
 
 RenderKind = Literal["pxelinux", "ipxe", "grub", "exports", "ganesha", "dnsmasq", "nbd"]
 KINDS = get_args(RenderKind)
@@ -74,6 +74,12 @@ class BootCmdOptions(Common):
         help="auto (default): KVM only once a KVM guest was seen running here"
         " (probed once per host boot), else TCG; a KVM guest showing no"
         " milestone is booted again under TCG. kvm: KVM, no fall-back",
+    )
+    boot_files: BootFiles = opt(
+        choices=BOOT_FILES,
+        default="http",
+        help="http (default): qemu's iPXE runs the label's iPXE script and loads kernel and"
+        " initramfs over HTTP; tftp: pxelinux loads them over TFTP",
     )
     stop_after_report: bool = flag("stop the VM once the agent's report arrived")
     stall: float | None = opt(
@@ -202,6 +208,7 @@ def cmd_boot(opts: BootCmdOptions) -> int:
         memory_mb=opts.memory,
         accel=opts.accel,
         stop_after_report=opts.stop_after_report,
+        boot_files=opts.boot_files,
         stall=opts.stall,
         ssh_key=public or None,
     )

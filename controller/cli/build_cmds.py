@@ -159,7 +159,8 @@ def cmd_build(opts: BuildOptions) -> int:
     else:
         print(
             f"built {opts.label} {manifest.version}: {manifest.file_count} entries, "
-            f"{human_size(manifest.size_bytes)}, kernel {manifest.kernel_version}"
+            f"{human_size(manifest.size_bytes)}, kernel {manifest.kernel_version},"
+            f" initramfs {human_size(manifest.initrd.size)}"
         )
         if done:
             print(f"activated {opts.label} {done.version} (was {done.previous or 'none'})")

@@ -6,6 +6,7 @@ Reading a file or the built-in defaults into them is controller.config.load.
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -116,6 +117,27 @@ class HttpConfig(Model):
         return bool(self.listen)
 
 
+class BootHttpConfig(Model):
+    """Kernel and initramfs over HTTP for iPXE nodes: a listener of its own, no API, no token."""
+
+    listen: str = Field(
+        "",
+        description='host:port nodes reach (iPXE menus use `server` and this port); "" is off',
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            listen_address(value)
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether iPXE menus load boot files over HTTP, served by the daemon."""
+        return bool(self.listen)
+
+
 class NfsConfig(Model):
     """How root trees are exported to nodes."""
 
@@ -169,6 +191,9 @@ class DhcpConfig(Model):
     lease_file: Path | None = None
 
 
+KERNEL_MODULE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 class LabelConfig(Model):
     """One configured system: the original tool's label file entry, and more."""
 
@@ -184,6 +209,11 @@ class LabelConfig(Model):
         None, description="overlay directories applied in order; default common then LABEL"
     )
     rootovlcfg: tuple[str, ...] = ()
+    initramfs_modules: tuple[str, ...] = Field(
+        (),
+        description="kernel modules this label's nodes need in the initramfs beyond the lean"
+        " set (a NIC driver, say); the version's initramfs is made again with them",
+    )
     activation: Literal["auto", "manual"] = "auto"
     auto_remount: bool = Field(
         True, description="tell a node whose tree changed in place to remount / on its own"
@@ -191,6 +221,16 @@ class LabelConfig(Model):
     auto_reboot: bool = Field(
         False, description="tell a node running an outdated version to reboot (kills its jobs)"
     )
+
+    @field_validator("initramfs_modules")
+    @classmethod
+    def _module_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not KERNEL_MODULE_RE.fullmatch(name):
+                raise ValueError(
+                    f"invalid kernel module name {name!r} (allowed: letters, digits, _ and -)"
+                )
+        return value
 
     @field_validator("overlays")
     @classmethod
@@ -212,6 +252,7 @@ class Config(Model):
     server: Host = "10.0.2.2"
     mqtt: MqttConfig = MqttConfig()
     http: HttpConfig = HttpConfig()
+    boot_http: BootHttpConfig = BootHttpConfig()
     nfs: NfsConfig = NfsConfig()
     labels: dict[str, LabelConfig] = Field(default_factory=dict)
     nodes: dict[str, NodeConfig] = Field(

@@ -20,6 +20,7 @@ from controller import __version__
 from controller.config.models import Config
 from controller.core.errors import NetrootError
 from controller.core.log import get_logger
+from controller.daemon.bootfiles import BootFiles
 from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.db import Database, db_path
@@ -173,6 +174,7 @@ class Daemon:
             self.image_watch,
             self.reloader,
             HttpServer(ctx, self.link, self.http_token),
+            BootFiles(ctx),
             Watchdog(),
         ]
         loop = asyncio.get_running_loop()

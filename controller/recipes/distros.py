@@ -272,9 +272,14 @@ DRACUT_MODULES = ("nfs", "network")
 ROOTOVL_MODULE = "rootovl"
 
 
-def dracut_argv(kver: str, initrd: str) -> list[str]:
-    """dracut in the image, for the image's own kernel (docs/design.md §8: -N, nfs and network)."""
-    return ["dracut", "-N", "--force", "--add", " ".join(DRACUT_MODULES), "--kver", kver, initrd]
+def dracut_argv(kver: str, initrd: str, add_drivers: tuple[str, ...] = ()) -> list[str]:
+    """dracut in the image, for the image's own kernel (docs/design.md §8: -N, nfs and network);
+    add_drivers: kernel modules beyond the lean set of base/'s dracut configuration."""
+    extra = ["--add-drivers", " ".join(add_drivers)] if add_drivers else []
+    return [
+        "dracut", "-N", "--force", "--add", " ".join(DRACUT_MODULES), *extra,
+        "--kver", kver, initrd,
+    ]  # fmt: skip
 
 
 def initrd_path(distro: Distro, kver: str) -> str:

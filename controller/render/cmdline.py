@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from controller.config.models import TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config
+from controller.config.models import TFTP_LINK_DIR, TFTP_VERSIONS_DIR, Config, listen_address
 from controller.core.errors import ConfigError, StoreError
 from controller.core.ids import (
     HOST_ALLOWED,
@@ -53,6 +53,9 @@ TFTP_DIR = TFTP_LINK_DIR
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
 
+# Over HTTP (controller.serve.httpboot) a version's files are /boot/LABEL/VERSION/NAME.
+BOOT_URL_DIR = "boot"
+
 DEBUG_ARGS = ("rd.debug", "console=ttyS0,115200")
 
 NfsServer = Literal["ganesha", "kernel"]
@@ -81,6 +84,8 @@ class BootTarget(Model):
     heartbeat: int | None = Field(None, ge=0, le=86400)
     kernel_path: str
     initrd_path: str
+    # where iPXE loads kernel and initramfs over HTTP (server:http_port); None: TFTP
+    http_port: int | None = Field(None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _words_are_safe(self) -> BootTarget:
@@ -131,6 +136,14 @@ def _split_cmdline(text: str, source: str, field: str) -> tuple[str, ...]:
             problem = f"kernel argument {word!r} has a character boot loaders would interpret"
             raise ConfigError(source, field, problem, ARG_ALLOWED)
     return words
+
+
+def boot_url(target: BootTarget, name: str) -> str:
+    """The HTTP URL of one of the target's boot files (target.http_port must be set)."""
+    return (
+        f"http://{host_in_url(target.server)}:{target.http_port}"
+        f"/{BOOT_URL_DIR}/{target.label}/{target.version}/{name}"
+    )
 
 
 def version_boot_dir(label: str, version: str) -> str:
@@ -207,6 +220,7 @@ def boot_target(
         heartbeat=_heartbeat(config.heartbeat_interval),
         kernel_path=f"{boot_dir}/{KERNEL_NAME}",
         initrd_path=f"{boot_dir}/{INITRD_NAME}",
+        http_port=listen_address(config.boot_http.listen)[1] if config.boot_http.enabled else None,
     )
     _check_length(target, source, f"labels.{label}.extra_cmdline")
     return target

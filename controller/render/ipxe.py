@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from controller.render.cmdline import GENERATED, BootTarget, kernel_cmdline, mac_file_id
+from controller.render.cmdline import (
+    GENERATED,
+    INITRD_NAME,
+    KERNEL_NAME,
+    BootTarget,
+    boot_url,
+    kernel_cmdline,
+    mac_file_id,
+)
 
 IPXE_DIR = "ipxe"
 IPXE_ENTRY = f"{IPXE_DIR}/boot.ipxe"
@@ -38,13 +46,17 @@ def render_ipxe(target: BootTarget) -> str:
     # A UEFI kernel started by iPXE finds its initramfs through `initrd=NAME`,
     # NAME being the image name iPXE gives it: the file's basename.
     initrd_name = target.initrd_path.rsplit("/", 1)[-1]
+    if target.http_port is None:  # `/` paths: from the TFTP root this script came from
+        kernel, initrd = f"/{target.kernel_path}", f"/{target.initrd_path}"
+    else:  # the controller's boot file server: TCP, not TFTP's one block per round trip
+        kernel, initrd = boot_url(target, KERNEL_NAME), boot_url(target, INITRD_NAME)
     return "\n".join(
         [
             "#!ipxe",
             f"# {GENERATED}",
             f"# {target.label} version {target.version}",
-            f"kernel /{target.kernel_path} initrd={initrd_name} {kernel_cmdline(target)}",
-            f"initrd /{target.initrd_path}",
+            f"kernel {kernel} initrd={initrd_name} {kernel_cmdline(target)}",
+            f"initrd {initrd}",
             "boot",
             "",
         ]

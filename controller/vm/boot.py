@@ -33,8 +33,9 @@ from controller.core.errors import NetrootError
 from controller.events.node_messages import NodeMessageError, NodeReport, parse_node_message
 from controller.events.topics import Topics
 from controller.render import BootTarget
-from controller.render.cmdline import KERNEL_NAME
+from controller.render.cmdline import INITRD_NAME, KERNEL_NAME
 from controller.serve import nfs, tftp
+from controller.serve.httpboot import BootHttpServer, Served
 from controller.store import versions as store
 from controller.store.layout import label_paths
 from controller.vm import console
@@ -131,7 +132,7 @@ async def run_boot(
     tftp.check_boot_files(paths, version)
     if options.uefi and not OVMF_CODE.is_file():
         raise NetrootError(f"UEFI boot needs {OVMF_CODE} (Debian package ovmf)")
-    target = vm_target(config, options.label, version, options.ssh_key)
+    target = vm_target(config, options.label, version, options.ssh_key, http=options.over_http)
     outcome = BootOutcome(options.label, version, options.mac or random_mac())
     run_dir = new_run_dir(config, options.label)
     try:
@@ -164,6 +165,19 @@ class _Session:
     reported: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     fell_back: str = ""  # why the KVM guest was given up, when it ended by itself
+    http_port: int | None = None  # the boot file server's loopback port (HTTP boot)
+
+    def served(self, event: Served) -> None:
+        """Boot file milestones as the server sees them (iPXE prints to the screen only)."""
+        if event.phase == "start" and event.name == KERNEL_NAME:
+            name, text = "pxe", "iPXE is loading the kernel over HTTP"
+        elif event.phase == "done" and event.name == INITRD_NAME:
+            name, text = "boot-files", "kernel and initrd loaded over HTTP"
+        else:
+            return
+        hit = self.watcher.mark(name, text, time.monotonic() - self.started)
+        if hit is not None:
+            self.record(hit)
 
     def record(self, hit: Hit) -> None:
         """Keep and show a milestone."""
@@ -184,6 +198,9 @@ class _Session:
             async with contextlib.AsyncExitStack() as stack:
                 lab = await self._unless_stopped(stack.enter_async_context(
                     lab_ganesha(self.config, self.options.label, self.run_dir)))  # fmt: skip
+                if self.options.over_http:
+                    http = BootHttpServer(self.config, "127.0.0.1", 0, self.served)
+                    self.http_port = (await stack.enter_async_context(http)).port
                 if self.config.mqtt.enabled:
                     tasks.append(asyncio.create_task(self.watch_reports(), name="mqtt"))
                 ended = await self.run_vm(lab, accel)
@@ -222,7 +239,8 @@ class _Session:
         if self.stop.is_set():
             raise _Stopped
         spec = vm_spec(self.config, self.options, self.target, self.run_dir,
-                        mac=self.outcome.mac, nfs_port=lab.port, accel=accel)  # fmt: skip
+                        mac=self.outcome.mac, nfs_port=lab.port, accel=accel,
+                        http_port=self.http_port)  # fmt: skip
         spec.serial_log.unlink(missing_ok=True)
         self.watcher = Watcher()
         self.outcome.accel = accel

@@ -15,9 +15,11 @@ from controller.config.models import Config
 from controller.core.errors import NetrootError
 from controller.render import BootTarget, boot_target, kernel_cmdline
 from controller.render.cmdline import INITRD_NAME, KERNEL_NAME
+from controller.render.ipxe import IPXE_ENTRY
 from controller.serve import loaders, tftp
 from controller.store.layout import label_paths
 from controller.vm.qemu import (
+    GUEST_HTTP_PORT,
     GUEST_MQTT_PORT,
     GUEST_NFS_PORT,
     GUEST_SERVER,
@@ -25,6 +27,7 @@ from controller.vm.qemu import (
     OVMF_VARS,
     Accel,
     AccelRequest,
+    BootFiles,
     DirectKernel,
     Forward,
     VmSpec,
@@ -51,6 +54,14 @@ class BootOptions:
     stop_after_report: bool = False
     stall: float | None = None  # seconds without a new milestone (None: by accel; 0: no bound)
     ssh_key: str | None = None  # an ssh public key line root accepts on this VM only
+    # http: qemu's iPXE runs the iPXE script from TFTP, then loads kernel and
+    # initramfs from the boot file server; tftp: pxelinux loads all over TFTP
+    boot_files: BootFiles = "http"
+
+    @property
+    def over_http(self) -> bool:
+        """Whether kernel and initramfs come from the boot file server (BIOS PXE only)."""
+        return self.boot_files == "http" and not self.uefi and not self.direct
 
 
 def random_mac() -> str:
@@ -74,7 +85,9 @@ def ssh_key_word(public_key: str, source: str) -> str:
     return f"netroot.ssh_key={fields[0]}:{fields[1]}"
 
 
-def vm_target(config: Config, label: str, version: str, ssh_key: str | None = None) -> BootTarget:
+def vm_target(
+    config: Config, label: str, version: str, ssh_key: str | None = None, *, http: bool = False
+) -> BootTarget:
     """The boot target as the guest sees it: everything at GUEST_SERVER, a serial console."""
     target = boot_target(
         config,
@@ -91,7 +104,8 @@ def vm_target(config: Config, label: str, version: str, ssh_key: str | None = No
         extra = (*extra, CONSOLE_ARG)
     if ssh_key is not None:  # this VM's own menu: never the version's files
         extra = (*extra, ssh_key_word(ssh_key, "--ssh-key"))
-    return target.model_copy(update={"extra_cmdline": extra})
+    http_port = GUEST_HTTP_PORT if http else None
+    return target.model_copy(update={"extra_cmdline": extra, "http_port": http_port})
 
 
 def prepare_tftp(config: Config, target: BootTarget, tftp_root: Path, *, uefi: bool) -> None:
@@ -108,6 +122,14 @@ def prepare_tftp(config: Config, target: BootTarget, tftp_root: Path, *, uefi: b
     tftp.write_plan(tftp_root, plan)
 
 
+def bootfile(options: BootOptions) -> str:
+    """What qemu's DHCP names: GRUB (UEFI), the iPXE entry script (HTTP) or pxelinux."""
+    if options.uefi:
+        return GRUB_BOOTFILE
+    # qemu's PXE ROM is iPXE: it runs a script it fetched as the boot file.
+    return IPXE_ENTRY if options.over_http else "pxelinux.0"
+
+
 def vm_spec(
     config: Config,
     options: BootOptions,
@@ -117,9 +139,12 @@ def vm_spec(
     mac: str,
     nfs_port: int,
     accel: Accel,
+    http_port: int | None = None,
 ) -> VmSpec:
     """The VM for this boot: forwards to loopback servers, firmware, kernel or loader."""
     forwards = [Forward(GUEST_NFS_PORT, "127.0.0.1", nfs_port)]
+    if http_port is not None:
+        forwards.append(Forward(GUEST_HTTP_PORT, "127.0.0.1", http_port))
     if config.mqtt.enabled:
         forwards.append(Forward(GUEST_MQTT_PORT, config.mqtt.host, config.mqtt.port))
     uefi_vars = None
@@ -138,7 +163,7 @@ def vm_spec(
         pid_file=run_dir / "qemu.pid",
         forwards=tuple(forwards),
         tftp_root=None if options.direct else run_dir / "tftp",
-        bootfile=GRUB_BOOTFILE if options.uefi else "pxelinux.0",
+        bootfile=bootfile(options),
         direct=direct,
         ssh_port=options.ssh_port,
         memory_mb=options.memory_mb,

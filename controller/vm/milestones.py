@@ -37,7 +37,7 @@ MILESTONES = (
     Pattern(
         "boot-files",
         re.compile(r"Loading \S*initrd\S*\s*\.\.\.\s*ok"),
-        "kernel and initrd loaded over TFTP",
+        "kernel and initrd loaded over TFTP",  # pxelinux; over HTTP the server tells (vm.boot)
     ),
     Pattern("kernel", re.compile(r"Linux version (\S+)"), "kernel {0} started"),
     Pattern(

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from controller.core.model import Model
 
@@ -21,9 +21,12 @@ QEMU = "qemu-system-x86_64"
 GUEST_SERVER = "10.0.2.100"  # where the guest finds NFS and MQTT (guestfwd)
 GUEST_NFS_PORT = 2049
 GUEST_MQTT_PORT = 1883
+GUEST_HTTP_PORT = 80  # the boot file server (kernel and initramfs for iPXE)
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
+BootFiles = Literal["http", "tftp"]  # how the loader fetches kernel and initramfs
+BOOT_FILES: tuple[BootFiles, ...] = get_args(BootFiles)
 Accel = Literal["tcg", "kvm"]
 AccelRequest = Literal["auto", "tcg", "kvm"]
 

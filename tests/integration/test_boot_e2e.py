@@ -342,6 +342,32 @@ def test_rootovlcfg_tree_is_on_the_node_booted_with_it(lab: Lab, reports: Report
     assert lab.running() == []
 
 
+@pytest.mark.parametrize(
+    ("boot_files", "mac", "loaded"),
+    [
+        ("http", "52:54:00:7e:57:06", "kernel and initrd loaded over HTTP"),
+        ("tftp", "52:54:00:7e:57:07", "kernel and initrd loaded over TFTP"),
+    ],
+)
+def test_ipxe_over_http_and_pxelinux_over_tftp_both_reach_the_report(
+    lab: Lab, reports: Reports, boot_files: str, mac: str, loaded: str
+) -> None:
+    version = lab.build("debian12")  # the active one, unless this runs alone
+    # No stall bound: this checks the loader path; userspace on a loaded 2-core
+    # machine can go quiet for minutes after switch root (issue 11, item 3).
+    vm = lab.boot("debian12", mac, "--boot-files", boot_files, "--ssh-port", "0",
+                  "--stop-after-report", "--stall", "0", "--timeout", "3600")  # fmt: skip
+    try:
+        report = reports.wait(mac, vm=vm)
+        assert (report.label, report.version, report.mac) == ("debian12", version, mac)
+        loads = [json.loads(line) for line in vm.lines if '"boot-files"' in line]
+        assert [m["text"] for m in loads if "milestone" in m][:1] == [loaded], vm.output()
+    finally:
+        status = vm.stop()
+    assert status == 0
+    assert lab.running() == []
+
+
 def test_uefi_grub_boots_into_the_kernel(lab: Lab) -> None:
     vm = lab.boot("debian12", MAC4, "--uefi", "--ssh-port", "0", "--timeout", "3600")
     try:

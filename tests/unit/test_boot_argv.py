@@ -10,8 +10,8 @@ import pytest
 from controller.config.load import parse_config
 from controller.core.errors import ConfigError, NetrootError
 from controller.render import boot_target
-from controller.serve import dhcp, loaders, nbd, nfs
-from controller.vm import qemu
+from controller.serve import dhcp, httpboot, loaders, nbd, nfs
+from controller.vm import guest, qemu
 from controller.vm.milestones import Watcher
 
 V1 = "20260101T120000.000Z-1a2b3c4d"
@@ -239,3 +239,42 @@ def test_uefi_loaders_count_as_the_loader_and_grub_is_not_the_real_root() -> Non
     assert [h.name for h in watcher.feed_line("Welcome to Debian GNU/Linux 12!", 3.0)] == [
         "switch-root"
     ]
+
+
+def test_netroot_boot_over_http_runs_the_ipxe_script_and_forwards_port_80(tmp_path: Path) -> None:
+    config = make_config()
+    options = guest.BootOptions(label="debian12", ssh_port=None)
+    assert options.over_http and guest.bootfile(options) == "ipxe/boot.ipxe"
+    spec = guest.vm_spec(config, options, guest.vm_target(config, "debian12", V1, http=True),
+                         tmp_path, mac="52:54:00:00:00:01", nfs_port=2049, accel="tcg",
+                         http_port=41000)  # fmt: skip
+    netdev = qemu.netdev_arg(spec)
+    assert "bootfile=ipxe/boot.ipxe" in netdev
+    assert "guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:41000" in netdev
+    assert "restrict=on" in netdev
+    target = guest.vm_target(config, "debian12", V1, http=True)
+    assert target.http_port == 80  # iPXE: http://10.0.2.100:80/boot/debian12/V1/...
+    tftp = guest.BootOptions(label="debian12", boot_files="tftp")
+    uefi = guest.BootOptions(label="debian12", uefi=True)
+    assert (guest.bootfile(tftp), tftp.over_http) == ("pxelinux.0", False)
+    assert (guest.bootfile(uefi), uefi.over_http) == ("grub/grubx64.efi", False)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-9", (0, 9)),
+        ("bytes=10-", (10, 99)),
+        ("bytes=-5", (95, 99)),
+        ("bytes=90-500", (90, 99)),
+        ("bytes=100-", "unsatisfiable"),
+        ("bytes=-0", "unsatisfiable"),
+        ("bytes=9-3", "unsatisfiable"),
+        ("bytes=0-1,5-6", None),
+        ("items=0-1", None),
+        ("bytes=a-b", None),
+        ("bytes=", None),
+    ],
+)
+def test_byte_ranges(header: str, expected: object) -> None:
+    assert httpboot.parse_range(header, 100) == expected

@@ -95,6 +95,11 @@ def test_dracut_argv_for_the_image_kernel() -> None:
     ]
 
 
+def test_dracut_argv_adds_a_labels_initramfs_modules() -> None:
+    argv = distros.dracut_argv("6.1.0-27-amd64", "/x.img", add_drivers=("mlx5_core", "ice"))
+    assert argv[5:8] == ["--add-drivers", "mlx5_core ice", "--kver"]
+
+
 def test_stage_key_ignores_post_files_password_but_not_packages_or_base() -> None:
     def key(r: MmdebstrapRecipe, base: str = "b") -> str:
         return pkgstage.stage_key(r, backend="mmdebstrap", backend_version="1", base_digest=base)

@@ -238,6 +238,39 @@ boot
     )
 
 
+def test_ipxe_script_loads_over_http_from_the_boot_file_server() -> None:
+    config = make_config(boot_http={"listen": "0.0.0.0:9651"})
+    assert (
+        render_ipxe(boot_target(config, "debian12", V1))
+        == f"""\
+#!ipxe
+{NOTE}
+# debian12 version {V1}
+kernel http://10.0.2.2:9651/boot/debian12/{V1}/vmlinuz initrd=initrd.img {DEBIAN_CMDLINE}
+initrd http://10.0.2.2:9651/boot/debian12/{V1}/initrd.img
+boot
+"""
+    )
+    # pxelinux and GRUB keep TFTP: the same files, the same command line
+    assert "KERNEL netroot/_versions/debian12/" in render_pxelinux(
+        [boot_target(config, "debian12", V1)], "debian12"
+    )
+
+
+def test_a_bad_boot_http_listen_names_the_field() -> None:
+    with pytest.raises(ConfigError) as err:
+        make_config(boot_http={"listen": "nowhere"})
+    assert "boot_http.listen" in str(err.value)
+
+
+def test_initramfs_modules_are_kernel_module_names() -> None:
+    labels = {"debian12": {"recipe": "d.toml", "initramfs_modules": ["mlx5_core", "ice"]}}
+    assert make_config(labels=labels).labels["debian12"].initramfs_modules == ("mlx5_core", "ice")
+    with pytest.raises(ConfigError) as err:
+        make_config(labels={"debian12": {"recipe": "d.toml", "initramfs_modules": ["a b"]}})
+    assert "labels.debian12.initramfs_modules" in str(err.value)
+
+
 def test_ipxe_entry_prefers_the_per_mac_script() -> None:
     assert (
         render_ipxe_entry()
