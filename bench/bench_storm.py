@@ -103,7 +103,7 @@ def record(config_path: Path | None, label: str) -> None:
             watcher.start()
             started_ns = time.time_ns()
             try:
-                milestones = boot(bench_config, label, direct=False)
+                milestones = boot(bench_config, label, "tftp")
             finally:
                 stop.set()
                 watcher.join()
