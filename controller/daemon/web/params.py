@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from controller.core.ids import LABEL_ALLOWED, MAC_ALLOWED, is_label, normalize_mac
+from controller.core.ids import LABEL_ALLOWED, is_label, normalize_mac
 from controller.core.since import parse_since
 from controller.daemon.journal import JournalQuery, type_prefix
 from controller.events.fleet import Filters, check_states
@@ -75,10 +75,11 @@ def node_filters(query: Query) -> Filters:
 
 def node_mac(text: str) -> str:
     """/api/v1/nodes/{mac}: the MAC in canonical form (upper case and dashes are accepted)."""
+    colons = text.replace("-", ":")
     try:
-        return normalize_mac(text.replace("-", ":"))
+        return normalize_mac(colons)
     except ValueError as exc:
-        raise BadParameter(f"mac: {exc} (allowed: {MAC_ALLOWED})") from None
+        raise BadParameter(f"mac: {str(exc).replace(repr(colons), repr(text), 1)}") from None
 
 
 def events_query(query: Query, now: datetime) -> JournalQuery:
