@@ -68,11 +68,10 @@ def _published_events(served: Served, since: datetime) -> list[dict[str, Any]]:
     return out
 
 
-def test_metrics_nodes_and_events_after_agents_reported_and_an_activation(
-    served: Served, broker: Broker
-) -> None:
-    start = datetime.now(UTC)
+def _scenario(served: Served, broker: Broker) -> tuple[str, str]:
+    """Three boots on v1, v2 activated (all stale), one reboot into v2; returns v1, v2."""
     v1 = served.ws.active()
+    assert v1 is not None
     agents = Agents(broker)
     try:
         for i, mac in enumerate([*STAY, REBOOTS]):
@@ -84,6 +83,14 @@ def test_metrics_nodes_and_events_after_agents_reported_and_an_activation(
         served.collector.wait_event("node.current", count=1, mac=REBOOTS, version=v2)
     finally:
         agents.close()
+    return v1, v2
+
+
+def test_metrics_nodes_and_events_after_agents_reported_and_an_activation(
+    served: Served, broker: Broker
+) -> None:
+    start = datetime.now(UTC)
+    v1, v2 = _scenario(served, broker)
 
     status, body = served.get("/metrics")
     assert status == 200
