@@ -225,3 +225,17 @@ def test_the_openapi_document_is_valid_and_covers_every_api_route(tmp_path: Path
         assert "200" in responses
         for status, response in responses.items():
             assert status == "200" or response["$ref"].startswith("#/components/responses/")
+
+
+async def test_a_changed_or_deleted_node_is_never_served_from_the_last_answer(api: Api) -> None:
+    first = (await api.get("/api/v1/nodes"))[1]
+    again = (await api.get("/api/v1/nodes?label=demo"))[1]  # a filtered read between
+    assert again == first[:3]
+    moved = NODES[0].model_copy(update={"label": "other"})
+    db = api.endpoints.ctx.db
+    with db.transaction() as tx:
+        tx.put_node(moved)
+        tx.delete_node(NODES[2].mac)
+    rows = (await api.get("/api/v1/nodes"))[1]
+    assert rows == [record(n) for n in fleet([moved, *NODES[1:2], *NODES[3:]], {}, Filters())]
+    assert _macs(rows) == ["02", "01", "04", "05"]

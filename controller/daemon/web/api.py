@@ -44,6 +44,7 @@ class Endpoints:
         self.link = link
         collector = metrics.FleetCollector(self._read_fleet, self._connected, self._reports)
         self.registry = metrics.registry(collector)
+        self.node_records = fleet.NodeRecords()
         self.pool = ThreadPoolExecutor(READERS, thread_name_prefix="http-read")
 
     async def _off_loop(self, read: Callable[..., T], *args: Any) -> T:
@@ -100,8 +101,8 @@ class Endpoints:
             filters = node_filters(Query.of(request.query.items()))
         except BadParameter as exc:
             return json_error(400, str(exc))
-        rows = await self._off_loop(fleet.node_records, self.ctx.config, filters)
-        return web.json_response(rows)
+        body = await self._off_loop(self.node_records.render, self.ctx.config, filters)
+        return web.Response(body=body, content_type="application/json")
 
     async def node(self, request: web.Request) -> web.Response:
         """One node, as an object of `netroot nodes --json`."""
