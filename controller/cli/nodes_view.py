@@ -6,16 +6,13 @@ versions, so every line of the table is a function of its inputs (and tested so)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from controller.cli.output import printable
+from controller.events.fleet import STATE_ORDER, boot_duration_s
 from controller.events.node_events import NodeState
 
-# Problems first: an admin reads the top of each label's block.
-STATE_ORDER = ("lost", "stale", "unknown", "dhcp", "booting", "up")
 # Only a running node has an uptime; a lost one's last boot is history.
 RUNNING = frozenset({"up", "stale"})
 HEADERS = (
@@ -32,39 +29,6 @@ HEADERS = (
     "REASON",
 )
 SAME = "="  # ACTIVE column: the node runs the active version
-
-
-@dataclass(frozen=True, kw_only=True)
-class Filters:
-    """Which nodes to show: states (empty: all) and one label (None: all)."""
-
-    states: frozenset[str] = frozenset()
-    label: str | None = None
-
-    def keep(self, node: NodeState) -> bool:
-        """True if the node passes every filter given."""
-        if self.states and node.state not in self.states:
-            return False
-        return self.label is None or node.label == self.label
-
-
-def sort_key(node: NodeState) -> tuple[str, int, str]:
-    """Label (unlabelled last), then problems first, then MAC."""
-    rank = STATE_ORDER.index(node.state) if node.state in STATE_ORDER else len(STATE_ORDER)
-    return (node.label or "\uffff", rank, node.mac)
-
-
-def fleet(
-    nodes: Iterable[NodeState], active: Mapping[str, str | None], filters: Filters
-) -> list[NodeState]:
-    """The nodes to show, sorted, each with its label's active version as the store has it."""
-    shown = []
-    for node in nodes:
-        if not filters.keep(node):
-            continue
-        current = active.get(node.label) if node.label else None
-        shown.append(node.model_copy(update={"active_version": current}))
-    return sorted(shown, key=sort_key)
 
 
 def ago(then: datetime | None, now: datetime) -> str:
@@ -95,27 +59,6 @@ def uptime_s(node: NodeState, now: datetime) -> float | None:
     if node.state not in RUNNING or node.booted_at is None:
         return None
     return max(0.0, (now - node.booted_at).total_seconds())
-
-
-def boot_duration_s(node: NodeState) -> float | None:
-    """Firmware to userspace, once agents report boot timings (issue 10, item 5): None now."""
-    del node
-    return None
-
-
-def record(node: NodeState) -> dict[str, Any]:
-    """One object of `nodes --json`: the node state and its boot duration.
-
-    No field depends on when it is read (uptime is now - booted_at): two reads
-    of an unchanged fleet, or the CLI and an API, give equal objects.
-    """
-    data = node.model_dump(mode="json")
-    data["boot_duration_s"] = _round(boot_duration_s(node))
-    return data
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 def row(node: NodeState, now: datetime) -> list[str]:

@@ -36,7 +36,8 @@ BOOTS = {
 REBOOTED = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 JSON_FIELDS = {
     "mac", "hostname", "label", "version", "active_version", "state", "action", "reason",
-    "ip", "kernel", "boot_id", "booted_at", "root", "since", "last_seen", "boot_duration_s",
+    "ip", "kernel", "boot_id", "booted_at", "root", "boot_timing", "since", "last_seen",
+    "boot_duration_s",
 }  # fmt: skip
 
 

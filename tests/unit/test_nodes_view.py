@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from controller.cli import nodes_view
-from controller.cli.nodes_view import Filters
+from controller.events.fleet import Filters, check_states, fleet, record
 from controller.events.node_events import NodeState
 
 NOW = datetime(2026, 12, 4, 8, 0, 0, tzinfo=UTC)
@@ -58,7 +58,7 @@ def test_a_current_node_row_shows_equal_active_and_its_uptime() -> None:
         last_seen=NOW - timedelta(seconds=20),
         booted_at=NOW - timedelta(hours=3, minutes=5),
     )
-    (shown,) = nodes_view.fleet([up], {"demo": V1}, Filters())
+    (shown,) = fleet([up], {"demo": V1}, Filters())
     assert nodes_view.row(shown, NOW) == [
         "52:54:00:00:00:01", "n01", "demo", V1, "=", "up", "-", "20s ago", "3h5m", "-", "",
     ]  # fmt: skip
@@ -66,7 +66,7 @@ def test_a_current_node_row_shows_equal_active_and_its_uptime() -> None:
 
 def test_a_stale_node_row_shows_the_active_version_it_does_not_run() -> None:
     stale = node("02", "stale", last_seen=NOW - timedelta(minutes=2))
-    (shown,) = nodes_view.fleet([stale], {"demo": V2}, Filters())
+    (shown,) = fleet([stale], {"demo": V2}, Filters())
     cells = nodes_view.row(shown, NOW)
     assert cells[3:8] == [V1, V2, "stale", "reboot", "2m ago"]
     assert cells[-1] == f"runs {V1}, active is {V2}"
@@ -74,14 +74,14 @@ def test_a_stale_node_row_shows_the_active_version_it_does_not_run() -> None:
 
 def test_missing_data_is_a_dash_in_the_table_and_null_in_json() -> None:
     bare = node("03", "dhcp", label=None)
-    (shown,) = nodes_view.fleet([bare], {}, Filters())
+    (shown,) = fleet([bare], {}, Filters())
     assert nodes_view.row(shown, NOW) == [
         "52:54:00:00:00:03", "-", "-", "-", "-", "dhcp", "-", "-", "-", "-", "",
     ]  # fmt: skip
-    record = nodes_view.record(shown)
+    data = record(shown)
     for name in ("hostname", "label", "version", "active_version", "action", "last_seen"):
-        assert record[name] is None, name
-    assert record["boot_duration_s"] is None  # no agent reports boot timings yet
+        assert data[name] is None, name
+    assert data["boot_duration_s"] is None  # no boot timings reported
 
 
 def test_only_a_running_node_has_an_uptime() -> None:
@@ -97,9 +97,9 @@ def test_only_a_running_node_has_an_uptime() -> None:
 def test_the_active_version_comes_from_the_store_not_the_stored_state() -> None:
     # A lost node's state still names the version active when it was last judged.
     lost = node("06", "lost", version=V1, active_version=V1)
-    (shown,) = nodes_view.fleet([lost], {"demo": V2}, Filters())
+    (shown,) = fleet([lost], {"demo": V2}, Filters())
     assert shown.active_version == V2
-    assert nodes_view.record(shown)["active_version"] == V2
+    assert record(shown)["active_version"] == V2
 
 
 def test_rows_go_by_label_then_problems_first_then_mac() -> None:
@@ -112,7 +112,7 @@ def test_rows_go_by_label_then_problems_first_then_mac() -> None:
         node("03", "booting"),
         node("04", "dhcp", label=None),
     ]
-    shown = nodes_view.fleet(nodes, {}, Filters())
+    shown = fleet(nodes, {}, Filters())
     assert [(n.label, n.state, n.mac[-2:]) for n in shown] == [
         ("demo", "lost", "02"),
         ("demo", "lost", "07"),
@@ -133,13 +133,28 @@ def test_filters_combine_states_as_either_and_label_as_and() -> None:
     ]
 
     def macs(filters: Filters) -> list[str]:
-        return [n.mac[-2:] for n in nodes_view.fleet(nodes, {}, filters)]
+        return [n.mac[-2:] for n in fleet(nodes, {}, filters)]
 
     assert macs(Filters(states=frozenset({"stale"}))) == ["02"]
     assert macs(Filters(states=frozenset({"lost"}))) == ["03", "04"]
     assert macs(Filters(states=frozenset({"stale", "lost"}))) == ["03", "02", "04"]
     assert macs(Filters(states=frozenset({"lost"}), label="demo")) == ["03"]
     assert macs(Filters(label="nothere")) == []
+
+
+def test_the_boot_column_and_record_show_the_agents_systemd_analyze_total() -> None:
+    timing = {"kernel_s": 1.8, "initrd_s": 3.25, "userspace_s": 16.0, "total_s": 21.05}
+    (shown,) = fleet([node("01", boot_timing=timing)], {}, Filters())
+    assert nodes_view.row(shown, NOW)[9] == "21s"
+    data = record(shown)
+    assert data["boot_duration_s"] == 21.1
+    assert data["boot_timing"]["initrd_s"] == 3.25
+
+
+def test_state_names_are_checked() -> None:
+    assert check_states(["stale", "lost"]) == {"stale", "lost"}
+    with pytest.raises(ValueError, match=r"^'gone' is not a node state \(allowed: lost, stale"):
+        check_states(["up", "gone"])
 
 
 def test_the_summary_counts_states_problems_first() -> None:

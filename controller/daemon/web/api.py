@@ -12,17 +12,18 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from controller import __version__
 from controller.daemon.context import Context
 from controller.daemon.mqtt import BrokerLink
 from controller.daemon.web import fleet, metrics
+from controller.daemon.web.openapi import API, openapi_document
+from controller.daemon.web.params import BadParameter, Query, events_query, node_filters, node_mac
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-API = "/api/v1"
 # Readers of their own: a burst of scrapes queues here, never in the default executor
 # the daemon's other components hand their blocking work to.
 READERS = 2
@@ -41,8 +42,9 @@ class Endpoints:
     def __init__(self, ctx: Context, link: BrokerLink | None) -> None:
         self.ctx = ctx
         self.link = link
-        collector = metrics.FleetCollector(self._read_fleet, self._connected)
+        collector = metrics.FleetCollector(self._read_fleet, self._connected, self._reports)
         self.registry = metrics.registry(collector)
+        self.node_records = fleet.NodeRecords()
         self.pool = ThreadPoolExecutor(READERS, thread_name_prefix="http-read")
 
     async def _off_loop(self, read: Callable[..., T], *args: Any) -> T:
@@ -59,6 +61,9 @@ class Endpoints:
             ("/metrics", self.metrics),
             (f"{API}/labels", self.labels),
             (f"{API}/labels/{{label}}/versions", self.versions),
+            (f"{API}/nodes", self.nodes),
+            (f"{API}/nodes/{{mac}}", self.node),
+            (f"{API}/events", self.events),
             (f"{API}/openapi.json", self.openapi),
         ]
 
@@ -67,6 +72,9 @@ class Endpoints:
 
     def _connected(self) -> bool:
         return self.link is not None and self.link.connected
+
+    def _reports(self) -> int:
+        return self.ctx.nodes.accepted  # an int the loop writes: a consistent read from a thread
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format."""
@@ -87,92 +95,36 @@ class Endpoints:
         rows = await self._off_loop(fleet.label_versions, config, label)
         return web.json_response(rows)
 
+    async def nodes(self, request: web.Request) -> web.Response:
+        """The nodes, filtered, as `netroot nodes --json`."""
+        try:
+            filters = node_filters(Query.of(request.query.items()))
+        except BadParameter as exc:
+            return json_error(400, str(exc))
+        body = await self._off_loop(self.node_records.render, self.ctx.config, filters)
+        return web.Response(body=body, content_type="application/json")
+
+    async def node(self, request: web.Request) -> web.Response:
+        """One node, as an object of `netroot nodes --json`."""
+        try:
+            mac = node_mac(request.match_info["mac"])
+        except BadParameter as exc:
+            return json_error(400, str(exc))
+        row = await self._off_loop(fleet.node_record, self.ctx.config, mac)
+        if row is None:
+            return json_error(404, f"no such node: {mac}")
+        return web.json_response(row)
+
+    async def events(self, request: web.Request) -> web.Response:
+        """The journal since a time: a JSON array of the envelopes exactly as published."""
+        try:
+            query = events_query(Query.of(request.query.items()), datetime.now(UTC))
+        except BadParameter as exc:
+            return json_error(400, str(exc))
+        found = await self._off_loop(fleet.journal, self.ctx.config, query)
+        body = b"[" + b",".join(e.envelope for e in found) + b"]"
+        return web.Response(body=body, content_type="application/json")
+
     async def openapi(self, request: web.Request) -> web.Response:
         """The OpenAPI 3 document of these endpoints."""
         return web.json_response(openapi_document())
-
-
-def _get(summary: str, schema: dict[str, Any], *extra: dict[str, Any]) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
-        "401": {"$ref": "#/components/responses/Unauthorized"},
-    }
-    for more in extra:
-        responses.update(more)
-    return {"get": {"summary": summary, "responses": responses}}
-
-
-def openapi_document() -> dict[str, Any]:
-    """A hand-written OpenAPI 3.0 document for /metrics and /api/v1."""
-    nullable_str = {"type": "string", "nullable": True}
-    label_row = {
-        "type": "object",
-        "required": ["label", "active", "versions_kept", "last_build"],
-        "properties": {
-            "label": {"type": "string"},
-            "active": nullable_str,
-            "versions_kept": {"type": "integer"},
-            "last_build": {
-                "type": "object",
-                "nullable": True,
-                "properties": {
-                    "build_id": {"type": "string"},
-                    "result": {"type": "string", "enum": list(fleet.FINISHED)},
-                    "version": nullable_str,
-                    "error": nullable_str,
-                    "finished_at": {**nullable_str, "format": "date-time"},
-                },
-            },
-        },
-    }
-    version_row = {
-        "type": "object",
-        "description": "the version's manifest, as `netroot versions LABEL --json`",
-        "required": ["version", "active", "rollback_target"],
-        "properties": {
-            "version": {"type": "string"},
-            "active": {"type": "boolean"},
-            "rollback_target": {"type": "boolean"},
-        },
-        "additionalProperties": True,
-    }
-    not_found = {"404": {"$ref": "#/components/responses/NotFound"}}
-    error = {"type": "object", "properties": {"error": {"type": "string"}}}
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "netroot fleet view", "version": __version__},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {
-                "Unauthorized": {
-                    "description": "http.token_file is set and the bearer token is missing",
-                    "content": {"application/json": {"schema": error}},
-                },
-                "NotFound": {
-                    "description": "no such label",
-                    "content": {"application/json": {"schema": error}},
-                },
-            },
-        },
-        "security": [{}, {"bearer": []}],
-        "paths": {
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus text format",
-                    "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}},
-                }
-            },
-            f"{API}/labels": _get("every configured label", {"type": "array", "items": label_row}),
-            f"{API}/labels/{{label}}/versions": {
-                **_get(
-                    "a label's versions, oldest first",
-                    {"type": "array", "items": version_row},
-                    not_found,
-                ),
-                "parameters": [
-                    {"name": "label", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-            },
-            f"{API}/openapi.json": _get("this document", {"type": "object"}),
-        },
-    }

@@ -32,14 +32,27 @@ def _buckets(h: Histogram) -> list[tuple[str, float]]:
 class FleetCollector(Collector):
     """Turns one reading of the fleet into metric families."""
 
-    def __init__(self, read: Callable[[], Fleet], connected: Callable[[], bool | None]) -> None:
+    def __init__(
+        self,
+        read: Callable[[], Fleet],
+        connected: Callable[[], bool | None],
+        reports: Callable[[], int],
+    ) -> None:
         self.read = read
         self.connected = connected  # None: mqtt disabled
+        self.reports = reports  # node messages accepted since the daemon started
 
     def collect(self) -> Iterator[Metric]:
         """Read the fleet now and yield every family."""
         fleet = self.read()
         yield from _nodes(fleet)
+        yield from _boots(fleet)
+        # The one figure not in the database: Prometheus rates it (a restart resets it).
+        reports = CounterMetricFamily(
+            "netroot_node_reports", "node reports ingested since the daemon started"
+        )
+        reports.add_metric([], self.reports())
+        yield reports
         yield from _builds(fleet)
         yield from _store(fleet)
         outbox = GaugeMetricFamily("netroot_outbox_depth", "events waiting for the broker")
@@ -75,6 +88,25 @@ def _nodes(fleet: Fleet) -> Iterator[Metric]:
     )
     seen.add_metric([], _buckets(fleet.last_seen), fleet.last_seen.total)
     yield seen
+
+
+def _boots(fleet: Fleet) -> Iterator[Metric]:
+    total = HistogramMetricFamily(
+        "netroot_node_boot_seconds",
+        "each node's last boot as its agent timed it (systemd-analyze total)",
+        labels=["label"],
+    )
+    for label, h in fleet.boot_seconds.items():
+        total.add_metric([label], _buckets(h), h.total)
+    yield total
+    phases = HistogramMetricFamily(
+        "netroot_node_boot_phase_seconds",
+        "each node's last boot by phase: kernel, initrd (initramfs), userspace",
+        labels=["phase"],
+    )
+    for phase, h in fleet.boot_phase_seconds.items():
+        phases.add_metric([phase], _buckets(h), h.total)
+    yield phases
 
 
 def _builds(fleet: Fleet) -> Iterator[Metric]:
