@@ -4,6 +4,7 @@ filters, parameter errors, the journal's order and bound, the OpenAPI document."
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
+from support import REPO
 
 from controller.config.load import load_config
 from controller.daemon.context import Context
@@ -239,3 +241,29 @@ async def test_a_changed_or_deleted_node_is_never_served_from_the_last_answer(ap
     rows = (await api.get("/api/v1/nodes"))[1]
     assert rows == [record(n) for n in fleet([moved, *NODES[1:2], *NODES[3:]], {}, Filters())]
     assert _macs(rows) == ["02", "01", "04", "05"]
+
+
+def _series(family_name: str, kind: str) -> set[str]:
+    """The sample names a family of this type exposes (what a PromQL expression can name)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    return {family_name + s for s in suffixes.get(kind, ("",))}
+
+
+async def test_the_shipped_grafana_dashboard_names_only_metrics_the_server_exposes(
+    api: Api,
+) -> None:
+    status, text = await api.get("/metrics")
+    assert status == 200
+    exposed: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        exposed |= _series(family.name, family.type)
+    dashboard = json.loads((REPO / "config" / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"]]
+    named = {name for expr in exprs for name in re.findall(r"\bnetroot_[a-z_]+", expr)}
+    assert named, "the dashboard queries no netroot metric"
+    assert named <= exposed, sorted(named - exposed)
+    # what Grafana's import asks for: a Prometheus data source, unique panel ids
+    assert [i["pluginId"] for i in dashboard["__inputs"]] == ["prometheus"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
