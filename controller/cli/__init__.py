@@ -16,6 +16,7 @@ from controller.cli import (
     build_cmds,
     daemon_cmds,
     hosts_cmds,
+    node_cmds,
     output,
     shell_cmds,
     store_cmds,
@@ -26,7 +27,16 @@ from controller.core import log as logsetup
 from controller.core.errors import NetrootError, describe
 
 # Each command module adds its subcommands; handlers return an exit status.
-COMMAND_MODULES = [build_cmds, store_cmds, daemon_cmds, boot_cmds, shell_cmds, up_cmds, hosts_cmds]
+COMMAND_MODULES = [
+    build_cmds,
+    store_cmds,
+    daemon_cmds,
+    node_cmds,
+    boot_cmds,
+    shell_cmds,
+    up_cmds,
+    hosts_cmds,
+]
 
 
 class Parser(argparse.ArgumentParser):

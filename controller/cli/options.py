@@ -22,7 +22,7 @@ from controller.config.load import load_config
 from controller.config.models import Config
 
 # What argparse adds to the Namespace that is not an option of the command.
-PARSER_KEYS = frozenset({"handler", "subcommand", "hook"})
+PARSER_KEYS = frozenset({"handler", "subcommand", "hook", "node_command"})
 _ARG = "argparse"  # field metadata: (positional, extra names, add_argument keywords)
 
 # Strict: argparse already converted each value; a mismatch is a bug in the parser.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, ClassVar, Final, Literal, Self
 
 from pydantic import AwareDatetime, Field, model_validator
 
@@ -40,6 +40,51 @@ class BootTiming(Model):
     initrd_s: BootSeconds | None = Field(None, description="initramfs to switch-root")
     userspace_s: BootSeconds = Field(description="switch-root to the default target")
     total_s: BootSeconds = Field(description="the sum systemd-analyze printed")
+
+
+# A drift listing is bounded: the agent lists at most this many entries (and
+# fits them in one report under node_messages.MAX_REPORT_BYTES), then counts.
+MAX_DRIFT_ENTRIES: Final = 200
+DriftChange = Literal["added", "modified", "deleted"]
+FileType = Literal["file", "dir", "symlink", "char", "block", "fifo", "socket"]
+DriftCount = Annotated[int, Field(ge=0, le=1_000_000_000)]
+
+
+class DriftEntry(Model):
+    """One path the node's overlay changed against the image."""
+
+    change: DriftChange = Field(
+        description="added: not in the image; modified: in both (a directory only when the "
+        "node removed and made it again); deleted: in the image, removed on the node"
+    )
+    type: FileType = Field(description="the node's file type (deleted: the image's)")
+    size: int = Field(ge=0, le=2**63 - 1, description="bytes (deleted: the image's file)")
+    path: str = Field(min_length=2, max_length=4096, pattern=r"^/", description="on the node")
+
+
+class Drift(Model):
+    """What a node's writable overlay layer changed against its image, as its agent listed it."""
+
+    entries: tuple[DriftEntry, ...] = Field((), max_length=MAX_DRIFT_ENTRIES)
+    added: DriftCount = Field(description="every added path, listed or not")
+    modified: DriftCount
+    deleted: DriftCount
+    truncated: bool = Field(description="entries lists only the first of the changes, by path")
+
+    @property
+    def total(self) -> int:
+        """Every change, listed or not."""
+        return self.added + self.modified + self.deleted
+
+    @model_validator(mode="after")
+    def _counts_cover_entries(self) -> Self:
+        for change in ("added", "modified", "deleted"):
+            listed = sum(1 for e in self.entries if e.change == change)
+            if listed > getattr(self, change):
+                raise ValueError(f"{listed} {change} entries listed, {change} counts fewer")
+        if self.truncated != (len(self.entries) < self.total):
+            raise ValueError("truncated must say whether entries lists fewer than the counts")
+        return self
 
 
 class NodeState(Payload):
@@ -100,6 +145,26 @@ class NodeBooted(NodeEventData):
     kernel: str | None = Field(None, max_length=256)
     ip: IpAddress | None = None
     root: RootMount | None = None
+    boot_timing: BootTiming | None = Field(
+        None, description="known when the boot had finished at the report (else node.boot_timing)"
+    )
+
+
+class NodeBootTiming(NodeEventData):
+    """The node's agent reported how long its current boot took (once the boot finished)."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.boot_timing"
+    boot_id: BootId
+    boot_timing: BootTiming
+
+
+class NodeDiff(NodeEventData):
+    """The node's agent listed what its overlay changed against the image (`netroot node diff`)."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "node.diff"
+    boot_id: BootId | None = None
+    command_id: str | None = Field(None, max_length=128, description="the diff command answered")
+    diff: Drift
 
 
 class NodeStale(NodeEventData):

@@ -9,7 +9,7 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeAlias, assert_never
 
-from controller.events.node_events import RootMount
+from controller.events.node_events import BootTiming, Drift, RootMount
 from controller.events.node_messages import NodeReport
 
 IPAddress: TypeAlias = IPv4Address | IPv6Address
@@ -46,12 +46,13 @@ class Reported:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Booted(Reported):
-    """The agent's boot report."""
+    """The agent's boot report (or its timing report: the same, with the boot's timings)."""
 
     boot_id: str
     kernel: str | None = None
     ip: IPAddress | None = None
     root: RootMount | None = None
+    boot_timing: BootTiming | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +73,15 @@ class RemountResult(Reported):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StaleHandle(Reported):
     """The agent found / answering ESTALE."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiffListed(Reported):
+    """The agent answered a diff command with its overlay's changes."""
+
+    boot_id: str | None
+    command_id: str | None
+    diff: Drift
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,7 +114,15 @@ class LiveEdit(VersionChange):
 
 
 NodeInput: TypeAlias = (
-    DhcpLease | Booted | Heartbeat | RemountResult | StaleHandle | Offline | Activation | LiveEdit
+    DhcpLease
+    | Booted
+    | Heartbeat
+    | RemountResult
+    | StaleHandle
+    | DiffListed
+    | Offline
+    | Activation
+    | LiveEdit
 )
 
 
@@ -124,13 +142,14 @@ def report_input(
         "policy": policy,
     }
     match report.kind:
-        case "boot":
+        case "boot" | "timing":
             return Booted(
                 **facts,
                 boot_id=report.boot_id or "",
                 kernel=report.kernel,
                 ip=report.ip,
                 root=report.root,
+                boot_timing=report.boot_timing,
             )
         case "heartbeat" if report.stale_handle:
             return StaleHandle(**facts)
@@ -138,5 +157,11 @@ def report_input(
             return Heartbeat(**facts, ip=report.ip)
         case "remount_result":
             return RemountResult(**facts, ok=bool(report.ok), error=report.error)
+        case "diff_result" if report.diff is not None:  # the validator requires it
+            return DiffListed(
+                **facts, boot_id=report.boot_id, command_id=report.command_id, diff=report.diff
+            )
+        case "diff_result":
+            raise ValueError("a diff_result report needs diff")
         case _:
             assert_never(report.kind)

@@ -14,22 +14,26 @@ from pydantic import Field, ValidationError, model_validator
 from controller.core.errors import NetrootError
 from controller.core.ids import Label, Mac, VersionId
 from controller.core.model import Model, first_error
-from controller.events.node_events import RootMount
+from controller.events.node_events import BootTiming, Drift, RootMount
 from controller.events.payloads import BootId, IpAddress, ShortText
 from controller.events.topics import DEFAULT_PREFIX, Topics
 
 # A node command the broker still holds after this is dropped (MQTT 5 expiry):
 # a reboot meant for an old boot must not run when the node reconnects later.
 COMMAND_EXPIRY_S: Final = 300
-# A report is a few hundred bytes; the cap keeps a hostile or broken node from
-# making the controller parse megabytes per message.
+# A report is a few hundred bytes (a diff_result at most this: the agent fits
+# its listing under it); the cap keeps a hostile or broken node from making
+# the controller parse megabytes per message.
 MAX_REPORT_BYTES = 8192
 
-ReportKind = Literal["boot", "heartbeat", "remount_result", "offline"]
+ReportKind = Literal["boot", "timing", "heartbeat", "remount_result", "diff_result", "offline"]
 _REQUIRED_BY_KIND: dict[str, tuple[str, ...]] = {
     "boot": ("label", "version", "boot_id"),
+    # the boot report again, once the boot finished, with its timings
+    "timing": ("label", "version", "boot_id", "boot_timing"),
     "heartbeat": ("label", "version"),
     "remount_result": ("label", "version", "ok"),
+    "diff_result": ("label", "version", "diff"),
     "offline": (),
 }
 
@@ -51,6 +55,13 @@ class NodeReport(Model):
         "", description="remount_result: what the agent did and read back after the remount"
     )
     stale_handle: bool = Field(False, description="heartbeat: / answered ESTALE")
+    boot_timing: BootTiming | None = Field(
+        None, description="boot, timing: `systemd-analyze time` (boot: once the boot finished)"
+    )
+    diff: Drift | None = Field(None, description="diff_result: the overlay's changes")
+    command_id: str | None = Field(
+        None, max_length=128, description="diff_result: the id of the command it answers"
+    )
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> Self:
@@ -63,7 +74,9 @@ class NodeReport(Model):
 class NodeCommand(Model):
     """What the controller publishes on a node's cmd topic (plain JSON, no envelope)."""
 
-    command: Literal["remount", "reboot", "report"]
+    # remount and reboot change the node: the agent obeys them only with its
+    # boot id; report and diff only answer (diff lists the overlay's changes).
+    command: Literal["remount", "reboot", "report", "diff"]
     id: str = Field(min_length=1, max_length=128)
     boot_id: BootId | None = Field(
         None, description="the boot this is meant for; an agent ignores a command for another boot"

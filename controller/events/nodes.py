@@ -25,8 +25,10 @@ from typing import Any, TypeAlias, TypeVar, assert_never
 
 from controller.events.node_events import (
     NodeBooted,
+    NodeBootTiming,
     NodeCurrent,
     NodeDhcp,
+    NodeDiff,
     NodeEventData,
     NodeLost,
     NodeRemounted,
@@ -38,6 +40,7 @@ from controller.events.node_inputs import (
     Activation,
     Booted,
     DhcpLease,
+    DiffListed,
     Heartbeat,
     LiveEdit,
     NodeInput,
@@ -117,6 +120,8 @@ def transition(state: NodeState, event: NodeInput) -> Result:
             result = _remount_result(state, event)
         case StaleHandle():
             result = _stale_handle(state, event)
+        case DiffListed():
+            result = _diff_listed(state, event)
         case Offline():
             result = _offline(state, event)
         case Activation():
@@ -254,7 +259,9 @@ def _dhcp(state: NodeState, event: DhcpLease) -> Result:
     if event.firmware:
         # The firmware asks: whatever ran before is gone, a new boot begins.
         phase = "dhcp"
-        changes: dict[str, Any] = dict.fromkeys(("version", "kernel", "root", "booted_at"))
+        changes: dict[str, Any] = dict.fromkeys(
+            ("version", "kernel", "root", "booted_at", "boot_timing")
+        )
     elif state.state in {"unknown", "dhcp", "lost"}:
         phase, changes = "booting", {}
     else:
@@ -278,9 +285,17 @@ def _dhcp(state: NodeState, event: DhcpLease) -> Result:
 
 
 def _booted(state: NodeState, event: Booted) -> Result:
+    timing = event.boot_timing
     if state.state in RUNNING and state.boot_id == event.boot_id:
-        # The agent restarted within the same boot: nothing was remounted or rebooted.
-        return _settle(state, event, _facts(state, event, ip=event.ip))
+        # The agent restarted within the same boot (nothing was remounted or
+        # rebooted), or it tells the timings of a boot that has now finished.
+        facts = _facts(state, event, ip=event.ip, boot_timing=timing)
+        timed: Fact | None = None
+        if timing is not None and timing != state.boot_timing:
+            timed = (NodeBootTiming, {"boot_id": event.boot_id, "boot_timing": timing})
+        return _settle(state, event, facts, fact=timed)
+    # A new boot (or the timing report of a boot whose boot report was missed):
+    # the previous boot's timings go with it.
     cur = _told(
         state,
         event,
@@ -289,10 +304,18 @@ def _booted(state: NodeState, event: Booted) -> Result:
         kernel=event.kernel,
         ip=event.ip or state.ip,
         root=event.root,
+        # kept when the controller had marked the node lost within this same boot
+        boot_timing=timing or (state.boot_timing if state.boot_id == event.boot_id else None),
     )
     booted: Fact = (
         NodeBooted,
-        {"boot_id": event.boot_id, "kernel": event.kernel, "ip": cur.ip, "root": event.root},
+        {
+            "boot_id": event.boot_id,
+            "kernel": event.kernel,
+            "ip": cur.ip,
+            "root": event.root,
+            "boot_timing": cur.boot_timing,
+        },
     )
     # A fresh boot mounted a fresh root: nothing from the previous boot is pending.
     facts = _Facts(cur, remount_pending=False, broken=False)
@@ -315,6 +338,15 @@ def _stale_handle(state: NodeState, event: StaleHandle) -> Result:
     facts = _facts(state, event)
     pending = _Facts(facts.state, remount_pending=True, broken=facts.broken)
     return _settle(state, event, pending, reason="stale file handle on /")
+
+
+def _diff_listed(state: NodeState, event: DiffListed) -> Result:
+    # A sign of life like a heartbeat, and the listing announced as an event.
+    listed: Fact = (
+        NodeDiff,
+        {"boot_id": event.boot_id, "command_id": event.command_id, "diff": event.diff},
+    )
+    return _settle(state, event, _facts(state, event), fact=listed)
 
 
 def _offline(state: NodeState, event: Offline) -> Result:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -556,6 +556,7 @@ def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa
         log_lines = log.split("\n")
         assert [line.split()[0] for line in log_lines if line] == ["v1", "v2"], log_lines
         assert pid_after != pid_before and f"v2 {pid_after}" in log_lines
+        check_drift_and_boot_timing(lab, reports, events, on_node)
     finally:
         status = vm.stop()
         daemon.terminate()
@@ -563,6 +564,38 @@ def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa
         daemon_log.close()
         events.close()
     assert status == 0, vm.output()
+
+
+def check_drift_and_boot_timing(
+    lab: Lab, reports: Reports, events: NodeEvents, on_node: Callable[[str], str]
+) -> None:
+    """Issue 10: `netroot node diff` lists what was changed on the node over ssh, and the
+    agent reported its boot's timings once the boot finished (the daemon announced them)."""
+    timing = reports.wait(MAC5, kind="timing", within=900).boot_timing
+    assert timing is not None and timing.total_s > 0 and timing.kernel_s > 0, timing
+    _, timed = events.wait("boot_timing", within=300)
+    assert timed["boot_timing"]["total_s"] == timing.total_s
+    print(f"boot timing reported by the VM: {timing.model_dump(exclude_none=True)}")
+
+    on_node("echo x > /root/drift.txt; rm /etc/motd")
+    done = lab.netroot("--json", "node", "diff", MAC5, "--timeout", "300", timeout=400)
+    assert done.returncode == 0, done.stderr
+    drift = json.loads(done.stdout)
+    entries = {e["path"]: e for e in drift["entries"]}
+    assert entries["/root/drift.txt"] == {
+        "change": "added", "type": "file", "size": 2, "path": "/root/drift.txt"
+    }  # fmt: skip
+    # removed on the node: the image's file (live-edited above) is what is gone
+    assert entries["/etc/motd"] == {
+        "change": "deleted", "type": "file", "size": len("live-edited\n"), "path": "/etc/motd"
+    }  # fmt: skip
+    assert drift["added"] >= 1 and drift["deleted"] >= 1 and drift["mac"] == MAC5
+    _, diffed = events.wait("diff", within=300)
+    assert diffed["diff"]["entries"] == drift["entries"]
+    table = lab.netroot("node", "diff", MAC5, "--timeout", "300", timeout=400)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("CHANGE") and "/root/drift.txt" in table.stdout
+    print(f"netroot node diff {MAC5}:\n{table.stdout}")
 
 
 def _group_members(pgid: int) -> list[str]:

@@ -24,9 +24,14 @@ from controller.events.envelope import (
     json_schemas,
 )
 from controller.events.node_events import (
+    BootTiming,
+    Drift,
+    DriftEntry,
     NodeBooted,
+    NodeBootTiming,
     NodeCurrent,
     NodeDhcp,
+    NodeDiff,
     NodeLost,
     NodeRemounted,
     NodeRemountRequested,
@@ -192,6 +197,14 @@ SUMMARY = VersionSummary(
     version=V1, built_at=NOW, kind="full", kernel="6.1.0", file_count=3, size_bytes=4096
 )
 ROOT = RootMount(fstype="nfs4", source="10.0.2.2:/demo/" + V1)
+TIMING = BootTiming(kernel_s=1.2, initrd_s=3.4, userspace_s=20.1, total_s=24.7)
+DRIFT = Drift(
+    entries=(DriftEntry(change="added", type="file", size=2, path="/root/ü\n.txt"),),
+    added=1,
+    modified=0,
+    deleted=3,
+    truncated=True,
+)
 # One event of each type, with every field a subscriber may meet set: a payload
 # model added to the registry without a sample here fails the test below.
 SAMPLES: dict[str, Payload] = {
@@ -207,7 +220,17 @@ SAMPLES: dict[str, Payload] = {
         Pruned(label="demo", versions=(V1,), kept=(V2,)),
         ImageState(label="demo", active=SUMMARY, activated_at=NOW, previous=V2),
         NodeDhcp(mac=MAC, state="dhcp", ip="10.0.2.15", firmware=True, hostname="n1"),
-        NodeBooted(mac=MAC, state="booting", label="demo", version=V1, boot_id=BOOT_ID, root=ROOT),
+        NodeBooted(
+            mac=MAC,
+            state="booting",
+            label="demo",
+            version=V1,
+            boot_id=BOOT_ID,
+            root=ROOT,
+            boot_timing=TIMING,
+        ),
+        NodeBootTiming(mac=MAC, state="up", boot_id=BOOT_ID, boot_timing=TIMING),
+        NodeDiff(mac=MAC, state="up", boot_id=BOOT_ID, command_id="c-1", diff=DRIFT),
         NodeStale(mac=MAC, state="stale", action="reboot", active_version=V2, commanded=True),
         NodeRemountRequested(mac=MAC, state="stale", reason="tree changed"),
         NodeRemounted(mac=MAC, state="up", label="demo", version=V1),

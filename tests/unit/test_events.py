@@ -130,6 +130,9 @@ SECTION_6_TYPES = {
     "org.netroot.node.lost",
     "org.netroot.node.current",
     "org.netroot.node.state",
+    # issue 10: boot timings and drift
+    "org.netroot.node.boot_timing",
+    "org.netroot.node.diff",
 }
 
 
@@ -154,14 +157,17 @@ def test_schema_documents_the_required_fields_and_allowed_commands() -> None:
     assert set(schemas["node.report"]["required"]) == {"kind", "mac"}
     assert set(schemas["node.report"]["properties"]["kind"]["enum"]) == {
         "boot",
+        "timing",
         "heartbeat",
         "remount_result",
+        "diff_result",
         "offline",
     }
     assert set(schemas["node.command"]["properties"]["command"]["enum"]) == {
         "remount",
         "reboot",
         "report",
+        "diff",
     }
     assert "pattern" in schemas["org.netroot.node.stale"]["properties"]["mac"]
 

@@ -8,11 +8,19 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from controller.events.node_events import NodeState, RootMount
+from controller.events.node_events import (
+    BootTiming,
+    Drift,
+    DriftEntry,
+    NodeDiff,
+    NodeState,
+    RootMount,
+)
 from controller.events.node_inputs import (
     Activation,
     Booted,
     DhcpLease,
+    DiffListed,
     Heartbeat,
     LiveEdit,
     NodeInput,
@@ -372,6 +380,65 @@ def test_the_hostname_of_a_lease_is_kept_until_another_lease_names_one() -> None
     assert node.hostname == "n01b"
 
 
+# --- boot timings and drift (issue 10) ------------------------------------------
+
+TIMING = BootTiming(kernel_s=1.5, initrd_s=4.0, userspace_s=20.25, total_s=25.75)
+DRIFT = Drift(
+    entries=(DriftEntry(change="added", type="file", size=2, path="/root/drift.txt"),),
+    added=1,
+    modified=0,
+    deleted=0,
+    truncated=False,
+)
+
+
+def test_boot_timings_follow_the_boot_report_and_go_with_the_boot() -> None:
+    node, _ = step(NodeState(mac=MAC), booted(V1, V1, t=5))
+    assert node.boot_timing is None  # the boot report comes before the boot is over
+    node, fx = step(node, booted(V1, V1, t=40, boot_timing=TIMING))  # the timing report
+    assert node.boot_timing == TIMING and node.booted_at == at(5)
+    assert event_kinds(fx) == ["boot_timing"]
+    event = next(e.data for e in fx if isinstance(e, PublishEvent))
+    assert event.model_dump(include={"boot_id", "boot_timing"}) == {
+        "boot_id": BOOT_A,
+        "boot_timing": TIMING.model_dump(),
+    }
+    assert published_state(fx) == node
+    node, fx = step(node, booted(V1, V1, t=50, boot_timing=TIMING))  # sent again: nothing new
+    assert event_kinds(fx) == [] and published_state(fx) is None
+    node, _ = step(node, booted(V1, V1, t=60))  # a later boot report without: kept
+    assert node.boot_timing == TIMING
+    node, _ = step(node, DhcpLease(at=at(120), ip=IP, firmware=True))  # a reboot begins
+    assert node.boot_timing is None
+    node, _ = step(node, booted(V1, V1, boot_id=BOOT_A, t=130, boot_timing=TIMING))
+    node, fx = step(node, booted(V1, V1, boot_id=BOOT_B, t=200))  # without the DHCP lease
+    assert node.boot_timing is None and event_kinds(fx) == ["booted"]
+
+
+def test_the_timing_report_of_a_boot_never_reported_is_its_boot_report() -> None:
+    node, fx = step(NodeState(mac=MAC), booted(V1, V1, t=40, boot_timing=TIMING))
+    assert (node.state, node.boot_id, node.boot_timing) == ("up", BOOT_A, TIMING)
+    assert event_kinds(fx) == ["booted", "current"]
+    booted_event = next(e.data for e in fx if isinstance(e, PublishEvent))
+    assert booted_event.model_dump()["boot_timing"] == TIMING.model_dump()
+
+
+def test_a_diff_answer_is_announced_and_counts_as_a_sign_of_life() -> None:
+    node = up_on(V1)
+    answer = DiffListed(at=at(30), label=LABEL, version=V1, active_version=V1,
+                        boot_id=BOOT_A, command_id="c-1", diff=DRIFT)  # fmt: skip
+    new, fx = step(node, answer)
+    assert event_kinds(fx) == ["diff"]
+    data = fx[0].data if isinstance(fx[0], PublishEvent) else None
+    assert isinstance(data, NodeDiff)
+    assert (data.diff, data.command_id, data.boot_id, data.state) == (DRIFT, "c-1", BOOT_A, "up")
+    assert new.last_seen == at(30) and published_state(fx) is None
+    # the answer of a node on an outdated version is also what tells it is stale
+    new, fx = step(node, DiffListed(at=at(40), label=LABEL, version=V1, active_version=V2,
+                                    boot_id=BOOT_A, command_id=None, diff=DRIFT))  # fmt: skip
+    assert event_kinds(fx) == ["diff", "stale"] and new.state == "stale"
+
+
 # --- agent reports ------------------------------------------------------------
 
 
@@ -391,6 +458,11 @@ def test_report_input_maps_each_report_kind() -> None:
     offline = mapped(kind="offline", boot_id=BOOT_A)
     assert isinstance(offline, Offline)
     assert offline.boot_id == BOOT_A
+    timed = mapped(kind="timing", boot_id=BOOT_A, boot_timing=TIMING.model_dump())
+    assert isinstance(timed, Booted) and timed.boot_timing == TIMING
+    listed = mapped(kind="diff_result", diff=DRIFT.model_dump(), command_id="c-9")
+    assert isinstance(listed, DiffListed)
+    assert (listed.diff, listed.command_id) == (DRIFT, "c-9")
 
 
 # --- garbage-collection guard -------------------------------------------------
@@ -428,6 +500,17 @@ def random_input(rng: random.Random, t: float) -> NodeInput:
     choices: list[NodeInput] = [
         DhcpLease(at=at(t), ip=IP, firmware=rng.random() < 0.5),
         booted(version, active, boot_id=boot, t=t, policy=policy),
+        booted(version, active, boot_id=boot, t=t, policy=policy, boot_timing=TIMING),
+        DiffListed(
+            at=at(t),
+            label=label,
+            version=version,
+            active_version=active,
+            policy=policy,
+            boot_id=boot,
+            command_id="c",
+            diff=DRIFT,
+        ),
         Heartbeat(at=at(t), label=label, version=version, active_version=active, policy=policy),
         RemountResult(
             at=at(t),
