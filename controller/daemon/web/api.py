@@ -19,7 +19,7 @@ from aiohttp import web
 from controller import __version__
 from controller.daemon.context import Context
 from controller.daemon.mqtt import BrokerLink
-from controller.daemon.web import fleet, metrics
+from controller.daemon.web import fleet, metrics, page
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API = "/api/v1"
@@ -44,6 +44,7 @@ class Endpoints:
         collector = metrics.FleetCollector(self._read_fleet, self._connected)
         self.registry = metrics.registry(collector)
         self.pool = ThreadPoolExecutor(READERS, thread_name_prefix="http-read")
+        self.page = page.StatusPage(lambda: self.ctx.config, self.pool)
 
     async def _off_loop(self, read: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -60,6 +61,7 @@ class Endpoints:
             (f"{API}/labels", self.labels),
             (f"{API}/labels/{{label}}/versions", self.versions),
             (f"{API}/openapi.json", self.openapi),
+            *self.page.routes(),  # /, its files, its snapshot, /api/v1/stream
         ]
 
     def _read_fleet(self) -> fleet.Fleet:
