@@ -89,7 +89,7 @@ def test_a_node_goes_from_up_to_stale_on_the_page_without_a_reload(
 
         status, _ = served.get("/")
         assert status == 200
-        head = urllib.request.urlopen(f"http://127.0.0.1:{served.port}/", timeout=30)  # noqa: S310
+        head = urllib.request.urlopen(f"http://127.0.0.1:{served.port}/", timeout=30)
         with head:
             assert head.headers["Content-Security-Policy"].startswith("default-src 'self'")
 
@@ -98,7 +98,9 @@ def test_a_node_goes_from_up_to_stale_on_the_page_without_a_reload(
         type_filter(browser, A)
         wait_for(lambda: row_cell(browser, A, "state") == "up", "the node up on the page")
         assert row_cell(browser, A, "version") == v1
-        label_active = "document.querySelector('#labels tr[data-label=\"demo\"] .active').textContent"
+        label_active = (
+            "document.querySelector('#labels tr[data-label=\"demo\"] .active').textContent"
+        )
         assert browser.evaluate(label_active) == v1
 
         v2 = served.new_version("v2")

@@ -135,7 +135,9 @@ class EventStream:
             self.open -= 1
         return response
 
-    async def _follow(self, request: web.Request, response: web.StreamResponse, cursor: int) -> None:
+    async def _follow(
+        self, request: web.Request, response: web.StreamResponse, cursor: int
+    ) -> None:
         loop = asyncio.get_running_loop()
         idle = 0.0
         while not self.closing.is_set():
@@ -165,6 +167,8 @@ class EventStream:
 
     def close(self) -> None:
         """End every stream (their handlers return within a poll) and let the thread go."""
+        if self.closing.is_set():
+            return
         self.closing.set()
         self.pool.submit(self._close_reader)
         self.pool.shutdown(wait=False)
