@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900
 
 # What the top of a checkout holds that is no input of the build (state, caches, git);
 # only there: controller/build is a package.
-UNBUILT = {".git", "var", "build", "dist", ".venv", ".mypy_cache", ".ruff_cache",
+UNBUILT = {".git", "var", "build", "dist", ".venv", ".mypy_cache", ".ruff_cache", "artifacts",
            ".pytest_cache", ".hypothesis"}  # fmt: skip
 
 
@@ -65,6 +65,8 @@ def test_the_wheel_installed_outside_the_checkout_validates_and_builds(tmp_path:
         assert "controller/shipped/recipes/debian12.toml" in names
         assert "controller/shipped/config/netroot.toml" in names
         assert "controller/shipped/systemd/netroot.service" in names
+        for page in ("index.html", "status.css", "status.js"):  # the status page
+            assert f"controller/daemon/web/static/{page}" in names
         agent = "controller/shipped/base/usr/lib/netroot/agent"
         assert _mode(wheel, agent) & stat.S_IXUSR
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from controller.daemon.context import Context
 from controller.daemon.mqtt import BrokerLink
-from controller.daemon.web import fleet, metrics
+from controller.daemon.web import fleet, metrics, page
 from controller.daemon.web.openapi import API, openapi_document
 from controller.daemon.web.params import BadParameter, Query, events_query, node_filters, node_mac
 
@@ -46,6 +46,7 @@ class Endpoints:
         self.registry = metrics.registry(collector)
         self.node_records = fleet.NodeRecords()
         self.pool = ThreadPoolExecutor(READERS, thread_name_prefix="http-read")
+        self.page = page.StatusPage(lambda: self.ctx.config, self.pool)
 
     async def _off_loop(self, read: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -65,6 +66,7 @@ class Endpoints:
             (f"{API}/nodes/{{mac}}", self.node),
             (f"{API}/events", self.events),
             (f"{API}/openapi.json", self.openapi),
+            *self.page.routes(),  # /, its files, its snapshot, /api/v1/stream
         ]
 
     def _read_fleet(self) -> fleet.Fleet:

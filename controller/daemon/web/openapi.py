@@ -26,6 +26,7 @@ _ERRORS = {
     "400": ("BadRequest", "a malformed parameter; the message names it and what is allowed"),
     "401": ("Unauthorized", "http.token_file is set and the bearer token is missing or wrong"),
     "404": ("NotFound", "no such label or node"),
+    "503": ("Busy", "the server's bound on open event streams is reached"),
 }
 
 
@@ -186,6 +187,28 @@ def openapi_document() -> dict[str, Any]:
                 "400",
                 params=event_params,
             ),
+            f"{API}/stream": {
+                "get": {
+                    "summary": "the event journal as server-sent events, from now or after a seq",
+                    "parameters": [
+                        _param(
+                            "after", "query", "start after this journal seq", {"type": "integer"}
+                        ),
+                        _param(
+                            "Last-Event-ID", "header", "resume after this seq", {"type": "integer"}
+                        ),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "`id:` the journal seq, `data:` the envelope",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "400": {"$ref": "#/components/responses/BadRequest"},
+                        "401": {"$ref": "#/components/responses/Unauthorized"},
+                        "503": {"$ref": "#/components/responses/Busy"},
+                    },
+                }
+            },
             f"{API}/openapi.json": _get("this document", {"type": "object"}),
         },
     }

@@ -132,6 +132,7 @@ class HttpServer(Component):
 
     async def teardown(self) -> None:
         """Close the listener and the open connections."""
+        self.endpoints.page.close()  # event streams end now: cleanup would wait for them
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
