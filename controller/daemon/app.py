@@ -177,6 +177,9 @@ class Daemon:
             BootFiles(ctx),
             Watchdog(),
         ]
+        unplaced = sorted({c.name for c in components} - set(STOP_ORDER))
+        if unplaced:  # a task _shutdown never cancels would hold the stop for SHUTDOWN_S
+            raise RuntimeError(f"components with no place in STOP_ORDER: {', '.join(unplaced)}")
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
@@ -235,7 +238,8 @@ class Daemon:
         # No new triggers (and no pruning while the rest stops).
         for name in ("watcher", "images", "spool", "reloader", "liveness", "journal"):
             await _cancel(tasks[name])
-        await _cancel(tasks["http"])  # the listener closes at teardown
+        await _cancel(tasks["http"])  # the listeners close at teardown
+        await _cancel(tasks["boot-http"])
         await _cancel(tasks["scheduler"])  # running builds are killed and recorded
         await _cancel(tasks["index"])
         # Reports the broker delivered: applied and acknowledged while still connected,
@@ -325,6 +329,14 @@ def _check_reloadable(old: Config, new: Config) -> None:
         raise NetrootError("mqtt.enabled cannot change while serving; restart")
     if new.http != old.http:
         raise NetrootError("http cannot change while serving; restart")
+
+
+# Every component's task, in the order _shutdown stops them (checked at start).
+STOP_ORDER = (
+    *("watcher", "images", "spool", "reloader", "liveness", "journal"),
+    *("http", "boot-http", "scheduler", "index", "tracker", "publisher", "status"),
+    *("mqtt", "watchdog"),
+)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
