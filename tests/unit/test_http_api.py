@@ -33,7 +33,6 @@ from controller.events.topics import Topics
 
 BOOT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 V1 = "20250301T120000.000Z-0000aaaa"
-T0 = datetime.now(UTC) - timedelta(minutes=40)
 
 
 def _node(tail: str, state: str, label: str | None = "demo", **kw: Any) -> NodeState:
@@ -62,6 +61,7 @@ def _envelope(seq: int, kind: str) -> bytes:
 class Api:
     client: TestClient[web.Request, web.Application]
     endpoints: Endpoints
+    t0: datetime  # the first journalled event's time, 40 minutes before the fixture ran
 
     async def get(self, path: str) -> tuple[int, Any]:
         response = await self.client.get(path)
@@ -75,12 +75,14 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     path.write_text('state_dir = "state"\n[labels.demo]\nrecipe = "demo.toml"\n')
     config = load_config(path)
     db = Database(db_path(config))
+    # Read when the test runs, not at collection: a long suite runs this module much later.
+    t0 = datetime.now(UTC) - timedelta(minutes=40)
     with db.transaction() as tx:
         for node in NODES:
             tx.put_node(node)
         for i, kind in enumerate(["node.booted", "image.activated", "node.stale", "node.lost"]):
             label = None if kind == "node.lost" else "demo"
-            at = T0 + timedelta(minutes=i * 10)  # 40, 30, 20, 10 minutes ago
+            at = t0 + timedelta(minutes=i * 10)  # 40, 30, 20, 10 minutes ago
             tx.record(at, f"org.netroot.{kind}", _envelope(i, kind), subject=None, label=label)
     emitter = Emitter(Topics(config.mqtt.topic_prefix))
     nodes = NodeBook(db, emitter, config)
@@ -91,7 +93,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     )
     await client.start_server()
     try:
-        yield Api(client, endpoints)
+        yield Api(client, endpoints, t0)
     finally:
         await client.close()
         endpoints.close()
@@ -153,7 +155,7 @@ async def test_events_since_in_order_filtered_and_bounded(api: Api) -> None:
     status, events = await api.get("/api/v1/events?since=1h")
     assert status == 200
     assert [e["seq"] for e in events] == [0, 1, 2, 3]  # the envelopes as published
-    since = (T0 + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%S")
+    since = (api.t0 + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%S")
     assert [e["seq"] for e in (await api.get(f"/api/v1/events?since={since}"))[1]] == [2, 3]
     assert [e["seq"] for e in (await api.get("/api/v1/events?since=1h&type=node."))[1]] == [
         0,
