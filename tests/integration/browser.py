@@ -14,12 +14,12 @@ import itertools
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+from integration.harness import wait_for
 
 CALL_S = 30.0  # a guard against a hung browser, never a timing assertion
 START_S = 30.0
@@ -72,16 +72,15 @@ class Chromium:
 
     def _port(self) -> int:
         marker = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline:
+
+        def written() -> int | None:
             if self.proc.poll() is not None:
                 log = (self.profile / "stderr.log").read_text(errors="replace")[-3000:]
                 raise AssertionError(f"chromium exited ({self.proc.returncode}): {log}")
             lines = marker.read_text().splitlines() if marker.exists() else []
-            if lines and lines[0].isdigit():
-                return int(lines[0])
-            time.sleep(0.05)
-        raise AssertionError("chromium never wrote DevToolsActivePort")
+            return int(lines[0]) if lines and lines[0].isdigit() else None
+
+        return wait_for(written, "chromium to write DevToolsActivePort", START_S)
 
     async def _connect(self, port: int) -> None:
         self.session = aiohttp.ClientSession()
@@ -118,11 +117,9 @@ class Chromium:
         """Load a URL; returns once the document finished loading."""
         self.call("Page.enable")
         self.call("Page.navigate", url=url)
-        deadline = time.monotonic() + CALL_S
-        while self.evaluate("document.readyState") != "complete":
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{url} never finished loading")
-            time.sleep(0.05)
+        wait_for(
+            lambda: self.evaluate("document.readyState") == "complete", f"{url} to load", CALL_S
+        )
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (JSON-serialisable)."""
