@@ -93,7 +93,25 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
-class HttpConfig(Model):
+class Listener(Model):
+    """An HTTP listener of the daemon: `listen` is host:port, "" turns it off."""
+
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            listen_address(value)
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the daemon listens here at all."""
+        return bool(self.listen)
+
+
+class HttpConfig(Listener):
     """The daemon's HTTP server: /metrics and the read-only API (docs/design.md §12)."""
 
     listen: str = Field(
@@ -104,38 +122,14 @@ class HttpConfig(Model):
         None, description="bearer token every request must carry (not readable by others)"
     )
 
-    @field_validator("listen")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        if value:
-            listen_address(value)
-        return value
 
-    @property
-    def enabled(self) -> bool:
-        """Whether the daemon serves HTTP at all."""
-        return bool(self.listen)
-
-
-class BootHttpConfig(Model):
+class BootHttpConfig(Listener):
     """Kernel and initramfs over HTTP for iPXE nodes: a listener of its own, no API, no token."""
 
     listen: str = Field(
         "",
         description='host:port nodes reach (iPXE menus use `server` and this port); "" is off',
     )
-
-    @field_validator("listen")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        if value:
-            listen_address(value)
-        return value
-
-    @property
-    def enabled(self) -> bool:
-        """Whether iPXE menus load boot files over HTTP, served by the daemon."""
-        return bool(self.listen)
 
 
 class NfsConfig(Model):
