@@ -58,6 +58,9 @@ class BootOptions:
     # http: qemu's iPXE runs the iPXE script from TFTP, then loads kernel and
     # initramfs from the boot file server; tftp: pxelinux loads all over TFTP
     boot_files: BootFiles = "http"
+    # PXE again when the guest reboots (an agent's `reboot`, a canary rollout's),
+    # through the menus as they are then; off: a reset stops the VM
+    reboot: bool = False
 
     @property
     def over_http(self) -> bool:
@@ -183,4 +186,5 @@ def vm_spec(
         uefi_vars=uefi_vars,
         uefi_code=OVMF_CODE,
         extra=config.label(options.label).extra_qemu,
+        reboot=options.reboot and not options.direct,
     )

@@ -505,7 +505,7 @@ def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa
     )  # fmt: skip
     port = free_port()
     vm = lab.boot("debian12", MAC5, "--ssh-port", str(port), "--ssh-key",
-                  str(key.with_suffix(".pub")), "--timeout", "5400")  # fmt: skip
+                  str(key.with_suffix(".pub")), "--timeout", "5400", "--reboot")  # fmt: skip
     try:
         report = reports.wait(MAC5, vm=vm)
         assert report.version == version

@@ -112,13 +112,15 @@ class Fleet:
             node.close()
 
 
+MANUAL = 'activation = "manual"\nauto_reboot = true\ncanary_timeout = 120\n'
+
+
 class Lab:
-    def __init__(self, tmp_path: Path, broker: Broker) -> None:
+    def __init__(self, tmp_path: Path, broker: Broker, label: str = MANUAL) -> None:
         extra = "debounce_quiet = 0.3\n" + broker.mqtt_config()
         self.ws = Workspace(tmp_path, keep_versions=5, extra_config=extra)
         make_root_tree(self.ws.tree)
         self.ws.write()
-        label = 'activation = "manual"\nauto_reboot = true\ncanary_timeout = 120\n'
         self.ws.config.write_text(self.ws.config.read_text() + label)
         self.ws.run("build", "demo", "--activate")
         self.collector = Collector(broker.port)
@@ -261,3 +263,30 @@ def test_a_restart_mid_rollout_fails_it_and_reverts_the_canaries(lab: Lab) -> No
     wait_for(lambda: all_on(lab, v1), "both canaries back on v1")
     assert lab.ws.active() == v1
     assert not (lab.ws.root / "tftp" / pxelinux_mac_path(MACS[0])).exists()
+
+
+def test_activation_canary_sends_every_daemon_build_through_a_rollout(
+    tmp_path: Path, broker: Broker
+) -> None:
+    label = 'activation = "canary"\ncanary_count = 2\nauto_reboot = true\n'
+    lab = Lab(tmp_path, broker, label)
+    try:
+        v1 = lab.ws.active()
+        assert v1 is not None
+        for node in lab.fleet.nodes.values():
+            node.boot()
+        wait_for(lambda: all_on(lab, v1), "20 nodes up on v1")
+        (lab.ws.tree / "etc" / "motd").write_text("v2\n")  # the daemon builds it
+        started = lab.collector.wait_event("image.canary_started")[0]["data"]
+        assert (started["reason"], started["macs"], started["previous"]) == ("auto", MACS[:2], v1)
+        v2 = started["version"]
+        lab.collector.wait_event("image.activated", version=v2, reason="canary")
+        assert kinds(lab.rollout_events(v2)) == [
+            "canary_started",
+            *["canary_node_passed"] * 2,
+            "canary_passed",
+            "activated",
+        ]
+        wait_for(lambda: all_on(lab, v2), "every node on v2")
+    finally:
+        lab.close()
