@@ -30,6 +30,10 @@ from controller.events.payloads import ActivationReason, CanaryCheck, RolloutId,
 
 LIVE = frozenset({"up", "stale"})  # the agent reports: it can be asked to reboot and check
 OUTPUT_TAIL = 1024
+# A `health` command can be lost (sent while a freshly booted agent was not yet
+# subscribed): a canary still unanswered is asked again on its next report
+# (timing, heartbeat) at most this often.
+ASK_AGAIN_S = 30.0
 
 RolloutPhase = Literal["running", "passed", "failed"]
 CanaryPhase = Literal["waiting", "checking", "passed", "failed"]
@@ -45,6 +49,7 @@ class Canary(Model):
     mac: Mac
     boot_id: str | None = Field(None, description="the boot it ran when the rollout started")
     phase: CanaryPhase = "waiting"
+    asked_at: AwareDatetime | None = Field(None, description="when `health` was last sent")
 
 
 class Failure(Model):
@@ -244,9 +249,13 @@ def tail(text: str, limit: int = OUTPUT_TAIL) -> str:
     return text[-limit:]
 
 
-def _with(rollout: Rollout, mac: str, phase: CanaryPhase) -> Rollout:
+def _with(
+    rollout: Rollout, mac: str, phase: CanaryPhase, asked_at: datetime | None = None
+) -> Rollout:
     canaries = tuple(
-        Canary(mac=c.mac, boot_id=c.boot_id, phase=phase) if c.mac == mac else c
+        Canary(mac=c.mac, boot_id=c.boot_id, phase=phase, asked_at=asked_at or c.asked_at)
+        if c.mac == mac
+        else c
         for c in rollout.canaries
     )
     return Rollout.model_validate({**dict(rollout), "canaries": canaries})
@@ -259,11 +268,19 @@ def _fail(rollout: Rollout, failure: Failure) -> Result:
 
 def _seen(rollout: Rollout, event: Seen) -> Result:
     canary = rollout.canary(event.mac)
-    if canary is None or canary.phase != "waiting":
+    if canary is None or canary.phase not in ("waiting", "checking"):
         return rollout, []
     if event.version == rollout.version:
-        # It boots the canary version: is it healthy?
-        return _with(rollout, event.mac, "checking"), [AskHealth(event.mac, event.boot_id)]
+        # It boots the canary version: is it healthy? (Asked again if no answer came.)
+        again = canary.asked_at is not None and (
+            (event.at - canary.asked_at).total_seconds() >= ASK_AGAIN_S
+        )
+        if canary.phase == "checking" and not again:
+            return rollout, []
+        asked = _with(rollout, event.mac, "checking", asked_at=event.at)
+        return asked, [AskHealth(event.mac, event.boot_id)]
+    if canary.phase == "checking":
+        return rollout, []  # the answer decides
     if event.boot_id is not None and event.boot_id != canary.boot_id:
         # A new boot, yet not of the version its menu names.
         detail = f"booted {event.version} instead of {rollout.version}"

@@ -109,6 +109,18 @@ def test_every_canary_booting_the_version_and_passing_its_check_promotes_it() ->
     assert transition(r, Tick(at=T0 + timedelta(days=1))) == (r, [])  # finished: stays
 
 
+def test_a_canary_without_an_answer_is_asked_again_on_a_later_report_not_more_often() -> None:
+    r, effects = transition(rollout(), seen(0, V2))
+    assert effects == [AskHealth(mac(0), NEW_BOOT)]
+    r, effects = transition(r, seen(0, V2, at=T0 + timedelta(seconds=29)))
+    assert effects == []
+    r, effects = transition(r, seen(0, V2, at=T0 + timedelta(seconds=30)))  # the timing report
+    assert effects == [AskHealth(mac(0), NEW_BOOT)]
+    r, effects = transition(r, health(0, 0))
+    assert effects == [NodePassed(mac(0), "running")]
+    assert transition(r, seen(0, V2, at=T0 + timedelta(seconds=90))) == (r, [])
+
+
 def test_a_failing_check_fails_the_rollout_naming_mac_check_and_output_tail() -> None:
     r, _ = transition(rollout(), seen(1, V2))
     r, effects = transition(r, health(1, 1, "x" * 5000 + "degraded"))
