@@ -18,6 +18,7 @@ from controller.build import secretscan
 from controller.build.builders import BuildRequest, builder_for, chroot, cow
 from controller.build.context import BuildContext, Unchanged
 from controller.build.overlays import apply_overlays, overlay_digest, record_parents, scan_overlays
+from controller.config.models import LabelConfig
 from controller.core.errors import BuildError, ProcessError, UnsafePathError, VerifyError
 from controller.recipes import distros, load_recipe
 from controller.render.cmdline import INITRD_NAME, KERNEL_NAME  # the names menus serve
@@ -30,6 +31,13 @@ from controller.store.safepath import ImageRoot
 log = structlog.get_logger(component="build")
 
 VERSION_FILE = "etc/netroot/version"
+HEALTH_FILE = "etc/netroot/health"
+DEFAULT_HEALTH = LabelConfig.model_fields["health"].default
+
+
+def health_file(command: str) -> bytes:
+    """/etc/netroot/health: the label's health command, one line the agent runs with sh -c."""
+    return f"{' '.join(command.split())}\n".encode()
 
 
 def step_resolve(ctx: BuildContext) -> None:
@@ -271,9 +279,14 @@ def _boot_digest(ctx: BuildContext) -> str:
 def step_version(ctx: BuildContext) -> None:
     """Name the version after time and content, and write /etc/netroot/version into it."""
     ctx.index.pop(VERSION_FILE, None)
-    # Base content, overlay content and boot files determine the tree: hashing
-    # their digests names the content without rendering the index twice.
-    parts = (ctx.base_digest, ctx.overlay_digest, _boot_digest(ctx))
+    ctx.index.pop(HEALTH_FILE, None)
+    health = health_file(ctx.config.label(ctx.label).health)
+    # Base content, overlay content, boot files and the baked health check
+    # determine the tree: hashing their digests names the content without
+    # rendering the index twice.
+    parts: tuple[str, ...] = (ctx.base_digest, ctx.overlay_digest, _boot_digest(ctx))
+    if health != health_file(DEFAULT_HEALTH):  # the default keeps the ids it always had
+        parts += (hashlib.sha256(health).hexdigest(),)
     content = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     if not ctx.force and _same_as_active(ctx, content):
         raise Unchanged
@@ -283,6 +296,10 @@ def step_version(ctx: BuildContext) -> None:
         path, sha = image.write_bytes(VERSION_FILE, f"{ctx.version}\n".encode())
         ctx.index[path] = treeindex.entry(image.lstat(path), sha)
         record_parents(image, path, ctx.index)
+        # The node's health check (canary rollouts): the agent runs this file's
+        # command on the enumerated `health` command; the network never names one.
+        path, sha = image.write_bytes(HEALTH_FILE, health)
+        ctx.index[path] = treeindex.entry(image.lstat(path), sha)
 
 
 def _same_as_active(ctx: BuildContext, content: str) -> bool:

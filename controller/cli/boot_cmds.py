@@ -82,6 +82,10 @@ class BootCmdOptions(Common):
         " initramfs over HTTP; tftp: pxelinux loads them over TFTP",
     )
     stop_after_report: bool = flag("stop the VM once the agent's report arrived")
+    reboot: bool = flag(
+        "a guest reboot boots again through the menus then served (an activation's, a canary"
+        " rollout's) instead of stopping the VM"
+    )
     stall: float | None = opt(
         type=float,
         metavar="S",
@@ -211,6 +215,7 @@ def cmd_boot(opts: BootCmdOptions) -> int:
         boot_files=opts.boot_files,
         stall=opts.stall,
         ssh_key=public or None,
+        reboot=opts.reboot,
     )
     login = (f"ssh -p {opts.ssh_port} -i {shlex.quote(str(private))} -o StrictHostKeyChecking=no"
              " -o UserKnownHostsFile=/dev/null root@localhost") if private else ""  # fmt: skip

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 import uuid
@@ -30,7 +31,7 @@ from controller.core import log as logsetup
 from controller.core import shipped
 from controller.core.errors import NetrootError
 from controller.core.model import first_error
-from controller.daemon import serve
+from controller.daemon import rolloutstore, serve
 from controller.daemon.db import Database, db_path
 from controller.daemon.lock import holder_pid, lock_path
 from controller.daemon.mqtt import BrokerLink, Message
@@ -137,7 +138,7 @@ def cmd_status(opts: Common) -> int:
     report["paths"] = _paths(config)
     db = _open_db(config)
     if db is None:
-        report.update(labels={}, nodes={}, outbox={"pending": 0, "dropped": 0})
+        report.update(labels={}, nodes={}, outbox={"pending": 0, "dropped": 0}, rollouts=[])
     else:
         with db:
             report.update(_status(config, db))
@@ -162,6 +163,7 @@ def cmd_status(opts: Common) -> int:
     print(f"nodes: {counts}")
     outbox = report["outbox"]
     print(f"outbox: {outbox['pending']} undelivered, {outbox['dropped']} dropped at the bound")
+    _print_rollouts(report.get("rollouts", []))
     return 0
 
 
@@ -209,7 +211,36 @@ def _status(config: Config, db: Database) -> dict[str, Any]:
         "labels": labels,
         "nodes": counts,
         "outbox": {"pending": db.outbox_pending, "dropped": db.outbox_dropped()},
+        "rollouts": _rollouts(db),
     }
+
+
+def _rollouts(db: Database) -> list[dict[str, Any]]:
+    """Canary rollouts in progress, and the last one of each label."""
+    try:
+        recent = rolloutstore.recent(db, limit=50)
+    except sqlite3.OperationalError:  # a database no daemon of this version opened yet
+        return []
+    shown, labels = [], set()
+    for rollout in recent:
+        if rollout.phase != "running" and rollout.label in labels:
+            continue
+        labels.add(rollout.label)
+        passed = sum(c.phase == "passed" for c in rollout.canaries)
+        shown.append({**rollout.model_dump(mode="json"), "passed": passed})
+    return shown
+
+
+def _print_rollouts(rollouts: list[dict[str, Any]]) -> None:
+    for r in rollouts:
+        done = f"{r['passed']}/{len(r['canaries'])} canaries passed"
+        failure = r.get("failure") or {}
+        why = f": {failure.get('check')} {failure.get('mac') or ''} {failure.get('detail', '')}"
+        tail = why.rstrip() if r["phase"] == "failed" else ""
+        print(
+            f"rollout {r['id']}: {r['label']} {r['version']} {r['phase']} ({done},"
+            f" started {r['started_at']}, timeout {r['timeout_s']:g}s){tail}"
+        )
 
 
 def describe(message: Message) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic.dataclasses import dataclass
 
 from controller.build import secretscan
+from controller.cli.canary_cmds import request_canary
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, human_size, table
 from controller.config.models import Config
@@ -41,9 +42,18 @@ class ActivateOptions(LabelOptions):
     """netroot activate."""
 
     version: str | None = pos(nargs="?")
-    # The daemon's own activation of its build says so in image.activated.
-    reason: Literal["auto", "cli"] = opt(
-        choices=["auto", "cli"], default="cli", help=argparse.SUPPRESS
+    # The daemon's own activation of its build (or a canary rollout's promotion)
+    # says so in image.activated.
+    reason: Literal["auto", "cli", "canary"] = opt(
+        choices=["auto", "cli", "canary"], default="cli", help=argparse.SUPPRESS
+    )
+    canary: int | None = opt(
+        type=int,
+        metavar="N",
+        help="try VERSION on N live nodes of the label first (the daemon promotes it)",
+    )
+    canary_macs: str | None = opt(
+        metavar="MAC,...", help="try VERSION on these live nodes first (instead of --canary N)"
     )
 
 
@@ -106,6 +116,18 @@ def _print_activation(opts: Common, done: activation.Activation) -> None:
 @command("activate", ActivateOptions, help="make a version the one new boots get (default: newest)")
 def cmd_activate(opts: ActivateOptions) -> int:
     """Activate a version."""
+
+    if opts.canary is not None or opts.canary_macs is not None:
+        config = load(opts)
+        paths = label_of(config, opts.label)
+        return request_canary(
+            config,
+            paths,
+            opts.version,
+            count=opts.canary,
+            macs=opts.canary_macs,
+            as_json=opts.json,
+        )
 
     def switch(config: Config, paths: LabelPaths) -> activation.Activation:
         return publish.activate(config, paths, opts.version)

@@ -208,7 +208,23 @@ class LabelConfig(Model):
         description="kernel modules this label's nodes need in the initramfs beyond the lean"
         " set (a NIC driver, say); the version's initramfs is made again with them",
     )
-    activation: Literal["auto", "manual"] = "auto"
+    activation: Literal["auto", "manual", "canary"] = Field(
+        "auto",
+        description="after a daemon build: auto activates, manual waits for `netroot activate`,"
+        " canary tries the version on canary_count nodes first (`activate --canary`)",
+    )
+    # canary rollouts (issue 12)
+    canary_count: int = Field(1, ge=1, le=1000, description="canaries of activation = canary")
+    canary_timeout: float = Field(
+        900.0, gt=0, le=86400, description="seconds for every canary to boot and pass its check"
+    )
+    health: str = Field(
+        "systemctl is-system-running",
+        min_length=1,
+        max_length=1024,
+        description="the node's health check, baked into each version as /etc/netroot/health;"
+        " the agent runs it (sh -c) only on the enumerated `health` command",
+    )
     auto_remount: bool = Field(
         True, description="tell a node whose tree changed in place to remount / on its own"
     )

@@ -35,6 +35,7 @@ from controller.daemon.mqtt import BrokerLink, Message
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.notify import Watchdog, reloading, sd_notify
 from controller.daemon.publisher import IndexKeeper, NodeTracker, Publisher, StatusBeacon
+from controller.daemon.rollouts import Rollouts
 from controller.daemon.scheduler import BuildScheduler
 from controller.daemon.spool import SpoolListener
 from controller.daemon.watch import Watcher, recipe_dependencies, watch_specs
@@ -160,6 +161,9 @@ class Daemon:
         )
         ctx.config.overlays_dir.mkdir(parents=True, exist_ok=True)
         self.image_watch = ImageWatch(ctx)  # activations by hand: heard from the store's history
+        # Canary rollouts promote through the scheduler's activation, like a build does.
+        self.rollouts = Rollouts(ctx, self.scheduler.activate)
+        self.scheduler.canary = self.rollouts.request_build
         components: list[Component] = [
             *([self.link] if self.link is not None else []),
             self.publisher,
@@ -172,6 +176,7 @@ class Daemon:
             self.scheduler,
             self.watcher,
             self.image_watch,
+            self.rollouts,
             self.reloader,
             HttpServer(ctx, self.link, self.http_token),
             BootFiles(ctx),
@@ -236,7 +241,7 @@ class Daemon:
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         # No new triggers (and no pruning while the rest stops).
-        for name in ("watcher", "images", "spool", "reloader", "liveness", "journal"):
+        for name in ("watcher", "images", "rollouts", "spool", "reloader", "liveness", "journal"):
             await _cancel(tasks[name])
         await _cancel(tasks["http"])  # the listeners close at teardown
         await _cancel(tasks["boot-http"])
@@ -333,7 +338,7 @@ def _check_reloadable(old: Config, new: Config) -> None:
 
 # Every component's task, in the order _shutdown stops them (checked at start).
 STOP_ORDER = (
-    *("watcher", "images", "spool", "reloader", "liveness", "journal"),
+    *("watcher", "images", "rollouts", "spool", "reloader", "liveness", "journal"),
     *("http", "boot-http", "scheduler", "index", "tracker", "publisher", "status"),
     *("mqtt", "watchdog"),
 )

@@ -27,6 +27,7 @@ from controller.daemon.builds import BuildReads, BuildWrites
 from controller.daemon.journal import JOURNAL_SCHEMA, Journal, JournalRow, JournalWrites
 from controller.daemon.nodestore import NodeReads, NodeRow, NodeWrites
 from controller.daemon.outbox import MessageRow, Outbox, OutboxWrites
+from controller.daemon.rolloutstore import ROLLOUT_SCHEMA
 from controller.events.liveness import in_use
 
 DB_NAME = "netroot.db"
@@ -193,6 +194,7 @@ class Database(Closing, Outbox, Journal, NodeReads, BuildReads):
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.executescript(_SCHEMA)
         self._conn.executescript(JOURNAL_SCHEMA)  # added without a schema version: a new table
+        self._conn.executescript(ROLLOUT_SCHEMA)  # canary rollouts (issue 12): new tables too
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))

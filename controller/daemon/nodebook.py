@@ -69,6 +69,10 @@ class NodeBook:
             mac: n.last_seen for mac, n in self.nodes.items()
         }
         self._versions: dict[str, frozenset[str]] = {}
+        # Canaries of a rollout: the version their menu boots, judged instead of the active one.
+        self.pinned: dict[str, str] = {}
+        # Called with each applied report, in its transaction (controller.daemon.rollouts).
+        self.observers: list[Callable[[Tx, NodeReport, datetime], None]] = []
         self._at_cap = False
         self._warn_window = 0.0  # start of the current rejection-logging window
         self._warned = 0  # rejections logged in it
@@ -198,17 +202,54 @@ class NodeBook:
         event = report_input(
             report,
             at=at,
-            active_version=self.active.get(report.label) if report.label else None,
+            active_version=self.expected(report.mac, report.label),
             policy=self.policy(report.label),
         )
-        return self.apply(tx, report.mac, event)
+        new = self.apply(tx, report.mac, event)
+        for observer in self.observers:
+            observer(tx, report, at)
+        return new
+
+    def expected(self, mac: str, label: str | None) -> str | None:
+        """The version the node should run: its canary pin, else the label's active one."""
+        if label is None:
+            return None
+        pinned = self.pinned.get(mac)
+        return pinned if pinned is not None else self.active.get(label)
+
+    def pin(self, tx: Tx, label: str, version: str, macs: Sequence[str], at: datetime) -> None:
+        """Canaries of a rollout should run version: judged (stale, reboot) against it."""
+        event = Activation(at=at, label=label, version=version, policy=self.policy(label))
+        for mac in macs:
+            before = self.pinned.get(mac)
+            self.pinned[mac] = version
+            tx.on_rollback(lambda m=mac, b=before: self._set_pin(m, b))  # type: ignore[misc]
+            if mac in self.nodes:
+                self.apply(tx, mac, event)
+
+    def unpin(self, tx: Tx, label: str, macs: Sequence[str], at: datetime) -> None:
+        """Canaries follow the label's active version again (those on another one go stale)."""
+        for mac in macs:
+            before = self.pinned.pop(mac, None)
+            tx.on_rollback(lambda m=mac, b=before: self._set_pin(m, b))  # type: ignore[misc]
+            active = self.active.get(label)
+            state = self.nodes.get(mac)
+            if active is not None and state is not None and state.label == label:
+                event = Activation(at=at, label=label, version=active, policy=self.policy(label))
+                self.apply(tx, mac, event)
+
+    def _set_pin(self, mac: str, version: str | None) -> None:
+        if version is None:
+            self.pinned.pop(mac, None)
+        else:
+            self.pinned[mac] = version
 
     def activation(self, tx: Tx, label: str, version: str, at: datetime) -> None:
         """A version of the label became active: its running nodes are judged again."""
         self.set_active(tx, label, version)
         event = Activation(at=at, label=label, version=version, policy=self.policy(label))
         for mac, state in sorted(self.nodes.items()):
-            if state.label == label:
+            if state.label == label and mac not in self.pinned:  # a canary follows its pin
                 self.apply(tx, mac, event)
 
     def live_edit(self, tx: Tx, label: str, version: str, at: datetime) -> None:

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import controller
@@ -33,7 +33,7 @@ from controller.daemon.catchup import stale_labels
 from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.images import LabelBusy
-from controller.events.payloads import BuildFailed, BuildKind, BuildSucceeded
+from controller.events.payloads import ActivationReason, BuildFailed, BuildKind, BuildSucceeded
 from controller.store import versions as store
 from controller.store.layout import label_paths
 from controller.store.manifest import Manifest
@@ -82,6 +82,8 @@ class BuildScheduler(Component):
         self._wake = asyncio.Event()
         self.builds_started = 0
         self._adopted: list[tuple[str, Manifest]] = []  # committed while we were away
+        # activation = canary: asks the rollouts for one; False when none could start
+        self.canary: Callable[[str, str], bool] | None = None
 
     def request(self, label: str, kind: BuildKind, reason: str, paths: Iterable[str] = ()) -> None:
         """Queue a build (merged into the label's queued one, if any)."""
@@ -294,20 +296,35 @@ class BuildScheduler(Component):
 
     async def _after_success(self, label: str, manifest: Manifest) -> None:
         config = self.ctx.config
-        if label in config.labels and config.labels[label].activation == "auto":
-            argv = netroot_argv(self.ctx, "activate", label, manifest.version, "--reason", "auto")
-            done = await proc.arun(argv, env=child_env(), check=False)
-            if done.returncode != 0:
+        policy = config.labels[label].activation if label in config.labels else "manual"
+        if policy == "canary" and self.canary is not None and self.canary(label, manifest.version):
+            log.info("built; canary rollout requested", label=label, version=manifest.version)
+        elif policy in ("auto", "canary"):  # canary with nothing to compare to: as auto
+            error = await self.activate(label, manifest.version, "auto")
+            if error is not None:
                 log.error(
                     "activation failed; the active version stays",
                     label=label,
                     version=manifest.version,
-                    error=child_failure(done).message,
+                    error=error,
                 )
             else:
                 # The child wrote the events into the outbox; the log says so too,
                 # for an operator without a broker.
                 log.info("built and activated", label=label, version=manifest.version)
+            return  # activate() reconciled
         else:
             log.info("built; activation is manual", label=label, version=manifest.version)
         self.reconcile(label)
+
+    async def activate(self, label: str, version: str, reason: ActivationReason) -> str | None:
+        """Make version the label's active one, the daemon's one way; the error, or None.
+
+        A child `netroot activate` (announced like any activation, with its
+        reason), then the database is brought in step with the store. A daemon
+        build (activation = auto) and a canary rollout's promotion both come here.
+        """
+        argv = netroot_argv(self.ctx, "activate", label, version, "--reason", reason)
+        done = await proc.arun(argv, env=child_env(), check=False)
+        self.reconcile(label)
+        return child_failure(done).message if done.returncode != 0 else None

@@ -28,12 +28,16 @@ from controller.events.node_events import (
     NodeState,
 )
 from controller.events.node_messages import NodeCommand, NodeReport
-from controller.events.payloads import (
+from controller.events.payloads import (  # canary rollouts (issue 12)
     SCHEMA_ID_PREFIX,
     Activated,
     BuildFailed,
     BuildStarted,
     BuildSucceeded,
+    CanaryFailed,
+    CanaryNodePassed,
+    CanaryPassed,
+    CanaryStarted,
     ConfigRejected,
     ConfigReloaded,
     ControllerStatus,
@@ -69,6 +73,7 @@ PAYLOAD_MODELS: tuple[type[Payload], ...] = (
     NodeState,
     ControllerStatus,
     StateIndex,
+    *(CanaryStarted, CanaryNodePassed, CanaryPassed, CanaryFailed),
 )
 # Events about the controller itself, beyond the image and node topics of docs/design.md §9
 # (published on Topics.controller_events).

@@ -153,7 +153,7 @@ def report_input(
             )
         case "heartbeat" if report.stale_handle:
             return StaleHandle(**facts)
-        case "heartbeat":
+        case "heartbeat" | "health_result":  # a health result is a sign of life too
             return Heartbeat(**facts, ip=report.ip)
         case "remount_result":
             return RemountResult(**facts, ok=bool(report.ok), error=report.error)

@@ -26,7 +26,9 @@ COMMAND_EXPIRY_S: Final = 300
 # the controller parse megabytes per message.
 MAX_REPORT_BYTES = 8192
 
-ReportKind = Literal["boot", "timing", "heartbeat", "remount_result", "diff_result", "offline"]
+ReportKind = Literal[
+    "boot", "timing", "heartbeat", "remount_result", "diff_result", "health_result", "offline"
+]
 _REQUIRED_BY_KIND: dict[str, tuple[str, ...]] = {
     "boot": ("label", "version", "boot_id"),
     # the boot report again, once the boot finished, with its timings
@@ -34,6 +36,7 @@ _REQUIRED_BY_KIND: dict[str, tuple[str, ...]] = {
     "heartbeat": ("label", "version"),
     "remount_result": ("label", "version", "ok"),
     "diff_result": ("label", "version", "diff"),
+    "health_result": ("label", "version", "exit_code"),
     "offline": (),
 }
 
@@ -60,8 +63,12 @@ class NodeReport(Model):
     )
     diff: Drift | None = Field(None, description="diff_result: the overlay's changes")
     command_id: str | None = Field(
-        None, max_length=128, description="diff_result: the id of the command it answers"
+        None, max_length=128, description="diff_result, health_result: the command it answers"
     )
+    exit_code: int | None = Field(
+        None, ge=0, le=255, description="health_result: the image's health check's exit status"
+    )
+    output: ShortText = Field("", description="health_result: the end of the check's output")
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> Self:
@@ -75,8 +82,10 @@ class NodeCommand(Model):
     """What the controller publishes on a node's cmd topic (plain JSON, no envelope)."""
 
     # remount and reboot change the node: the agent obeys them only with its
-    # boot id; report and diff only answer (diff lists the overlay's changes).
-    command: Literal["remount", "reboot", "report", "diff"]
+    # boot id; report and diff only answer (diff lists the overlay's changes);
+    # health runs the check baked into the image at build (/etc/netroot/health),
+    # never a command the message names.
+    command: Literal["remount", "reboot", "report", "diff", "health"]
     id: str = Field(min_length=1, max_length=128)
     boot_id: BootId | None = Field(
         None, description="the boot this is meant for; an agent ignores a command for another boot"

@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import AwareDatetime, Field, IPvAnyAddress, WithJsonSchema
 
-from controller.core.ids import Label, VersionId
+from controller.core.ids import Label, Mac, VersionId
 from controller.core.model import Model
 
 TYPE_PREFIX = "org.netroot."
@@ -116,8 +116,9 @@ class Activated(ImageEventData):
     reason: ActivationReason = Field(
         "cli",
         description="auto: the controller activated its own build (activation = auto); "
-        "cli: `netroot activate` or `build --activate` by hand; rollback and canary are "
-        "reserved (a rollback is announced as image.rolled_back)",
+        "cli: `netroot activate` or `build --activate` by hand; canary: every canary of a "
+        "rollout passed (image.canary_passed); rollback is reserved (a rollback is "
+        "announced as image.rolled_back)",
     )
 
 
@@ -136,6 +137,62 @@ class Pruned(ImageEventData):
     event_type: ClassVar[str] = TYPE_PREFIX + "image.pruned"
     versions: tuple[VersionId, ...] = Field(min_length=1)
     kept: tuple[VersionId, ...] = ()
+
+
+# --- canary rollouts (issue 12): a version tried on a few nodes before the label --------
+
+CanaryCheck = Literal["version", "health", "timeout", "restart", "activation", "setup"]
+RolloutId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+
+class CanaryEventData(ImageEventData):
+    """Fields every event of a canary rollout carries."""
+
+    rollout_id: RolloutId
+    version: VersionId = Field(description="the version tried on the canaries")
+
+
+class CanaryStarted(CanaryEventData):
+    """The canaries' per-MAC menus now boot the version; they are asked to reboot (auto_reboot)."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.canary_started"
+    previous: VersionId = Field(description="the label's active version, kept for the others")
+    macs: tuple[Mac, ...] = Field(min_length=1, max_length=1000)
+    reason: ActivationReason = Field(description="cli: `activate --canary`; auto: a build")
+    timeout_s: float = Field(gt=0, description="canary_timeout: every canary passes within it")
+    rebooting: bool = Field(description="auto_reboot: the canaries were asked to reboot")
+
+
+class CanaryNodePassed(CanaryEventData):
+    """One canary runs the version and its health check exited 0."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.canary_node_passed"
+    mac: Mac
+    output_tail: ShortText = ""
+
+
+class CanaryPassed(CanaryEventData):
+    """Every canary passed: the version is activated for the label (image.activated follows)."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.canary_passed"
+    macs: tuple[Mac, ...] = Field(min_length=1, max_length=1000)
+
+
+class CanaryFailed(CanaryEventData):
+    """A canary failed or the rollout could not finish: every canary goes back to `previous`."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.canary_failed"
+    previous: VersionId = Field(description="the active version the canaries go back to")
+    check: CanaryCheck = Field(
+        description="version: a canary booted another version; health: its check failed; "
+        "timeout: canary_timeout ran out; restart: the controller restarted mid-rollout; "
+        "activation: the promotion itself failed; setup: the rollout could not start (a canary "
+        "not live, a rollout already running, menus not rendered)"
+    )
+    mac: Mac | None = Field(None, description="the canary that failed, when one did")
+    exit_code: int | None = Field(None, description="health: the check's exit status")
+    output_tail: ShortText = Field("", description="health: the end of the check's output")
+    detail: ShortText = ""
 
 
 class VersionSummary(Model):

@@ -62,11 +62,23 @@ def render_all(
     *,
     default: str,
     macs: Mapping[str, str] | None = None,
+    pins: Mapping[str, BootTarget] | None = None,
 ) -> dict[str, str]:
-    """Every TFTP-side boot file by path relative to the TFTP root; raise before rendering any."""
+    """Every TFTP-side boot file by path relative to the TFTP root; raise before rendering any.
+
+    macs: per-MAC overrides, MAC -> label (its served version). pins: MAC ->
+    the target of another version of a served label (a canary rollout's
+    nodes): the MAC's files boot it, the other labels' entries as served.
+    """
     menu = boot_menu(targets, default)
     by_label = {target.label: target for target in menu}
     overrides = dict(sorted((macs or {}).items()))
+    pinned = dict(sorted((pins or {}).items()))
+    for mac, target in pinned.items():
+        check_mac(mac, source="canary pins")
+        if target.label not in by_label:
+            raise StoreError(f"canary {mac} pins label {target.label!r}, which is not served")
+        overrides.pop(mac, None)
     for mac, label in overrides.items():
         check_mac(mac, source="per-MAC boot overrides")
         if label not in by_label:
@@ -84,4 +96,9 @@ def render_all(
         files[pxelinux_mac_path(mac)] = render_pxelinux(menu, label)
         files[ipxe_mac_path(mac)] = render_ipxe(by_label[label])
         files[grub_mac_path(mac)] = render_grub(menu, label)
+    for mac, target in pinned.items():
+        own = tuple(target if t.label == target.label else t for t in menu)
+        files[pxelinux_mac_path(mac)] = render_pxelinux(own, target.label)
+        files[ipxe_mac_path(mac)] = render_ipxe(target)
+        files[grub_mac_path(mac)] = render_grub(own, target.label)
     return files

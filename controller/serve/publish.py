@@ -22,11 +22,13 @@ from pathlib import Path
 
 from controller.config.load import load_config
 from controller.config.models import Config
+from controller.core.errors import StoreError
 from controller.render import ExportSpec, boot_target, export_specs, render_exports, render_ganesha
 from controller.serve import nfs
 from controller.serve.tftp import plan_tftp_root, stage_plan, tftp_lock
 from controller.store import activation, recovery
 from controller.store.activation import Activation, BootRenderer, Prepared, check_link_slot
+from controller.store.canary import Pins, clear_pins, write_pins
 from controller.store.layout import LabelPaths, label_paths
 
 # The longest version id there is (ids have one fixed width): what validate renders.
@@ -105,6 +107,39 @@ def renderer(config: Config) -> BootRenderer:
         return prepare(config, paths, version)
 
     return render
+
+
+def check_canary_servable(config: Config, label: str) -> None:
+    """StoreError unless a canary's per-MAC menu can boot another version than the label's.
+
+    The kernel NFS server exports only the label's link (the active version);
+    Ganesha exports every version under its own path. An rw label has one node.
+    """
+    if config.label(label).rw:
+        raise StoreError(f"label {label} is rw (one node writes its tree): no canary rollout")
+    if config.nfs.server != "ganesha":
+        raise StoreError(
+            f"{config.source}: nfs.server: canary rollouts need every version exported"
+            " (allowed: ganesha; the kernel server exports only the active version)"
+        )
+
+
+def pin_canaries(config: Config, paths: LabelPaths, pins: Pins) -> None:
+    """Point the canaries' per-MAC menus at pins.version (caller holds the label lock)."""
+    check_canary_servable(config, paths.label)
+    activation.check_version_id(paths, pins.version)
+    write_pins(paths, pins)
+    try:
+        refresh(config, paths)
+    except BaseException:
+        clear_pins(paths)
+        raise
+
+
+def unpin_canaries(config: Config, paths: LabelPaths) -> None:
+    """The canaries' menus follow the label's active version again (label lock held)."""
+    clear_pins(paths)
+    refresh(config, paths)
 
 
 def activate(config: Config, paths: LabelPaths, version: str | None) -> Activation:

@@ -48,6 +48,7 @@ from controller.store.activation import (
     Step,
     publish_boot_files,
 )
+from controller.store.canary import read_pins
 from controller.store.layout import TMP_MARK, LabelPaths, label_paths
 
 log = get_logger("tftp")
@@ -137,10 +138,11 @@ def plan_boot(
     default: str,
     macs: Mapping[str, str],
     skipped: Iterable[str] = (),
+    pins: Mapping[str, BootTarget] | None = None,
 ) -> BootPlan:
     """Render the menus of the targets (pure apart from nothing: text in, text out)."""
     targets = tuple(targets)
-    files = render_all(targets, default=default, macs=macs)
+    files = render_all(targets, default=default, macs=macs, pins=pins)
     for target in targets:
         # A one-entry menu per label, the form activation always kept up to date.
         files[label_menu_path(target.label)] = f"# netroot: {target.label} {target.version}\n" + (
@@ -197,9 +199,39 @@ def plan_tftp_root(
     if default is not None and default not in served:
         raise StoreError(f"label {default!r} has no version to serve: build and activate one first")
     default = choose_default(served, default or read_default_choice(tftp_root))
+    pins = canary_targets(config, [t.label for t in targets], skipped)
     return plan_boot(
-        targets, version_links(config, labels), default=default, macs=macs, skipped=skipped
+        targets,
+        version_links(config, labels),
+        default=default,
+        macs=macs,
+        skipped=skipped,
+        pins=pins,
     )
+
+
+def canary_targets(
+    config: Config, labels: Iterable[str], skipped: list[str]
+) -> dict[str, BootTarget]:
+    """MAC -> the version a canary rollout pins it to (controller.store.canary), per served label.
+
+    A pin whose version lost its boot files is skipped (the node then boots
+    the label's active version) rather than blocking every render.
+    """
+    pins: dict[str, BootTarget] = {}
+    for label in labels:
+        paths = label_paths(config, label)
+        pinned = read_pins(paths)
+        if pinned is None:
+            continue
+        try:
+            check_boot_files(paths, pinned.version)
+        except StoreError as exc:
+            skipped.append(f"canaries of {label}: {exc}")
+            continue
+        target = boot_target(config, label, pinned.version)
+        pins.update(dict.fromkeys(pinned.macs, target))
+    return pins
 
 
 def tftp_lock(tftp_root: Path) -> contextlib.AbstractContextManager[None]:

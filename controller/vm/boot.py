@@ -37,6 +37,7 @@ from controller.render.cmdline import INITRD_NAME, KERNEL_NAME
 from controller.serve import nfs, tftp
 from controller.serve.httpboot import BootHttpServer, Served
 from controller.store import versions as store
+from controller.store.canary import read_pins
 from controller.store.layout import label_paths
 from controller.vm import console
 from controller.vm.accel import choose_accel, remember_kvm_hangs
@@ -101,6 +102,7 @@ class _Stopped(Exception):
 
 
 FALL_BACK: Final = "fall back to TCG"
+MENU_POLL_S: Final = 1.0  # how often the private menus are compared with the store
 
 
 def _keep_log(config: Config, run_dir: Path) -> Path | None:
@@ -136,9 +138,9 @@ async def run_boot(
     outcome = BootOutcome(options.label, version, options.mac or random_mac())
     run_dir = new_run_dir(config, options.label)
     try:
-        if not options.direct:
-            prepare_tftp(config, target, run_dir / "tftp", uefi=options.uefi)
         session = _Session(config, options, target, run_dir, outcome, emit, say)
+        if not options.direct:
+            session.render_menus()
         await session.supervise()
     finally:
         text = proc.file_tail(run_dir / "serial.log", 10 * TAIL_LINES)
@@ -203,6 +205,8 @@ class _Session:
                     self.http_port = (await stack.enter_async_context(http)).port
                 if self.config.mqtt.enabled:
                     tasks.append(asyncio.create_task(self.watch_reports(), name="mqtt"))
+                if not self.options.direct:
+                    tasks.append(asyncio.create_task(self.follow_menus(), name="menus"))
                 ended = await self.run_vm(lab, accel)
                 if ended == FALL_BACK:
                     why = self.fell_back or (f"the KVM guest showed no boot milestone within"
@@ -217,6 +221,40 @@ class _Session:
             await _cancel_all(tasks)
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
+
+    def menu_key(self) -> tuple[str | None, str | None]:
+        """What the guest's next PXE boot should get: the active version, its canary pin."""
+        paths = label_paths(self.config, self.options.label)
+        pinned = read_pins(paths)
+        mine = pinned is not None and self.outcome.mac in pinned.macs
+        return store.active_version(paths), pinned.version if pinned and mine else None
+
+    def render_menus(self) -> tuple[str | None, str | None]:
+        """The private TFTP root as the real one serves this MAC; returns what it rendered."""
+        key = active, pinned = self.menu_key()
+        options, label = self.options, self.options.label
+        if active is not None and active != self.target.version:
+            self.target = vm_target(self.config, label, active, options.ssh_key,
+                                    http=options.over_http)  # fmt: skip
+        pins = {}
+        if pinned is not None:
+            pins[self.outcome.mac] = vm_target(self.config, label, pinned, options.ssh_key,
+                                               http=options.over_http)  # fmt: skip
+        prepare_tftp(self.config, self.target, self.run_dir / "tftp", uefi=options.uefi, pins=pins)
+        return key
+
+    async def follow_menus(self) -> None:
+        """A reboot of the guest (the agent's `reboot`) boots what the real menus name now:
+        a new active version, or a canary rollout's pin of this MAC."""
+        seen = self.menu_key()
+        while True:
+            await asyncio.sleep(MENU_POLL_S)
+            try:
+                if await asyncio.to_thread(self.menu_key) != seen:
+                    seen = await asyncio.to_thread(self.render_menus)
+                    self.say(f"menus rendered again: active {seen[0]}, pinned {seen[1] or '-'}")
+            except (NetrootError, OSError) as exc:
+                self.say(f"menus not rendered again: {exc}")
 
     async def _unless_stopped(self, work: Awaitable[_T]) -> _T:
         """work's result, or _Stopped (work cancelled, so what it started is stopped)."""

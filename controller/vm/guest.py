@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,9 @@ class BootOptions:
     # http: qemu's iPXE runs the iPXE script from TFTP, then loads kernel and
     # initramfs from the boot file server; tftp: pxelinux loads all over TFTP
     boot_files: BootFiles = "http"
+    # PXE again when the guest reboots (an agent's `reboot`, a canary rollout's),
+    # through the menus as they are then; off: a reset stops the VM
+    reboot: bool = False
 
     @property
     def over_http(self) -> bool:
@@ -108,8 +112,19 @@ def vm_target(
     return target.model_copy(update={"extra_cmdline": extra, "http_port": http_port})
 
 
-def prepare_tftp(config: Config, target: BootTarget, tftp_root: Path, *, uefi: bool) -> None:
-    """The private TFTP root: loaders, this label's menus and its version links."""
+def prepare_tftp(
+    config: Config,
+    target: BootTarget,
+    tftp_root: Path,
+    *,
+    uefi: bool,
+    pins: Mapping[str, BootTarget] | None = None,
+) -> None:
+    """The private TFTP root: loaders, this label's menus and its version links.
+
+    pins: the guest's per-MAC menu when a canary rollout pins its MAC
+    (controller.store.canary), as the real TFTP root has it.
+    """
     report = loaders.install_loaders(tftp_root, grub=uefi)
     needed = [GRUB_BOOTFILE] if uefi else ["pxelinux.0", "ldlinux.c32"]
     missing = [name for name in needed if name not in report.installed]
@@ -118,7 +133,7 @@ def prepare_tftp(config: Config, target: BootTarget, tftp_root: Path, *, uefi: b
             f"boot loader files missing: {', '.join(missing)} ({'; '.join(report.missing)})"
         )
     links = tftp.version_links(config, [target.label])
-    plan = tftp.plan_boot([target], links, default=target.label, macs={})
+    plan = tftp.plan_boot([target], links, default=target.label, macs={}, pins=pins)
     tftp.write_plan(tftp_root, plan)
 
 
@@ -171,4 +186,5 @@ def vm_spec(
         uefi_vars=uefi_vars,
         uefi_code=OVMF_CODE,
         extra=config.label(options.label).extra_qemu,
+        reboot=options.reboot and not options.direct,
     )

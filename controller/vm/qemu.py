@@ -68,6 +68,7 @@ class VmSpec:
     uefi_vars: Path | None = None  # a writable copy of OVMF_VARS: boot with OVMF
     uefi_code: Path = OVMF_CODE
     extra: tuple[str, ...] = ()
+    reboot: bool = False  # a guest reset boots again (PXE) instead of ending qemu
 
 
 def _opt(value: str | os.PathLike[str]) -> str:
@@ -101,7 +102,8 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         argv += KVM_CPU
     argv += [
         "-m", str(spec.memory_mb), "-smp", "1",
-        "-display", "none", "-monitor", "none", "-no-reboot",
+        "-display", "none", "-monitor", "none",
+        *([] if spec.reboot else ["-no-reboot"]),
         "-pidfile", os.fspath(spec.pid_file),
         # The console is logged (milestones are read from the log) and
         # reachable on a socket for an interactive session.

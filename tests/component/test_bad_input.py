@@ -19,7 +19,7 @@ def _one_error_line(stderr: str) -> str:
     ("edit", "expected"),
     [
         ("keep_versions = 0", ["labels.demo.keep_versions", "greater than or equal to 1"]),
-        ('activation = "sometimes"', ["labels.demo.activation", "'auto' or 'manual'"]),
+        ('activation = "sometimes"', ["labels.demo.activation", "'auto', 'manual' or 'canary'"]),
         ('colour = "blue"', ["labels.demo.colour", "unknown field", "allowed: recipe, rw"]),
     ],
 )

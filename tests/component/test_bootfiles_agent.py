@@ -26,7 +26,12 @@ from support import REPO, Mosquitto
 from controller.config.load import load_config
 from controller.daemon.db import Database, db_path
 from controller.events.node_events import NodeState
-from controller.events.node_messages import MAX_REPORT_BYTES, NodeReport, parse_node_message
+from controller.events.node_messages import (
+    MAX_REPORT_BYTES,
+    NodeCommand,
+    NodeReport,
+    parse_node_message,
+)
 
 AGENT = REPO / "base" / "usr" / "lib" / "netroot" / "agent"
 MAC = "52:54:00:0a:0b:0c"
@@ -442,3 +447,42 @@ def test_node_diff_asks_the_running_agent_and_prints_its_answer(
     assert lines[1].split() == ["deleted", "file", "17", "B", "/etc/motd"]
     assert lines[3].endswith("/root/new\\nline")  # a control character shown escaped
     assert lines[4].startswith(f"3 changes against debian12 {VERSION}: 2 added, 0 modified")
+
+
+def agent_health(node: dict[str, str], command_id: str = "h-1") -> NodeReport:
+    env = {**node, "NETROOT_HEALTH_TIMEOUT": "5"}
+    out = subprocess.run(["sh", str(AGENT), "health", command_id], env=env, capture_output=True,
+                         check=True, timeout=120)  # fmt: skip
+    report = parse_node_message(f"netroot/node/{MAC}/report", out.stdout.rstrip(b"\n"))
+    assert report.kind == "health_result" and report.command_id == command_id
+    return report
+
+
+def test_health_runs_the_check_baked_into_the_image_and_reports_its_tail(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    health = tmp_path / "root/etc/netroot/health"
+    # What the build writes from the label's `health`: one line for sh -c.
+    health.write_text('echo "$((20 + 1)) units"; echo "ünïcødé \\"quoted\\""; exit 3\n')
+    report = agent_health(node)
+    assert report.exit_code == 3
+    assert report.version == VERSION
+    assert report.output.startswith("21 units ")
+    assert '"quoted"' in report.output
+
+    health.write_text("seq 1 5000\n")  # long output: only its tail travels
+    report = agent_health(node)
+    assert report.exit_code == 0
+    assert report.output.endswith("4999 5000")
+    assert len(report.output) <= 900
+
+
+def test_health_without_a_baked_check_fails_and_the_message_cannot_name_one(
+    node: dict[str, str],
+) -> None:
+    report = agent_health(node)
+    assert report.exit_code == 127
+    assert "etc/netroot/health" in report.output
+    # The command message has no field that could carry a command line.
+    with pytest.raises(ValueError, match="run"):
+        NodeCommand.model_validate({"command": "health", "id": "x", "run": "rm -rf /"})

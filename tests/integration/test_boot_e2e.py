@@ -439,11 +439,13 @@ LOOP_V1 = '#!/bin/sh\n# v1\necho "v1 $$" >> /run/netroot-loop.log\nwhile :; do s
 
 
 class NodeEvents:
-    """CloudEvents on netroot/events/node/<mac>, collected by a mosquitto_sub started here."""
+    """CloudEvents on netroot/events/node/<mac>, collected by a mosquitto_sub started here
+    (or, with kind="image", netroot/events/image/<mac as a label>)."""
 
-    def __init__(self, port: int, mac: str) -> None:
+    def __init__(self, port: int, mac: str, kind: str = "node") -> None:
+        self.kind = kind
         argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
-                "-t", f"netroot/events/node/{mac}"]  # fmt: skip
+                "-t", f"netroot/events/{kind}/{mac}"]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         self.seen: list[dict[str, Any]] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -459,10 +461,10 @@ class NodeEvents:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             for i, event in enumerate(list(self.seen)[after:], start=after):
-                if event["type"] == f"org.netroot.node.{kind}":
+                if event["type"] == f"org.netroot.{self.kind}.{kind}":
                     return i, event["data"]
             time.sleep(0.5)
-        raise AssertionError(f"no node.{kind} event within {within} s: {self.seen}")
+        raise AssertionError(f"no {self.kind}.{kind} event within {within} s: {self.seen}")
 
     def close(self) -> None:
         self.process.terminate()
@@ -503,7 +505,7 @@ def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa
     )  # fmt: skip
     port = free_port()
     vm = lab.boot("debian12", MAC5, "--ssh-port", str(port), "--ssh-key",
-                  str(key.with_suffix(".pub")), "--timeout", "5400")  # fmt: skip
+                  str(key.with_suffix(".pub")), "--timeout", "5400", "--reboot")  # fmt: skip
     try:
         report = reports.wait(MAC5, vm=vm)
         assert report.version == version
@@ -557,6 +559,7 @@ def test_live_edit_reaches_the_node_and_the_printed_ssh_command_logs_in(  # noqa
         assert [line.split()[0] for line in log_lines if line] == ["v1", "v2"], log_lines
         assert pid_after != pid_before and f"v2 {pid_after}" in log_lines
         check_drift_and_boot_timing(lab, reports, events, on_node)
+        check_canary_round(lab, reports, vm, argv, on_node)
     finally:
         status = vm.stop()
         daemon.terminate()
@@ -644,3 +647,54 @@ def test_up_stops_everything_on_sighup_while_its_vm_boots_and_the_next_up_starts
     again = lab.netroot("up", "debian12", "--no-boot", timeout=900)
     assert again.returncode == 0, again.stderr[-4000:]
     assert lab.running() == []
+
+
+def check_canary_round(
+    lab: Lab, reports: Reports, vm: Vm, ssh: list[str], on_node: Callable[[str], str]
+) -> None:
+    """Issue 12: the running VM is the canary of a new version. Its per-MAC menu boots
+    the version, the agent runs the health check baked into the image on the `health`
+    command, and the rollout's verdict is what that check says on the node: promoted
+    (image.activated, reason canary) when the system is running, reverted otherwise."""
+    images = NodeEvents(lab.broker_port, "debian12", kind="image")
+    try:
+        active = json.loads(lab.netroot("--json", "status").stdout)["labels"]["debian12"]["active"]
+        # The live edit makes the active version differ from what the inputs build.
+        done = lab.netroot("--json", "build", "debian12")
+        assert done.returncode == 0, done.stderr[-4000:]
+        canary = json.loads(done.stdout)["version"]["version"]
+        assert canary != active
+        asked = lab.netroot("--json", "activate", "debian12", canary, "--canary-macs", MAC5)
+        assert asked.returncode == 0, asked.stderr
+        assert json.loads(asked.stdout)["canaries"] == [MAC5]
+        seen, started = images.wait("canary_started")
+        assert (started["version"], started["previous"], started["rebooting"]) == (
+            canary, active, False)  # fmt: skip
+        # auto_reboot is off: the rollout waits for the node to reboot; the admin reboots
+        # it, once `netroot boot` serves it the pinned menu as the TFTP root does.
+        deadline = time.monotonic() + 120
+        while not any(f"pinned {canary}" in line for line in list(vm.lines)):
+            assert time.monotonic() < deadline, vm.output()[-3000:]
+            time.sleep(0.5)
+        boots = len([r for r in reports.reports if r.mac == MAC5 and r.kind == "boot"])
+        # the link drops as the node goes down: the exit status tells nothing
+        reboot = [ssh[0], "-o", "BatchMode=yes", *ssh[1:], "systemctl reboot"]
+        subprocess.run(reboot, timeout=120, capture_output=True, check=False)
+        rebooted = reports.wait(MAC5, count=boots + 1, vm=vm)
+        assert rebooted.version == canary, rebooted
+        assert rebooted.root is not None and rebooted.root.lower == (
+            f"nfs4:10.0.2.100:/debian12/{canary}:ro")  # fmt: skip
+        health = reports.wait(MAC5, kind="health_result", within=900, vm=vm)
+        state = on_node("systemctl is-system-running --wait || true").strip()
+        print(f"canary health check: exit {health.exit_code}, {health.output!r}; node: {state}")
+        if state == "running":
+            seen, passed = images.wait("canary_passed", after=seen, within=600)
+            assert passed["macs"] == [MAC5]
+            _, activated = images.wait("activated", after=seen, within=600)
+            assert (activated["version"], activated["reason"]) == (canary, "canary")
+        else:
+            _, failed = images.wait("canary_failed", after=seen, within=600)
+            assert (failed["check"], failed["mac"]) == ("health", MAC5), failed
+            assert failed["output_tail"] == health.output and health.exit_code != 0
+    finally:
+        images.close()

@@ -49,6 +49,13 @@ NETDEV = (
 )
 
 
+def test_a_vm_that_may_reboot_boots_again_instead_of_exiting() -> None:
+    # `netroot boot --reboot`: the guest's reset is a new PXE boot (a canary rollout's reboot)
+    argv = qemu.qemu_argv(vm(reboot=True))
+    assert "-no-reboot" not in argv
+    assert argv == [a for a in qemu.qemu_argv(vm()) if a != "-no-reboot"]
+
+
 def test_qemu_pxe_bios_golden() -> None:
     assert qemu.qemu_argv(vm()) == [
         "qemu-system-x86_64", "-name", "netroot-debian12", "-accel", "tcg", *COMMON,

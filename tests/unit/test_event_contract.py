@@ -44,6 +44,10 @@ from controller.events.payloads import (
     BuildFailed,
     BuildStarted,
     BuildSucceeded,
+    CanaryFailed,
+    CanaryNodePassed,
+    CanaryPassed,
+    CanaryStarted,
     ConfigRejected,
     ConfigReloaded,
     ControllerStatus,
@@ -205,6 +209,21 @@ DRIFT = Drift(
     deleted=3,
     truncated=True,
 )
+CANARY = {"label": "demo", "rollout_id": "canary-20260302T120000Z-0a1b2c3d", "version": V2}
+CANARY_SAMPLES = (
+    CanaryStarted(**CANARY, previous=V1, macs=(MAC,), reason="cli", timeout_s=600, rebooting=True),
+    CanaryNodePassed(**CANARY, mac=MAC, output_tail="running\n"),
+    CanaryPassed(**CANARY, macs=(MAC,)),
+    CanaryFailed(
+        **CANARY,
+        previous=V1,
+        check="health",
+        mac=MAC,
+        exit_code=1,
+        output_tail="degraded\n",
+        detail="health check exited 1",
+    ),
+)
 # One event of each type, with every field a subscriber may meet set: a payload
 # model added to the registry without a sample here fails the test below.
 SAMPLES: dict[str, Payload] = {
@@ -241,6 +260,7 @@ SAMPLES: dict[str, Payload] = {
         StateIndex(labels={"demo": LabelCounts(active=V1, nodes={"up": 2})}, node_count=2),
         ConfigReloaded(source="/etc/netroot/netroot.toml", labels=("demo",)),
         ConfigRejected(source="/etc/netroot/netroot.toml", error="labels.x: invalid"),
+        *CANARY_SAMPLES,
     )
 }
 

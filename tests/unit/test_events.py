@@ -133,6 +133,11 @@ SECTION_6_TYPES = {
     # issue 10: boot timings and drift
     "org.netroot.node.boot_timing",
     "org.netroot.node.diff",
+    # issue 12: canary rollouts
+    "org.netroot.image.canary_started",
+    "org.netroot.image.canary_node_passed",
+    "org.netroot.image.canary_passed",
+    "org.netroot.image.canary_failed",
 }
 
 
@@ -161,13 +166,16 @@ def test_schema_documents_the_required_fields_and_allowed_commands() -> None:
         "heartbeat",
         "remount_result",
         "diff_result",
+        "health_result",
         "offline",
     }
+    # health runs the check baked into the image: the message names no command line
     assert set(schemas["node.command"]["properties"]["command"]["enum"]) == {
         "remount",
         "reboot",
         "report",
         "diff",
+        "health",
     }
     assert "pattern" in schemas["org.netroot.node.stale"]["properties"]["mac"]
 

@@ -1,0 +1,93 @@
+"""`netroot activate LABEL VERSION --canary N` (or `--canary-macs`): ask the daemon for a rollout.
+
+The canaries are chosen here (controller.events.canary, the same rule the
+daemon uses for activation = canary) and printed; the daemon runs the
+rollout (controller.daemon.rollouts) and announces every step. `netroot
+status` follows it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from controller.cli.output import emit_json
+from controller.config.models import Config
+from controller.core.errors import NetrootError, StoreError
+from controller.core.ids import normalize_mac
+from controller.daemon.db import Database, db_path
+from controller.daemon.lock import holder_pid, lock_path
+from controller.daemon.rolloutstore import CanaryRequest, RolloutBusy, add_request, new_rollout_id
+from controller.events.canary import CanaryError, check_canaries, choose_canaries
+from controller.serve import publish
+from controller.store import activation
+from controller.store import versions as store
+from controller.store.layout import LabelPaths
+
+
+def request_canary(
+    config: Config,
+    paths: LabelPaths,
+    version: str | None,
+    *,
+    count: int | None,
+    macs: str | None,
+    as_json: bool,
+) -> int:
+    """Check, choose the canaries, queue the request for the daemon; print the choice."""
+    label = paths.label
+    if count is not None and macs is not None:
+        raise NetrootError("--canary and --canary-macs: give one of them")
+    if version is None:
+        raise NetrootError("activate --canary: name the VERSION to try")
+    activation.check_version_id(paths, version)
+    publish.check_canary_servable(config, label)
+    previous = store.active_version(paths)
+    if previous is None:
+        raise StoreError(f"{label}: no active version to go back to; activate without --canary")
+    if previous == version:
+        raise StoreError(f"{label}: {version} is already active")
+    if holder_pid(lock_path(config.state_dir)) is None:
+        raise NetrootError(
+            "activate --canary: the daemon runs the rollout; start `netroot serve` first"
+        )
+    with Database(db_path(config), outbox_limit=config.mqtt.outbox_limit) as db:
+        nodes = db.nodes()
+        try:
+            if macs is not None:
+                wanted = [normalize_mac(m) for m in macs.split(",") if m.strip()]
+                chosen = check_canaries(nodes, label, wanted)
+            else:
+                chosen = choose_canaries(nodes, label, count or 1)
+        except (CanaryError, ValueError) as exc:
+            raise NetrootError(str(exc)) from None
+        request = CanaryRequest(
+            id=new_rollout_id(),
+            label=label,
+            version=version,
+            macs=chosen,
+            reason="cli",
+            at=datetime.now(UTC),
+        )
+        try:
+            add_request(db, request)
+        except RolloutBusy as exc:
+            raise NetrootError(str(exc)) from None
+    timeout = config.label(label).canary_timeout
+    if as_json:
+        emit_json(
+            {
+                "rollout_id": request.id,
+                "label": label,
+                "version": version,
+                "previous": previous,
+                "canaries": list(chosen),
+                "timeout_s": timeout,
+            }
+        )
+    else:
+        print(
+            f"canary rollout {request.id}: {label} {version} on {', '.join(chosen)}"
+            f" (active stays {previous} until every canary passes, within {timeout:g}s;"
+            " `netroot status` follows it)"
+        )
+    return 0

@@ -1,0 +1,141 @@
+"""Canary rollouts in the state database: requests from the CLI, rollouts the daemon runs.
+
+`netroot activate --canary` checks and chooses its canaries from the node
+table, then inserts a request row (like the CLI's events, in the daemon's
+database); the daemon's rollout component (controller.daemon.rollouts)
+takes it, starts the rollout and keeps it in the rollouts table, the
+controller.events.canary model as JSON. `settled` is 0 while what follows
+the decision (promote, or revert the canaries) is still to be done: a
+restart does it then.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from pydantic import AwareDatetime, Field
+
+from controller.core.ids import Label, Mac, VersionId
+from controller.core.model import Model
+from controller.events.canary import Rollout
+from controller.events.payloads import ActivationReason, RolloutId
+
+if TYPE_CHECKING:  # db.py imports the schema from here
+    from controller.daemon.db import Database, Tx
+
+ROLLOUT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollout_requests (
+    id TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    phase TEXT NOT NULL CHECK (phase IN ('running', 'passed', 'failed')),
+    settled INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rollouts_by_label ON rollouts (label, started_at);
+"""
+
+
+class CanaryRequest(Model):
+    """What `netroot activate --canary` asks the daemon to do."""
+
+    id: RolloutId
+    label: Label
+    version: VersionId
+    macs: tuple[Mac, ...] = Field(min_length=1, max_length=1000)
+    reason: ActivationReason
+    at: AwareDatetime
+
+
+def new_rollout_id(now: datetime | None = None) -> str:
+    """canary-<UTC time>-<random>: sorts by time, unique."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"canary-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+class RolloutBusy(ValueError):
+    """The label already has a rollout requested or running."""
+
+
+def busy(db: Database, label: str) -> str | None:
+    """The id of the label's requested or unfinished rollout, if any."""
+    rows = db.rows(
+        "SELECT id FROM rollout_requests WHERE label = ? UNION ALL "
+        "SELECT id FROM rollouts WHERE label = ? AND (phase = 'running' OR settled = 0)",
+        (label, label),
+    )
+    return str(rows[0][0]) if rows else None
+
+
+def add_request(db: Database, request: CanaryRequest) -> None:
+    """Queue a request for the daemon; RolloutBusy if the label has one going."""
+    with db.transaction() as tx:
+        other = busy(db, request.label)
+        if other is not None:
+            raise RolloutBusy(f"label {request.label} already has a canary rollout ({other})")
+        tx.conn.execute(
+            "INSERT INTO rollout_requests (id, label, data, created_at) VALUES (?, ?, ?, ?)",
+            (request.id, request.label, request.model_dump_json(), tx.now),
+        )
+
+
+def requests(db: Database) -> list[CanaryRequest]:
+    """Requests not taken yet, oldest first."""
+    rows = db.rows("SELECT data FROM rollout_requests ORDER BY created_at, id")
+    return [CanaryRequest.model_validate_json(data) for (data,) in rows]
+
+
+def take_request(tx: Tx, request_id: str) -> None:
+    """The request was started (or refused): it goes."""
+    tx.conn.execute("DELETE FROM rollout_requests WHERE id = ?", (request_id,))
+
+
+def put(tx: Tx, rollout: Rollout, *, settled: bool = False) -> None:
+    """Insert or update a rollout."""
+    tx.conn.execute(
+        "INSERT INTO rollouts (id, label, phase, settled, data, started_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET phase = excluded.phase, "
+        "settled = excluded.settled, data = excluded.data, updated_at = excluded.updated_at",
+        (
+            rollout.id,
+            rollout.label,
+            rollout.phase,
+            int(settled),
+            rollout.model_dump_json(),
+            rollout.started_at.timestamp(),
+            tx.now,
+        ),
+    )
+
+
+def unfinished(db: Database) -> list[tuple[Rollout, bool]]:
+    """Rollouts running, or decided and not yet settled, with their settled flag."""
+    rows = db.rows(
+        "SELECT data, settled FROM rollouts WHERE phase = 'running' OR settled = 0 "
+        "ORDER BY started_at, id"
+    )
+    return [(Rollout.model_validate_json(data), bool(settled)) for data, settled in rows]
+
+
+def recent(db: Database, label: str | None = None, limit: int = 20) -> list[Rollout]:
+    """The newest rollouts (of one label), newest first."""
+    where, args = ("WHERE label = ?", (label, limit)) if label else ("", (limit,))
+    rows = db.rows(
+        f"SELECT data FROM rollouts {where} ORDER BY started_at DESC, id DESC LIMIT ?",  # noqa: S608
+        args,
+    )
+    return [Rollout.model_validate_json(data) for (data,) in rows]
+
+
+def since(rollout: Rollout, now: datetime) -> float:
+    """Seconds the rollout has run."""
+    return max(0.0, (now - rollout.started_at).total_seconds())
