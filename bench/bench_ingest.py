@@ -23,6 +23,7 @@ import json
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def mac_of(i: int, phase: int) -> str:
     return f"52:54:{phase:02x}:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
 
 
-def baseline(broker: Broker, count: int) -> subprocess.Popen[str]:
+def baseline(
+    broker: Broker, count: int, topics: str = "netroot/node/+/report"
+) -> subprocess.Popen[str]:
     """mosquitto_sub draining the report stream: one receive timestamp and topic per line."""
     sub = subprocess.Popen(
         [
@@ -51,7 +54,7 @@ def baseline(broker: Broker, count: int) -> subprocess.Popen[str]:
             "-q",
             "1",
             "-t",
-            "netroot/node/+/report",
+            topics,
             "-C",
             str(count),
             "-F",
@@ -110,6 +113,63 @@ def paho_baseline(broker: Broker, payloads: list[tuple[str, bytes, bool]]) -> fl
     client.disconnect()
     client.loop_stop()
     return elapsed
+
+
+class PahoDrain:
+    """A plain paho subscriber (MQTT 5, QoS 1, acknowledged one by one) counting what arrives.
+
+    What any Python receiver built on paho pays per message before doing
+    anything with it: the floor under the controller's ingest.
+    """
+
+    def __init__(self, broker: Broker, topics: str, count: int) -> None:
+        self.count = count
+        self.received = 0
+        self.last = 0.0
+        self.done = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="bench-drain", protocol=paho.MQTTv5
+        )
+        self.client.manual_ack_set(True)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe(topics, qos=1)
+        self.client.loop_start()
+        time.sleep(0.5)  # subscribed before the first publish
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        client.ack(msg.mid, msg.qos)
+        self.received += 1
+        self.last = time.time()
+        if self.received >= self.count:
+            self.done.set()
+
+    def wait(self) -> float:
+        """When the last message arrived."""
+        self.done.wait(600)
+        self.client.disconnect()
+        self.client.loop_stop()
+        return self.last
+
+
+def receive_floor(broker: Broker, count: int) -> None:
+    """Plain paho and mosquitto_sub draining one stream of reports (not the controller's)."""
+    topics = "bench/floor/+/report"
+    payloads = [
+        (f"bench/floor/{mac}/report", json.dumps(report(mac, version="v")).encode())
+        for mac in (mac_of(i, 9) for i in range(count))
+    ]
+    sub = baseline(broker, count, topics)
+    drain = PahoDrain(broker, topics, count)
+    sent = publish_all(broker, payloads)
+    t0 = min(sent.values())
+    paho_s = drain.wait() - t0
+    out, _ = sub.communicate(timeout=600)
+    base_s = max(float(line.split(" ", 1)[0]) for line in out.splitlines()) - t0
+    print(f"receive floor: {count} reports published in {max(sent.values()) - t0:.2f} s")
+    print(f"  plain paho subscriber (MQTT 5, QoS 1, manual ack): {count / paho_s:,.0f} reports/s")
+    print(f"  mosquitto_sub: {count / base_s:,.0f} reports/s")
+    print(f"  ratio paho/mosquitto_sub: {base_s / paho_s:.2f} (a Python paho receiver's ceiling)")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -209,10 +269,19 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=5_000)
     parser.add_argument("--storm", type=int, default=10_000)
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: /var/tmp)")
+    parser.add_argument(
+        "--floor",
+        type=int,
+        default=0,
+        help="first, this many reports drained by a plain paho subscriber and mosquitto_sub "
+        "side by side (without the controller): what a Python paho receiver can reach",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir or "/var/tmp", prefix="netroot-bench-") as tmp:
         root = Path(tmp)
         broker = Broker(root / "broker").start()
+        if args.floor:
+            receive_floor(broker, args.floor)
         ws = Workspace(root / "ws", extra_config=broker.mqtt_config())
         make_root_tree(ws.tree)
         ws.write()

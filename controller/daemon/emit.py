@@ -57,8 +57,16 @@ class Emitter:
         # call, which a boot storm of node events would pay thousands of times.
         self._node_log = log.bind()
 
-    def _envelope(self, data: Payload, subject: str | None, at: datetime | None = None) -> bytes:
-        return envelope_json(data, subject, self.source, now=at or datetime.now(UTC))
+    def _envelope(
+        self,
+        data: Payload,
+        subject: str | None,
+        at: datetime | None = None,
+        data_json: str | None = None,
+    ) -> bytes:
+        return envelope_json(
+            data, subject, self.source, now=at or datetime.now(UTC), data_json=data_json
+        )
 
     def _event(
         self,
@@ -99,8 +107,13 @@ class Emitter:
         self._event(tx, self.topics.controller_events(), data, None, label=None)
         log.info("event", type=data.event_type, **_brief(data))
 
-    def node_effects(self, tx: Tx, mac: str, effects: list[Effect]) -> None:
-        """Events, retained state and commands the state machine asked for, in its order."""
+    def node_effects(
+        self, tx: Tx, mac: str, effects: list[Effect], stored: tuple[NodeState, str] | None = None
+    ) -> None:
+        """Events, retained state and commands the state machine asked for, in its order.
+
+        stored: a state and its JSON as the nodes table got it (serialised once).
+        """
         for effect in effects:
             match effect:
                 case PublishEvent(data):
@@ -111,15 +124,17 @@ class Emitter:
                         "event", type=data.event_type, subject=data.mac, state=data.state
                     )
                 case PublishState(state):
-                    self.node_state(tx, state)
+                    known = stored[1] if stored is not None and stored[0] is state else None
+                    self.node_state(tx, state, known)
                 case SendCommand():
                     command = effect.message(str(uuid.uuid4()))
                     tx.emit(self.topics.node_cmd(mac), command.model_dump_json().encode())
                     log.info("command", node=mac, command=command.command, id=command.id)
 
-    def node_state(self, tx: Tx, state: NodeState) -> None:
-        """A node's retained state."""
-        tx.emit(self.topics.node_state(state.mac), self._envelope(state, state.mac), retain=True)
+    def node_state(self, tx: Tx, state: NodeState, data_json: str | None = None) -> None:
+        """A node's retained state (data_json: state.model_dump_json(), if made already)."""
+        envelope = self._envelope(state, state.mac, data_json=data_json)
+        tx.emit(self.topics.node_state(state.mac), envelope, retain=True)
 
     def status(
         self, status: str, *, since: datetime | None = None, health: Health | None = None

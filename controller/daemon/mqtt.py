@@ -34,10 +34,13 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 ACK_TIMEOUT_S = 30.0
-# QoS 1 messages handed to the broker before the first is acknowledged: the
-# publisher's window (publisher.WINDOW) fits, so a window goes out at once and
-# loopback round trips never leave the broker idle.
-MAX_INFLIGHT = 2000
+# QoS 1 messages handed to the broker before the first is acknowledged: 0 is
+# paho's "no limit of its own", and the publisher's window (publisher.WINDOW,
+# all of which `publish()` awaits before the next) bounds them, so a window goes
+# out at once and loopback round trips never leave the broker idle. With a limit,
+# paho walks every message in flight on each acknowledgement (O(window^2) a
+# window: 15 % of the controller's CPU in a 10,000-node storm, by py-spy).
+MAX_INFLIGHT = 0
 # MQTT 5: a persistent session outlives a restart of the controller by this much
 # (the broker keeps node reports for it meanwhile).
 SESSION_EXPIRY_S = 7 * 24 * 3600
@@ -279,6 +282,29 @@ class BrokerLink(Component):
                 aiomqtt_on_publish(paho, userdata, mid, reason, properties)
 
         client._client.on_publish = on_publish
+        # Received messages go straight to the inbox, as our Message, from paho's
+        # callback (in the event loop's thread): aiomqtt's message iterator costs a
+        # task and an asyncio.wait per message, as much as applying a report.
+        # Set before connecting: a persistent session's messages may come first.
+        inbox, manual = self.inbox, self.manual_ack
+        connection = self.connections + 1  # the number this client's connection gets
+
+        def on_message(
+            paho: paho_client.Client, userdata: object, received: paho_client.MQTTMessage
+        ) -> None:
+            receipt = None
+            if manual and received.qos > 0:
+                receipt = Receipt(connection, received.mid, received.qos)
+            message = Message(
+                received.topic,
+                _payload_bytes(received.payload),
+                received.qos,
+                received.retain,
+                receipt=receipt,
+            )
+            inbox.put_nowait(message)
+
+        client._client.on_message = on_message
         return client
 
     async def run(self) -> None:
@@ -330,28 +356,19 @@ class BrokerLink(Component):
             self._client = client
             self._connected.set()
             self.attempted.set()
-            connection = self.connections
-            async for received in client.messages:
-                receipt = None
-                if self.manual_ack and received.qos > 0:
-                    receipt = Receipt(connection, received.mid, received.qos)
-                self.inbox.put_nowait(
-                    Message(
-                        received.topic.value,
-                        _payload_bytes(received.payload),
-                        received.qos,
-                        received.retain,
-                        receipt=receipt,
-                    )
-                )
+            # Messages reach the inbox from paho's callback (see _make_client); the
+            # session lasts until the connection ends. Shielded: cancelling this
+            # task must not cancel aiomqtt's own future.
+            await asyncio.shield(client._disconnected)
+            raise aiomqtt.MqttError("disconnected from the broker")
 
     async def publish(self, messages: Sequence[Message]) -> int:
         """Publish in order; returns how many, from the first, the broker acknowledged.
 
         All are handed to the client before any acknowledgement is awaited, so
-        they go out in order on one connection, up to MAX_INFLIGHT unacknowledged
-        (paho queues the rest and sends each as a slot frees); a QoS 0 message
-        counts once sent.
+        they go out in order on one connection, all in flight at once (see
+        MAX_INFLIGHT: the caller's batch is the bound); a QoS 0 message counts
+        once sent.
         """
         client = self._client
         session = self._session

@@ -98,12 +98,13 @@ class NodeBook:
             self._admit(mac)
         old = known or NodeState(mac=mac)
         new, effects = transition(old, event)
+        stored = None
         if new != old:
-            tx.put_node(new)
+            stored = (new, tx.put_node(new))  # its JSON is the retained state's data too
             self.nodes[mac] = new
             tx.on_rollback(lambda: self._restore(mac, known))
         self._note_published(tx, mac, new, effects)
-        self.emitter.node_effects(tx, mac, effects)
+        self.emitter.node_effects(tx, mac, effects, stored)
         return new
 
     def _admit(self, mac: str) -> None:

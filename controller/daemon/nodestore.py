@@ -19,15 +19,11 @@ class NodeWrites:
     # a batch of node reports touches thousands of rows.
     _nodes: dict[str, NodeRow]
 
-    def put_node(self, state: NodeState) -> None:
-        """Insert or replace a node's state."""
-        self._nodes[state.mac] = (
-            state.mac,
-            state.label,
-            state.state,
-            state.model_dump_json(),
-            time.time(),
-        )
+    def put_node(self, state: NodeState, data: str | None = None) -> str:
+        """Insert or replace a node's state; returns its JSON (data, if given, is it)."""
+        data = data or state.model_dump_json()
+        self._nodes[state.mac] = (state.mac, state.label, state.state, data, time.time())
+        return data
 
     def delete_node(self, mac: str) -> None:
         """Forget a node (its buffered state included)."""

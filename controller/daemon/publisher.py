@@ -26,7 +26,7 @@ log = get_logger("publisher")
 # Outbox rows read, coalesced and handed to the broker at once; their
 # acknowledgements are awaited together and the delivered rows deleted in one
 # transaction. Large enough that loopback round trips and the per-window work
-# cost little; mqtt.MAX_INFLIGHT lets a whole window be in flight.
+# cost little; a whole window is in flight at once (mqtt.MAX_INFLIGHT).
 WINDOW = 1000
 # While node reports wait to be applied, the publisher sends a small window and
 # then waits for the backlog to clear (at most YIELD_S): in a boot storm states

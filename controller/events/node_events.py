@@ -114,6 +114,14 @@ class NodeState(Payload):
 
     @model_validator(mode="after")
     def _action_only_when_stale(self) -> Self:
+        return self.checked()
+
+    def checked(self) -> Self:
+        """self if its fields agree with each other, else ValueError.
+
+        The model validator, callable on a copy made without validation
+        (`model_copy(update=...)`) whose field values are already valid.
+        """
         if (self.state == "stale") != (self.action is not None):
             raise ValueError("action is set exactly when state is 'stale'")
         return self

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeAlias, TypeVar, assert_never
+from typing import Any, TypeAlias, TypeVar, assert_never, cast
 
 from controller.events.node_events import (
     NodeBooted,
@@ -141,18 +141,40 @@ def versions_in_use(nodes: Iterable[NodeState], label: str) -> set[str]:
 
 
 def _replace(node: NodeState, /, **changes: Any) -> NodeState:
-    # Validated copy: model_copy(update=...) would skip the model's invariants.
+    """node with changes, checked against the model's own rules.
+
+    Validated once, at the boundary: what the machine takes from an input was
+    validated where the input was made (NodeReport for an agent's report, the
+    store for versions), and what it sets itself (phase, action, times) has its
+    field's type. So the copy is not validated field by field again (in a boot
+    storm that was a third of the ingest; the IP alone was parsed four times);
+    the model validator (`NodeState.checked`) runs on every copy. A reason the
+    machine composes (it may quote what a node sent) is validated as before.
+    """
+    reason = changes.get("reason")
+    if reason and reason != node.reason:
+        return _validated(node, **changes)
+    return node.model_copy(update=changes).checked()
+
+
+def _validated(node: NodeState, /, **changes: Any) -> NodeState:
+    """node with changes, every field validated (inputs not from a node report: DHCP)."""
     return NodeState.model_validate({**dict(node), **changes})
 
 
 def _event(cls: type[E], state: NodeState, **extra: Any) -> E:
-    return cls(mac=state.mac, state=state.state, label=state.label, version=state.version, **extra)
+    # Every value is the new state's (checked by _replace) or an input's (validated
+    # at the boundary): built without validating them again, as _replace does.
+    made = cls.model_construct(
+        mac=state.mac, state=state.state, label=state.label, version=state.version, **extra
+    )
+    return cast(E, made)
 
 
 def _finish(old: NodeState, new: NodeState, effects: list[Effect]) -> Result:
     """Add the retained state when something a subscriber sees has changed."""
     # last_seen moves on every heartbeat; republishing it would flood the broker.
-    if old.model_dump(exclude={"last_seen"}) != new.model_dump(exclude={"last_seen"}):
+    if {**old.__dict__, "last_seen": None} != {**new.__dict__, "last_seen": None}:
         effects.insert(_first_command(effects), PublishState(new))
     return new, effects
 
@@ -266,7 +288,7 @@ def _dhcp(state: NodeState, event: DhcpLease) -> Result:
         phase, changes = "booting", {}
     else:
         phase, changes = state.state, {}  # a renewal from a running system
-    new = _replace(
+    new = _validated(
         state,
         state=phase,
         action=state.action if phase == "stale" else None,

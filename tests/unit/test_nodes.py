@@ -546,3 +546,28 @@ def test_any_sequence_of_inputs_keeps_the_state_consistent() -> None:
             assert cmd.boot_id == node.boot_id
         if node.state == "stale" and node.active_version is not None:
             assert node.action == "reboot" or node.version == node.active_version
+
+
+def test_states_and_events_built_without_revalidation_are_what_validation_makes() -> None:
+    # The machine copies states and builds events from already validated values
+    # (validated once, at the boundary): each must equal, and serialise like,
+    # the model validated from its own JSON.
+    rng = random.Random(11)  # noqa: S311 - reproducible fuzzing, nothing secret
+    node = NodeState(mac=MAC)
+    for i in range(2000):
+        node, fx = step(node, random_input(rng, float(i)))
+        made = [node, *(e.data for e in fx if isinstance(e, PublishEvent))]
+        for model in made:
+            again = type(model).model_validate_json(model.model_dump_json())
+            assert again == model
+            assert again.model_dump_json() == model.model_dump_json()
+
+
+def test_a_composed_reason_too_long_for_the_state_is_refused_as_before() -> None:
+    node, _ = step(NodeState(mac=MAC), booted(V1, V1, policy=AUTO_ALL))
+    node, _ = step(node, LiveEdit(at=at(1), label=LABEL, version=V1, policy=AUTO_ALL))
+    failed = RemountResult(
+        at=at(2), label=LABEL, version=V1, active_version=V1, ok=False, error="x" * 1024
+    )
+    with pytest.raises(ValueError, match="reason"):
+        transition(node, failed)
