@@ -57,3 +57,15 @@ def test_outside_a_checkout_root_uses_var_lib_netroot_and_a_user_xdg_state(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     state = shipped.default_state()
     assert (state.rule, state.state_dir) == ("user", tmp_path / "home" / ".local/state/netroot")
+
+
+def test_the_agent_reports_without_waiting_for_network_online() -> None:
+    """The NIC is up from ip= before switch-root: the report must not wait on wait-online."""
+    unit = shipped.shipped("base") / "usr" / "lib" / "systemd" / "system"
+    text = (unit / "netroot-agent.service").read_text()
+    deps = [
+        line.split("=", 1)[1].split()
+        for line in text.splitlines()
+        if line.split("=", 1)[0] in ("After", "Wants", "Requires")
+    ]
+    assert "network-online.target" not in [name for names in deps for name in names]
