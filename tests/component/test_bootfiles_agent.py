@@ -154,7 +154,6 @@ def test_agent_reports_answers_and_leaves_a_will(node: dict[str, str], broker: M
         assert (boot.label, boot.version, boot.mac) == ("debian12", VERSION, MAC)
         assert sub.reports("heartbeat", 1)[0].stale_handle is False
         cmd = f"netroot/node/{MAC}/cmd"
-        broker.wait_subscribed(MAC, cmd)  # the agent subscribes to it after reporting
         publish(broker.port, cmd, {"command": "report", "id": "c1"})
         assert len(sub.reports("boot", 2)) == 2
         # not meant for this boot, or not a command it runs: ignored
@@ -188,6 +187,33 @@ def test_agent_reports_answers_and_leaves_a_will(node: dict[str, str], broker: M
     assert "ignoring command c2: meant for boot" in output
     assert "ignoring unknown command c3" in output
     assert "ignoring remount c5: it names no boot id" in output
+
+
+def test_a_command_sent_the_moment_the_boot_report_arrives_is_obeyed(
+    node: dict[str, str], broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The controller answers a boot report at once (a stale node's reboot, a
+    canary's health check). On a slow node the command listener may take
+    seconds to start: here its mosquitto_sub starts 3 s late, and the report
+    must still come only once the agent can hear the answer."""
+    slow = tmp_path / "slowbin"
+    slow.mkdir()
+    real = shutil.which("mosquitto_sub")
+    assert real is not None
+    (slow / "mosquitto_sub").write_text(f'#!/bin/sh\nsleep 3\nexec {real} "$@"\n')
+    (slow / "mosquitto_sub").chmod(0o755)
+    node = {**node, "PATH": f"{slow}:{node['PATH']}"}
+    sub = Subscriber(broker, f"netroot/node/{MAC}/report")
+    agent = subprocess.Popen(["sh", str(AGENT), "run"], env=node, stdout=subprocess.DEVNULL,
+                             start_new_session=True)  # fmt: skip
+    try:
+        sub.reports("boot", 1)
+        publish(broker.port, f"netroot/node/{MAC}/cmd", {"command": "report", "id": "at-once"})
+        assert len(sub.reports("boot", 2)) == 2
+    finally:
+        os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait(10)
+        sub.close()
 
 
 # --- issue 10: drift (the diff command) and boot timings -----------------------
