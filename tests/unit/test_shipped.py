@@ -69,3 +69,27 @@ def test_the_agent_reports_without_waiting_for_network_online() -> None:
         if line.split("=", 1)[0] in ("After", "Wants", "Requires")
     ]
     assert "network-online.target" not in [name for names in deps for name in names]
+
+
+def _unit_words(path: Path, keys: tuple[str, ...]) -> set[str]:
+    """Every unit name a unit file or drop-in lists under the given keys."""
+    return {
+        name
+        for line in path.read_text().splitlines()
+        if line.split("=", 1)[0] in keys
+        for name in line.split("=", 1)[1].split()
+    }
+
+
+def test_host_key_generation_holds_up_sshd_only_not_the_whole_boot() -> None:
+    """`ssh-keygen -A` took 29.9 s of a TCG boot; ordered before sysinit.target
+    it delayed every ordinary unit, the agent's report among them."""
+    base = shipped.shipped("base")
+    unit = base / "usr/lib/systemd/system/netroot-node-keys.service"
+    before = _unit_words(unit, ("Before",))
+    assert {"ssh.service", "sshd.service"} <= before
+    assert "sysinit.target" not in before and "basic.target" not in before
+    sysinit = base / "etc/systemd/system/sysinit.target.d/netroot.conf"
+    assert "netroot-node-keys.service" not in _unit_words(sysinit, ("Wants", "Requires"))
+    multi_user = base / "etc/systemd/system/multi-user.target.d/netroot.conf"
+    assert "netroot-node-keys.service" in _unit_words(multi_user, ("Wants",))
