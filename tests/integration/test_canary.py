@@ -170,14 +170,20 @@ def all_on(lab: Lab, version: str) -> bool:
     )
 
 
-def test_canaries_pass_then_the_label_activates_and_a_failing_canary_reverts_all(
-    lab: Lab,
-) -> None:
+def fleet_up(lab: Lab) -> str:
+    """Boot every node on the active version; return that version once all report it."""
     v1 = lab.ws.active()
     assert v1 is not None
     for node in lab.fleet.nodes.values():
         node.boot()
     wait_for(lambda: all_on(lab, v1), "20 nodes up on v1")
+    return v1
+
+
+def test_canaries_pass_then_the_label_activates_and_a_failing_canary_reverts_all(
+    lab: Lab,
+) -> None:
+    v1 = fleet_up(lab)
 
     # --- 3 canaries of 20 pass ------------------------------------------------
     v2 = lab.build("v2")
@@ -243,11 +249,7 @@ def test_canaries_pass_then_the_label_activates_and_a_failing_canary_reverts_all
 
 
 def test_a_restart_mid_rollout_fails_it_and_reverts_the_canaries(lab: Lab) -> None:
-    v1 = lab.ws.active()
-    assert v1 is not None
-    for node in lab.fleet.nodes.values():
-        node.boot()
-    wait_for(lambda: all_on(lab, v1), "20 nodes up on v1")
+    v1 = fleet_up(lab)
     v2 = lab.build("v2")
     lab.fleet.health_gate.clear()  # canaries boot v2, their answers wait
     lab.ws.run("activate", "demo", v2, "--canary", "2")
@@ -271,11 +273,7 @@ def test_activation_canary_sends_every_daemon_build_through_a_rollout(
     label = 'activation = "canary"\ncanary_count = 2\nauto_reboot = true\n'
     lab = Lab(tmp_path, broker, label)
     try:
-        v1 = lab.ws.active()
-        assert v1 is not None
-        for node in lab.fleet.nodes.values():
-            node.boot()
-        wait_for(lambda: all_on(lab, v1), "20 nodes up on v1")
+        v1 = fleet_up(lab)
         (lab.ws.tree / "etc" / "motd").write_text("v2\n")  # the daemon builds it
         started = lab.collector.wait_event("image.canary_started")[0]["data"]
         assert (started["reason"], started["macs"], started["previous"]) == ("auto", MACS[:2], v1)
