@@ -27,6 +27,8 @@ from controller.core.errors import UnsafePathError
 
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture
 _RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
 _RESOLVE_IN_ROOT = 0x10
 _CHUNK = 1 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -36,8 +38,10 @@ class _OpenHow(ctypes.Structure):
     _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
 
 
-def _openat2(dir_fd: int, path: str, flags: int) -> int:
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+def _openat2(
+    dir_fd: int, path: str, flags: int, resolve: int = _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS
+) -> int:
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
     while True:
         fd = int(
             _libc.syscall(
@@ -50,6 +54,30 @@ def _openat2(dir_fd: int, path: str, flags: int) -> int:
         if err in (errno.EAGAIN, errno.EINTR):
             continue  # EAGAIN: a concurrent rename raced the lookup; retry as the man page says
         raise OSError(err, os.strerror(err), path)
+
+
+def open_regular_beneath(root: Path, rel: str) -> int | None:
+    """A read descriptor of the regular file root/rel reached through directories only
+    (no symlink anywhere on the way, nothing outside root), or None.
+
+    What another server may read of a version is exactly its files as the index
+    lists them: a symlink is sent as an index line, never followed.
+    """
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        resolve = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+        fd = _openat2(root_fd, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, resolve)
+    except OSError:
+        return None
+    finally:
+        os.close(root_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 def split(rel: str) -> list[str]:

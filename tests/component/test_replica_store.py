@@ -1,0 +1,157 @@
+"""A version copied from one store into another (controller.store.replica), as a replica does.
+
+Two workspaces, each its own store; the primary's versions are built by the
+CLI, the copy is made from the primary's version directory, and the result
+is checked the way a user would: `netroot verify --deep` on the replica, the
+same index, hard links to the previous version for what did not change. A
+hostile source (a tampered file, an index that climbs out of the tree or
+through a symlink) is refused and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+from support import Workspace, make_root_tree
+
+from controller.config.load import load_config
+from controller.core.errors import VerifyError
+from controller.store import replica, treeindex
+from controller.store.layout import LabelPaths, label_paths
+
+
+def _store(ws: Workspace) -> LabelPaths:
+    return label_paths(load_config(ws.config), ws.label)
+
+
+def _versions(ws: Workspace) -> list[str]:
+    out = ws.run("versions", ws.label, "--json").stdout
+    return [row["version"] for row in json.loads(out)]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Workspace, Workspace]:
+    primary = Workspace(tmp_path / "primary")
+    make_root_tree(primary.tree, files=300)
+    (primary.tree / "usr" / "bin" / "tool").write_bytes(b"#!/bin/sh\n")
+    (primary.tree / "usr" / "bin" / "tool").chmod(0o4755)
+    os.symlink("../usr/bin/tool", primary.tree / "etc" / "tool-link")
+    os.mkfifo(primary.tree / "var" / "lib" / "fifo")
+    os.chown(primary.tree / "etc" / "hostname", 1234, 5678)
+    primary.write()
+    replica_ws = Workspace(tmp_path / "replica").write()
+    return primary, replica_ws
+
+
+def test_a_copied_version_verifies_deep_and_links_what_did_not_change(
+    pair: tuple[Workspace, Workspace],
+) -> None:
+    primary, rep = pair
+    primary.run("build", primary.label, "--activate")
+    (first,) = _versions(primary)
+    src = _store(primary)
+    done = replica.replicate(_store(rep), first, replica.DirectorySource(src.version(first)))
+    assert not done.held and done.linked_files == 0
+    index = treeindex.parse((src.version(first) / "files.idx").read_bytes())
+    regular = sum(rest.startswith("f\t") for rest in index.values())
+    assert done.fetched_files == regular + 2  # and the kernel and initramfs
+    rep.run("verify", rep.label, first, "--deep")
+    dst = _store(rep)
+    assert (dst.version(first) / "files.idx").read_bytes() == (
+        src.version(first) / "files.idx"
+    ).read_bytes()
+    tool = dst.rootfs(first) / "usr" / "bin" / "tool"
+    assert oct(tool.stat().st_mode & 0o7777) == oct(0o4755)
+    assert os.readlink(dst.rootfs(first) / "etc" / "tool-link") == "../usr/bin/tool"
+    hostname = (dst.rootfs(first) / "etc" / "hostname").stat()
+    assert (hostname.st_uid, hostname.st_gid) == (1234, 5678)
+    # Modification times travel with the content (a .pyc names its source's mtime).
+    assert hostname.st_mtime_ns == (src.rootfs(first) / "etc" / "hostname").stat().st_mtime_ns
+
+    # A one-file overlay edit: only what differs from the first version is fetched (the
+    # edited file and the version's own stamp), none of the boot files.
+    (primary.overlays / "common" / "etc").mkdir(parents=True)
+    (primary.overlays / "common" / "etc" / "motd").write_text("edited\n")
+    primary.run("build", primary.label, "--overlays-only")
+    second = _versions(primary)[-1]
+    done = replica.replicate(dst, second, replica.DirectorySource(src.version(second)))
+    changed = {
+        path: rest
+        for path, rest in treeindex.parse((src.version(second) / "files.idx").read_bytes()).items()
+        if rest.startswith("f\t") and rest not in index.values()
+    }
+    assert "etc/motd" in changed and len(changed) <= 3, changed
+    assert done.fetched_files == len(changed), done
+    assert done.fetched_bytes == sum(int(rest.split("\t")[4]) for rest in changed.values())
+    assert done.linked_files > 300
+    rep.run("verify", rep.label, second, "--deep")
+    old = dst.rootfs(first) / "usr" / "lib" / "pkg0000" / "file000007"
+    new = dst.rootfs(second) / "usr" / "lib" / "pkg0000" / "file000007"
+    assert old.stat().st_ino == new.stat().st_ino
+
+    again = replica.replicate(dst, second, replica.DirectorySource(src.version(second)))
+    assert again.held and again.fetched_files == 0
+
+
+class Tampered:
+    """The primary's version, with one file's bytes or the index (and manifest digest) changed."""
+
+    def __init__(self, directory: Path, *, files: dict[str, bytes], index: bytes | None = None):
+        self.inner = replica.DirectorySource(directory)
+        self.files = files
+        self.index = index
+
+    def read(self, rel: str, limit: int) -> bytes:
+        data = self.inner.read(rel, limit)
+        if self.index is not None and rel == "files.idx":
+            return self.index
+        if self.index is not None and rel == "manifest.json":
+            manifest = json.loads(data)
+            manifest["tree_digest"] = hashlib.sha256(self.index).hexdigest()
+            manifest["file_count"] = self.index.count(b"\n")
+            return json.dumps(manifest).encode()
+        return data
+
+    def copy(self, rel: str, out: BinaryIO) -> int | None:
+        if rel in self.files:
+            out.write(self.files[rel])
+            return None
+        return self.inner.copy(rel, out)
+
+
+def _hostile(rep: Workspace, version: str, source: object) -> str:
+    dst = _store(rep)
+    with pytest.raises(VerifyError) as err:
+        replica.replicate(dst, version, source)  # type: ignore[arg-type]
+    assert not dst.version(version).exists()
+    assert not (dst.staging / f"replica-{version}").exists()
+    return str(err.value)
+
+
+def test_a_hostile_source_is_refused_and_leaves_nothing(
+    pair: tuple[Workspace, Workspace], tmp_path: Path
+) -> None:
+    primary, rep = pair
+    primary.run("build", primary.label)
+    (version,) = _versions(primary)
+    src = _store(primary).version(version)
+    error = _hostile(rep, version, Tampered(src, files={"rootfs/etc/hostname": b"evil\n"}))
+    assert "rootfs/etc/hostname" in error
+
+    index = treeindex.parse((src / "files.idx").read_bytes())
+    outside = tmp_path / "escaped"
+    climbing = dict(index)
+    climbing[f"../../../../../../../../..{outside}"] = index["etc/hostname"]
+    error = _hostile(rep, version, Tampered(src, files={}, index=treeindex.render(climbing)))
+    assert "not a relative path inside the tree" in error
+    through_link = dict(index)
+    through_link["etc/escape"] = f"l\t777\t0\t0\t0\t{json.dumps(str(tmp_path))}"
+    through_link["etc/escape/planted"] = index["etc/hostname"]
+    error = _hostile(rep, version, Tampered(src, files={}, index=treeindex.render(through_link)))
+    assert "parent is not a directory" in error
+    assert not (tmp_path / "planted").exists() and not outside.exists()
