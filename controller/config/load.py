@@ -89,6 +89,12 @@ def _resolve(data: dict[str, Any], root: Path) -> dict[str, Any]:
     http = out.get("http")
     if isinstance(http, dict) and isinstance(http.get("token_file"), str):
         out["http"] = {**http, "token_file": root / Path(http["token_file"])}
+    replication = out.get("replication")
+    if isinstance(replication, dict) and isinstance(replication.get("token_file"), str):
+        out["replication"] = {
+            **replication,
+            "token_file": root / Path(replication["token_file"]),
+        }
     labels = out.get("labels")
     if isinstance(labels, dict):
         resolved = {}

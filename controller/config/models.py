@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,10 +16,11 @@ from pydantic import (
     BeforeValidator,
     Field,
     field_validator,
+    model_validator,
 )
 
 from controller.core.errors import ConfigError
-from controller.core.ids import Host, TopicPrefix, check_label, valid_label
+from controller.core.ids import Host, ServerName, TopicPrefix, check_label, valid_label
 from controller.core.model import Model
 
 BUILTIN = "built-in defaults"
@@ -130,6 +132,53 @@ class BootHttpConfig(Listener):
         "",
         description='host:port nodes reach (iPXE menus use `server` and this port); "" is off',
     )
+
+
+def _server_name() -> str:
+    # The host's own name, made a valid server name: the first label, lowercased.
+    name = re.sub(r"[^a-z0-9._-]", "-", socket.gethostname().split(".")[0].lower()).strip("-._")
+    return name[:63] or "boot-server"
+
+
+class ReplicationConfig(Model):
+    """Two or more boot servers, one primary building, replicas following (docs/design.md §17)."""
+
+    role: Literal["primary", "replica"] = Field(
+        "primary", description="primary builds; replica follows the primary (`serve --role`)"
+    )
+    name: ServerName = Field(
+        default_factory=_server_name,
+        description="this server's name in replica acknowledgements and events (default: host)",
+    )
+    primary_url: str = Field(
+        "", description="replica: the primary's [http] address, like http://10.0.0.1:9650"
+    )
+    token_file: Path | None = Field(None, description="replica: the primary's bearer token file")
+    replicas_required: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="primary: activate only once this many replicas hold the version",
+    )
+    ack_timeout: float = Field(
+        900.0, gt=0, le=86400, description="primary: seconds a daemon activation waits for them"
+    )
+    retry_interval: float = Field(
+        30.0, ge=1, le=3600, description="replica: seconds between attempts after a failed fetch"
+    )
+
+    @field_validator("primary_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]_-]+(:\d{1,5})?/?", value):
+            raise ValueError(f"{value!r} is not an address like http://10.0.0.1:9650")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _replica_needs_primary(self) -> ReplicationConfig:
+        if self.role == "replica" and not self.primary_url:
+            raise ValueError("a replica needs primary_url, the primary's [http] address")
+        return self
 
 
 class NfsConfig(Model):
@@ -269,6 +318,7 @@ class Config(Model):
         default_factory=dict, description='per-MAC boot overrides: [nodes."aa:bb:cc:dd:ee:ff"]'
     )
     dhcp: DhcpConfig = DhcpConfig()
+    replication: ReplicationConfig = ReplicationConfig()
     max_parallel_builds: int = Field(1, ge=1, le=64, description="labels the daemon builds at once")
     debounce_quiet: float = Field(
         1.0, gt=0, le=600, description="seconds without edits before the daemon builds"

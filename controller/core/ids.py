@@ -46,6 +46,8 @@ def check_label(name: str, source: str = "label", field: str = "label") -> str:
 
 # The schema and messages of event models stay pydantic's pattern check.
 Label = Annotated[str, Field(pattern=f"^{LABEL_RE.pattern}$")]
+# A boot server's name (replication): it lands in a topic level, so the label rule.
+ServerName = Annotated[str, Field(pattern=f"^{LABEL_RE.pattern}$")]
 
 # --- hosts --------------------------------------------------------------------
 

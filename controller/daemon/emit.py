@@ -22,6 +22,8 @@ from controller.events.payloads import (
     ImageEventData,
     ImageState,
     Payload,
+    ReplicaEventData,
+    ReplicaState,
     StateIndex,
 )
 from controller.events.topics import Topics
@@ -93,6 +95,17 @@ class Emitter:
             tx, self.topics.image_events(data.label), data, data.label, label=data.label, at=at
         )
         log.info("event", type=data.event_type, subject=data.label, **_brief(data))
+
+    def replica(self, tx: Tx, data: ReplicaEventData) -> None:
+        """A replica's event about a version it copies, on its own topic."""
+        topic = self.topics.replica_events(data.replica)
+        self._event(tx, topic, data, data.label, label=data.label)
+        log.info("event", type=data.event_type, subject=data.label, **_brief(data))
+
+    def replica_state(self, tx: Tx, data: ReplicaState) -> None:
+        """The replica's retained state."""
+        topic = self.topics.replica_state(data.replica)
+        tx.emit(topic, self._envelope(data, data.replica), retain=True)
 
     def index(self, tx: Tx, data: StateIndex) -> None:
         """The retained index of labels and node counts."""

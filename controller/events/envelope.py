@@ -41,9 +41,12 @@ from controller.events.payloads import (  # canary rollouts (issue 12)
     ConfigRejected,
     ConfigReloaded,
     ControllerStatus,
+    ImageReplicated,
+    ImageReplicationFailed,
     ImageState,
     Payload,
     Pruned,
+    ReplicaState,
     RolledBack,
     StateIndex,
     schema_id,
@@ -74,6 +77,7 @@ PAYLOAD_MODELS: tuple[type[Payload], ...] = (
     ControllerStatus,
     StateIndex,
     *(CanaryStarted, CanaryNodePassed, CanaryPassed, CanaryFailed),
+    *(ImageReplicated, ImageReplicationFailed, ReplicaState),
 )
 # Events about the controller itself, beyond the image and node topics of docs/design.md §9
 # (published on Topics.controller_events).

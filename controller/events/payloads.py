@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import AwareDatetime, Field, IPvAnyAddress, WithJsonSchema
 
-from controller.core.ids import Label, Mac, VersionId
+from controller.core.ids import Label, Mac, ServerName, VersionId
 from controller.core.model import Model
 
 TYPE_PREFIX = "org.netroot."
@@ -34,7 +34,7 @@ BuildId = Annotated[
         description="names the build log: <state_dir>/logs/<label>/<build_id>.log",
     ),
 ]
-ActivationReason = Literal["auto", "cli", "rollback", "canary"]
+ActivationReason = Literal["auto", "cli", "rollback", "canary", "replica"]
 BuildKind = Literal["full", "overlay"]
 NodePhase = Literal["unknown", "dhcp", "booting", "up", "stale", "lost"]
 StaleAction = Literal["reboot", "remount"]
@@ -193,6 +193,54 @@ class CanaryFailed(CanaryEventData):
     exit_code: int | None = Field(None, description="health: the check's exit status")
     output_tail: ShortText = Field("", description="health: the end of the check's output")
     detail: ShortText = ""
+
+
+# --- replica boot servers (issue 12): versions copied from the primary -------------
+
+
+class ReplicaEventData(ImageEventData):
+    """Fields every event of a replica about one version carries."""
+
+    replica: ServerName = Field(description="the replica's [replication] name")
+    version: VersionId
+
+
+class ImageReplicated(ReplicaEventData):
+    """The replica holds the version, verified against the primary's manifest (its ack)."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.replicated"
+    fetched_files: int = Field(ge=0, description="files fetched from the primary")
+    fetched_bytes: int = Field(ge=0)
+    linked_files: int = Field(ge=0, description="files hard-linked from versions it held")
+    duration_s: float = Field(ge=0, description="fetch, check and commit")
+    held: bool = Field(False, description="it held the version already: nothing fetched")
+
+
+class ImageReplicationFailed(ReplicaEventData):
+    """The replica could not copy the version; it keeps serving what it has and tries again."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.replication_failed"
+    error: ShortText
+    retry_s: float = Field(ge=0, description="the next attempt comes after this many seconds")
+
+
+class ReplicaLabel(Model):
+    """One label as a replica serves it."""
+
+    label: Label
+    active: VersionId | None = Field(None, description="the version the replica's nodes boot")
+    primary_active: VersionId | None = Field(None, description="the primary's, as last heard")
+    behind: bool = Field(description="active differs from primary_active")
+    error: ShortText = Field("", description="why it is behind, when an attempt failed")
+
+
+class ReplicaState(Payload):
+    """Retained: what a replica serves, and whether it keeps up with the primary."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "replica.state"
+    replica: ServerName
+    primary_url: ShortText
+    labels: tuple[ReplicaLabel, ...] = Field((), max_length=1000)
 
 
 class VersionSummary(Model):

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from controller.core.ids import MAC_EXAMPLE, TOPIC_PREFIX_RE, normalize_mac, valid_label
 
 DEFAULT_PREFIX = "netroot"
+# On a replica's broker, the level under the prefix where the bridge to the primary
+# maps the primary's image topics (config/mosquitto-replica.conf.example).
+UPSTREAM = "primary"
 
 
 def _label_level(label: str) -> str:
@@ -46,6 +49,26 @@ class Topics:
     def image_state(self, label: str) -> str:
         """Retained active-version summary of one label."""
         return self._at("state", "image", _label_level(label))
+
+    def replica_events(self, name: str) -> str:
+        """A replica's events about the versions it copies (its acknowledgements)."""
+        return self._at("events", "replica", _label_level(name))
+
+    def replica_events_all(self) -> str:
+        """Subscription filter of every replica's events (the primary listens)."""
+        return self._at("events", "replica", "+")
+
+    def replica_state(self, name: str) -> str:
+        """Retained: what a replica serves and whether it is behind."""
+        return self._at("state", "replica", _label_level(name))
+
+    def upstream_image_events(self) -> str:
+        """Where a replica's broker bridge puts the primary's image events (filter)."""
+        return self._at(UPSTREAM, "events", "image", "+")
+
+    def upstream_image_state(self) -> str:
+        """Where the bridge puts the primary's retained image states (filter)."""
+        return self._at(UPSTREAM, "state", "image", "+")
 
     def node_events(self, mac: str) -> str:
         """Events about one node."""

@@ -51,10 +51,14 @@ from controller.events.payloads import (
     ConfigRejected,
     ConfigReloaded,
     ControllerStatus,
+    ImageReplicated,
+    ImageReplicationFailed,
     ImageState,
     LabelCounts,
     Payload,
     Pruned,
+    ReplicaLabel,
+    ReplicaState,
     RolledBack,
     StateIndex,
     VersionSummary,
@@ -237,6 +241,26 @@ SAMPLES: dict[str, Payload] = {
         Activated(label="demo", version=V2, previous=V1, kernel="6.1", build_id="b-2"),
         RolledBack(label="demo", version=V1, previous=V2),
         Pruned(label="demo", versions=(V1,), kept=(V2,)),
+        ImageReplicated(
+            label="demo",
+            replica="boot2",
+            version=V2,
+            fetched_files=3,
+            fetched_bytes=4096,
+            linked_files=1200,
+            duration_s=2.5,
+            held=False,
+        ),
+        ImageReplicationFailed(
+            label="demo", replica="boot2", version=V2, error="primary: 503", retry_s=30
+        ),
+        ReplicaState(
+            replica="boot2",
+            primary_url="http://10.0.0.1:9650",
+            labels=(
+                ReplicaLabel(label="demo", active=V1, primary_active=V2, behind=True, error="ü"),
+            ),
+        ),
         ImageState(label="demo", active=SUMMARY, activated_at=NOW, previous=V2),
         NodeDhcp(mac=MAC, state="dhcp", ip="10.0.2.15", firmware=True, hostname="n1"),
         NodeBooted(

@@ -138,6 +138,10 @@ SECTION_6_TYPES = {
     "org.netroot.image.canary_node_passed",
     "org.netroot.image.canary_passed",
     "org.netroot.image.canary_failed",
+    # issue 12: replica boot servers
+    "org.netroot.image.replicated",
+    "org.netroot.image.replication_failed",
+    "org.netroot.replica.state",
 }
 
 
