@@ -17,7 +17,7 @@ from controller.cli.canary_cmds import request_canary
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, human_size, table
 from controller.config.models import Config
-from controller.core.errors import StoreError
+from controller.core.errors import NetrootError, StoreError
 from controller.core.ids import check_label
 from controller.daemon.announce import STAMP_FORMAT, Announcer
 from controller.daemon.db import NodeGuard, db_path
@@ -44,8 +44,8 @@ class ActivateOptions(LabelOptions):
     version: str | None = pos(nargs="?")
     # The daemon's own activation of its build (or a canary rollout's promotion)
     # says so in image.activated.
-    reason: Literal["auto", "cli", "canary"] = opt(
-        choices=["auto", "cli", "canary"], default="cli", help=argparse.SUPPRESS
+    reason: Literal["auto", "cli", "canary", "replica"] = opt(
+        choices=["auto", "cli", "canary", "replica"], default="cli", help=argparse.SUPPRESS
     )
     canary: int | None = opt(
         type=int,
@@ -130,6 +130,12 @@ def cmd_activate(opts: ActivateOptions) -> int:
         )
 
     def switch(config: Config, paths: LabelPaths) -> activation.Activation:
+        replication = config.replication
+        if replication.role == "replica" and opts.reason != "replica":
+            raise NetrootError(
+                f"{config.source}: this server is a replica of {replication.primary_url}: "
+                f"activate {opts.label} on the primary, and this server follows it"
+            )
         return publish.activate(config, paths, opts.version)
 
     return _switch(opts, opts.reason, switch)

@@ -26,7 +26,8 @@ from controller.core.errors import StoreError
 from controller.render import ExportSpec, boot_target, export_specs, render_exports, render_ganesha
 from controller.serve import nfs
 from controller.serve.tftp import plan_tftp_root, stage_plan, tftp_lock
-from controller.store import activation, recovery
+from controller.store import activation, holders, recovery
+from controller.store import versions as store
 from controller.store.activation import Activation, BootRenderer, Prepared, check_link_slot
 from controller.store.canary import Pins, clear_pins, write_pins
 from controller.store.layout import LabelPaths, label_paths
@@ -143,7 +144,16 @@ def unpin_canaries(config: Config, paths: LabelPaths) -> None:
 
 
 def activate(config: Config, paths: LabelPaths, version: str | None) -> Activation:
-    """Activate version (newest committed when None) and serve it. Caller holds the label lock."""
+    """Activate version (newest committed when None) and serve it. Caller holds the label lock.
+
+    On a primary with `replicas_required`, only a version enough replicas hold
+    (docs/design.md §17): a node booted from a replica must find it there too.
+    """
+    required = config.replication.replicas_required
+    if config.replication.role == "primary" and required:
+        wanted = version or next(reversed(store.version_ids(paths)), None)
+        if wanted is not None:  # none built: activation says so
+            holders.check_required(paths, wanted, required)
     return activation.activate(paths, version, renderer(config))
 
 

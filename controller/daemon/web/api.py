@@ -19,7 +19,7 @@ from aiohttp import web
 
 from controller.daemon.context import Context
 from controller.daemon.mqtt import BrokerLink
-from controller.daemon.web import fleet, metrics, page
+from controller.daemon.web import fleet, metrics, page, versionfiles
 from controller.daemon.web.openapi import API, openapi_document
 from controller.daemon.web.params import BadParameter, Query, events_query, node_filters, node_mac
 
@@ -62,6 +62,7 @@ class Endpoints:
             ("/metrics", self.metrics),
             (f"{API}/labels", self.labels),
             (f"{API}/labels/{{label}}/versions", self.versions),
+            (f"{API}/labels/{{label}}/versions/{{version}}/files/{{rel:.+}}", self.version_file),
             (f"{API}/nodes", self.nodes),
             (f"{API}/nodes/{{mac}}", self.node),
             (f"{API}/events", self.events),
@@ -96,6 +97,10 @@ class Endpoints:
             return json_error(404, f"no such label: {label!r}")
         rows = await self._off_loop(fleet.label_versions, config, label)
         return web.json_response(rows)
+
+    async def version_file(self, request: web.Request) -> web.StreamResponse:
+        """One file of a committed version (what a replica fetches)."""
+        return await versionfiles.send_version_file(request, self.ctx.config)
 
     async def nodes(self, request: web.Request) -> web.Response:
         """The nodes, filtered, as `netroot nodes --json`."""

@@ -168,6 +168,28 @@ def openapi_document() -> dict[str, Any]:
                 "404",
                 params=[_param("label", "path", "a configured label", {"type": "string"})],
             ),
+            f"{API}/labels/{{label}}/versions/{{version}}/files/{{rel}}": {
+                "get": {
+                    "summary": "one file of a committed version, for replica boot servers: "
+                    "manifest.json, files.idx, boot/<name> or rootfs/<path> (a regular file "
+                    "reached through directories only; its mtime in X-Netroot-Mtime-Ns)",
+                    "parameters": [
+                        _param("label", "path", "a configured label", {"type": "string"}),
+                        _param("version", "path", "a committed version id", {"type": "string"}),
+                        _param(
+                            "rel", "path", "the file, relative to the version", {"type": "string"}
+                        ),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the file's bytes",
+                            "content": {"application/octet-stream": {}},
+                        },
+                        "401": {"$ref": "#/components/responses/Unauthorized"},
+                        "404": {"$ref": "#/components/responses/NotFound"},
+                    },
+                }
+            },
             f"{API}/nodes": _get(
                 "the nodes, as `netroot nodes --json`: by label, problems first, then MAC",
                 _array("NodeRecord"),

@@ -1,0 +1,68 @@
+"""The files of committed versions, for replica boot servers (docs/design.md §17).
+
+GET /api/v1/labels/<label>/versions/<version>/files/<rel>, where rel is
+manifest.json, files.idx, boot/<name> or rootfs/<path>: the bytes of that
+regular file, reached through real directories only (controller.store.replica
+decides what may be read), with its modification time in
+`X-Netroot-Mtime-Ns`. Anything else, a label not configured or a version not
+committed, is 404 and nothing more. The route sits behind the API's bearer
+token, like every other: an image holds what only its nodes may read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from aiohttp import web
+
+from controller.config.models import Config
+from controller.store import replica
+from controller.store.layout import label_paths
+
+CHUNK = 1 << 20
+MTIME_HEADER = "X-Netroot-Mtime-Ns"
+
+
+def _open(config: Config, label: str, version: str, rel: str) -> tuple[int, int, int] | None:
+    """(fd, size, mtime_ns) of the file, or None."""
+    if label not in config.labels:
+        return None
+    fd = replica.open_version_file(label_paths(config, label), version, rel)
+    if fd is None:
+        return None
+    info = os.fstat(fd)
+    return fd, info.st_size, info.st_mtime_ns
+
+
+def _read_small(fd: int, size: int) -> bytes:
+    return os.pread(fd, size, 0)
+
+
+async def send_version_file(request: web.Request, config: Config) -> web.StreamResponse:
+    """The handler's body: one file of a committed version, or 404."""
+    match = request.match_info
+    opened = await asyncio.to_thread(_open, config, match["label"], match["version"], match["rel"])
+    if opened is None:
+        return web.json_response({"error": "no such file in a committed version"}, status=404)
+    fd, size, mtime = opened
+    headers = {MTIME_HEADER: str(mtime), "Content-Type": "application/octet-stream"}
+    try:
+        if size <= CHUNK:
+            # Most files of a root tree are small: one read, one response.
+            body = await asyncio.to_thread(_read_small, fd, size)
+            return web.Response(body=body, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.content_length = size
+        await response.prepare(request)
+        offset = 0
+        while offset < size:
+            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, size - offset), offset)
+            if not chunk:
+                break  # shrank: the client sees a short body and refuses the file
+            await response.write(chunk)
+            offset += len(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        os.close(fd)
