@@ -16,7 +16,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
@@ -25,7 +25,7 @@ from controller.cli import history
 from controller.cli.nodes_cmds import cmd_nodes
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, failed, printable, table
-from controller.config.load import load_config
+from controller.config.load import ROLE_ENV, load_config
 from controller.config.models import BUILTIN, Config
 from controller.core import log as logsetup
 from controller.core import shipped
@@ -88,9 +88,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_commands(hooks, common, cmd_hook_dhcp)
 
 
-@command("serve", Common, help="run the controller daemon (systemd: Type=notify)")
-def cmd_serve(opts: Common) -> int:
+@dataclass(frozen=True, kw_only=True, config=OPTIONS)
+class ServeOptions(Common):
+    """netroot serve."""
+
+    role: Literal["primary", "replica"] | None = opt(
+        choices=["primary", "replica"],
+        help="replica: follow the primary named by [replication] primary_url instead of "
+        "building (default: replication.role of the config, primary)",
+    )
+
+
+@command("serve", ServeOptions, help="run the controller daemon (systemd: Type=notify)")
+def cmd_serve(opts: ServeOptions) -> int:
     """Run the daemon in the foreground until SIGTERM."""
+    if opts.role is not None:
+        os.environ[ROLE_ENV] = opts.role  # reloads and child commands see the same role
     path = opts.config_file()
     config = load_config(path)
     logsetup.configure(json=opts.json, level=logging.DEBUG if opts.verbose else logging.INFO)

@@ -126,6 +126,9 @@ def parse_config(data: dict[str, Any], *, source: str, root: Path) -> Config:
     _check_nodes(config)
     _check_link_paths(config)
     _check_http(config)
+    if config.replication.role == "replica" and not config.mqtt.enabled:
+        problem = "a replica follows its primary through the broker"
+        raise ConfigError(config.source, "mqtt.enabled", problem, "true on a replica")
     return config
 
 
@@ -179,15 +182,28 @@ def _check_nodes(config: Config) -> None:
             raise ConfigError(config.source, f"{field}.label", problem, known)
 
 
+ROLE_ENV = "NETROOT_ROLE"  # `netroot serve --role`: the daemon, its reloads and children
+
+
+def _with_role(data: dict[str, Any]) -> dict[str, Any]:
+    """replication.role as NETROOT_ROLE overrides it (validated with the rest)."""
+    role = os.environ.get(ROLE_ENV)
+    if not role:
+        return data
+    replication = data.get("replication")
+    table = replication if isinstance(replication, dict) else {}
+    return {**data, "replication": {**table, "role": role}}
+
+
 def load_config(path: Path | None = None) -> Config:
     """Load the config named by path, NETROOT_CONFIG, or the built-in defaults."""
     if path is None and os.environ.get("NETROOT_CONFIG"):
         path = Path(os.environ["NETROOT_CONFIG"])
     if path is None:
         paths = builtin_paths()
-        data = {**paths, "labels": DEFAULT_LABELS}
+        data = _with_role({**paths, "labels": DEFAULT_LABELS})
         return parse_config(data, source=BUILTIN, root=paths["state_dir"])
-    data = read_toml(path, "config file")
+    data = _with_role(read_toml(path, "config file"))
     try:
         return parse_config(data, source=str(path), root=path.resolve().parent)
     except (TypeError, ValueError, RecursionError) as exc:

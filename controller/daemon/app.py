@@ -35,6 +35,7 @@ from controller.daemon.mqtt import BrokerLink, Message
 from controller.daemon.nodebook import NodeBook
 from controller.daemon.notify import Watchdog, reloading, sd_notify
 from controller.daemon.publisher import IndexKeeper, NodeTracker, Publisher, StatusBeacon
+from controller.daemon.replication import Follower, ReplicaAcks
 from controller.daemon.rollouts import Rollouts
 from controller.daemon.scheduler import BuildScheduler
 from controller.daemon.spool import SpoolListener
@@ -164,6 +165,12 @@ class Daemon:
         # Canary rollouts promote through the scheduler's activation, like a build does.
         self.rollouts = Rollouts(ctx, self.scheduler.activate)
         self.scheduler.canary = self.rollouts.request_build
+        replicas: ReplicaAcks | Follower
+        if ctx.config.replication.role == "replica":
+            replicas = Follower(ctx, self.scheduler.activate)
+        else:
+            replicas = ReplicaAcks(ctx)
+            self.scheduler.replicas_held = replicas.wait_held
         components: list[Component] = [
             *([self.link] if self.link is not None else []),
             self.publisher,
@@ -177,6 +184,7 @@ class Daemon:
             self.watcher,
             self.image_watch,
             self.rollouts,
+            replicas,
             self.reloader,
             HttpServer(ctx, self.link, self.http_token),
             BootFiles(ctx),
@@ -241,7 +249,7 @@ class Daemon:
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         # No new triggers (and no pruning while the rest stops).
-        for name in ("watcher", "images", "rollouts", "spool", "reloader", "liveness", "journal"):
+        for name in STOP_ORDER[: STOP_ORDER.index("journal") + 1]:
             await _cancel(tasks[name])
         await _cancel(tasks["http"])  # the listeners close at teardown
         await _cancel(tasks["boot-http"])
@@ -338,7 +346,7 @@ def _check_reloadable(old: Config, new: Config) -> None:
 
 # Every component's task, in the order _shutdown stops them (checked at start).
 STOP_ORDER = (
-    *("watcher", "images", "rollouts", "spool", "reloader", "liveness", "journal"),
+    *("watcher", "images", "rollouts", "replicas", "spool", "reloader", "liveness", "journal"),
     *("http", "boot-http", "scheduler", "index", "tracker", "publisher", "status"),
     *("mqtt", "watchdog"),
 )

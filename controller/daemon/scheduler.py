@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import controller
@@ -84,9 +84,14 @@ class BuildScheduler(Component):
         self._adopted: list[tuple[str, Manifest]] = []  # committed while we were away
         # activation = canary: asks the rollouts for one; False when none could start
         self.canary: Callable[[str, str], bool] | None = None
+        # replicas_required: returns once enough replicas hold the version (or it timed out)
+        self.replicas_held: Callable[[str, str], Awaitable[None]] | None = None
 
     def request(self, label: str, kind: BuildKind, reason: str, paths: Iterable[str] = ()) -> None:
         """Queue a build (merged into the label's queued one, if any)."""
+        if self.ctx.config.replication.role == "replica":
+            log.info("a replica does not build; its primary does", label=label, reason=reason)
+            return
         if label not in self.ctx.config.labels:
             log.warning("not building an unconfigured label", label=label)
             return
@@ -324,6 +329,8 @@ class BuildScheduler(Component):
         reason), then the database is brought in step with the store. A daemon
         build (activation = auto) and a canary rollout's promotion both come here.
         """
+        if self.replicas_held is not None and reason in ("auto", "canary"):
+            await self.replicas_held(label, version)  # the child refuses if still too few
         argv = netroot_argv(self.ctx, "activate", label, version, "--reason", reason)
         done = await proc.arun(argv, env=child_env(), check=False)
         self.reconcile(label)

@@ -15,6 +15,7 @@ import hmac
 import os
 import sqlite3
 import stat
+from pathlib import Path
 
 from aiohttp import web
 
@@ -32,18 +33,22 @@ MAX_TOKEN_BYTES = 4096
 
 
 def read_token(config: Config) -> str | None:
-    """The bearer token from http.token_file (None: none configured).
-
-    The file must be a regular file that other users cannot read or write, and
-    hold one non-empty line.
-    """
+    """The bearer token from http.token_file (None: none configured)."""
     path = config.http.token_file
     if path is None or not config.http.enabled:
         return None
-    field = "http.token_file"
+    return read_secret(path, config.source, "http.token_file")
+
+
+def read_secret(path: Path, source: str, field: str) -> str:
+    """A token from a file: a regular file other users cannot read or write, one line.
+
+    ConfigError naming source and field otherwise (the token file of [http], or
+    the primary's token a replica presents).
+    """
 
     def refuse(problem: str) -> ConfigError:
-        return ConfigError(config.source, field, f"{path}: {problem}", "a file of mode 0600")
+        return ConfigError(source, field, f"{path}: {problem}", "a file of mode 0600")
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)

@@ -1,0 +1,90 @@
+"""A version's files fetched from the primary's HTTP API (a controller.store.replica Source).
+
+One persistent HTTP/1.1 connection per copy, in the worker thread that makes
+the copy: a root tree is thousands of small files, and a connection per file
+would cost more than the files. A failed request is tried once more on a new
+connection; an HTTP error names the URL and the status.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import urllib.parse
+from typing import BinaryIO
+
+from controller.core.errors import StoreError
+
+CHUNK = 1 << 20
+TIMEOUT_S = 60.0
+MTIME_HEADER = "X-Netroot-Mtime-Ns"  # controller.daemon.web.versionfiles sends it
+
+
+class HttpSource:
+    """Files of one version of one label, from the primary's /api/v1."""
+
+    def __init__(self, base_url: str, token: str | None, label: str, version: str) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self.scheme, self.netloc = parts.scheme, parts.netloc
+        self.base = f"/api/v1/labels/{label}/versions/{version}/files/"
+        self.url = f"{base_url}{self.base}"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self.scheme == "https":
+                context = ssl.create_default_context()
+                self._conn = http.client.HTTPSConnection(
+                    self.netloc, timeout=TIMEOUT_S, context=context
+                )
+            else:
+                self._conn = http.client.HTTPConnection(self.netloc, timeout=TIMEOUT_S)
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _get(self, rel: str) -> http.client.HTTPResponse:
+        # Index paths are file names as the primary read them: quoted byte for byte.
+        path = self.base + urllib.parse.quote(rel.encode("utf-8", "surrogateescape"), safe="/")
+        for attempt in (1, 2):
+            try:
+                conn = self._connection()
+                conn.request("GET", path, headers=self.headers)
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if attempt == 2:
+                    raise StoreError(f"{self.url}{rel}: {exc}") from None
+                continue
+            if response.status != 200:
+                body = response.read(512).decode("utf-8", "replace").strip()
+                self.close()
+                raise StoreError(f"{self.url}{rel}: HTTP {response.status}: {body[:200]}")
+            return response
+        raise AssertionError("unreachable")
+
+    def read(self, rel: str, limit: int) -> bytes:
+        """A small file's bytes (manifest, index)."""
+        response = self._get(rel)
+        data = response.read(limit + 1)
+        if len(data) > limit:
+            self.close()
+            raise StoreError(f"{self.url}{rel}: larger than {limit} bytes")
+        return data
+
+    def copy(self, rel: str, out: BinaryIO) -> int | None:
+        """Stream a file into out; its mtime as the primary has it."""
+        response = self._get(rel)
+        try:
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise StoreError(f"{self.url}{rel}: {exc}") from None
+        mtime = response.getheader(MTIME_HEADER)
+        return int(mtime) if mtime is not None and mtime.isdigit() else None

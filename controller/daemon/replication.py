@@ -1,0 +1,317 @@
+"""Replica boot servers (docs/design.md §17): the primary hears acknowledgements, a replica
+follows the primary.
+
+Both talk through the broker, over a connection of their own (not the node
+reports' link): on a replica's broker a mosquitto bridge to the primary's
+broker maps the primary's `events/image/+` and `state/image/+` under
+`<prefix>/primary/`, and carries the replica's `events/replica/<name>`,
+`state/replica/<name>` and its nodes' states and events out to the primary
+(config/mosquitto-replica.conf.example). Nothing here is a home-made
+transport: the bridge is mosquitto's, the files come over the primary's
+HTTP API (controller.daemon.replicafetch).
+
+The primary (`ReplicaAcks`) records each `image.replicated` in the label's
+store (controller.store.holders), where every activation checks
+`replicas_required`; a daemon activation first waits for enough of them.
+
+A replica (`Follower`) fetches each version the primary builds or activates
+(hard links against what it holds, every file checked, staged and renamed),
+acknowledges it, and activates what the primary activates once it holds it.
+When a copy fails it keeps serving its last good version, says so
+(`image.replication_failed`, the retained `replica.state` with `behind`) and
+tries again every `retry_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from controller.core.errors import NetrootError
+from controller.core.log import get_logger
+from controller.daemon.components import Component
+from controller.daemon.context import Context
+from controller.daemon.mqtt import BrokerLink, Message
+from controller.daemon.replicafetch import HttpSource
+from controller.daemon.web.server import read_secret
+from controller.events.envelope import EVENT_MODELS, Envelope
+from controller.events.payloads import (
+    Activated,
+    ActivationReason,
+    BuildSucceeded,
+    ImageReplicated,
+    ImageReplicationFailed,
+    ImageState,
+    Payload,
+    ReplicaLabel,
+    ReplicaState,
+    RolledBack,
+)
+from controller.store import holders, replica
+from controller.store import versions as store
+from controller.store.layout import label_paths
+
+log = get_logger("replication")
+
+Activate = Callable[[str, str, ActivationReason], Awaitable[str | None]]
+MAX_MESSAGE = 64 * 1024
+
+
+def parse_event(message: Message) -> Payload | None:
+    """The payload of a CloudEvent from the broker, checked; None (logged) when it is not one."""
+    if len(message.payload) > MAX_MESSAGE:
+        log.warning("oversized message ignored", topic=message.topic, size=len(message.payload))
+        return None
+    try:
+        envelope = Envelope.model_validate_json(message.payload)
+        model = EVENT_MODELS.get(envelope.type)
+        return None if model is None else model.model_validate(envelope.data)
+    except (ValidationError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:200]
+        log.warning("not a netroot event; ignored", topic=message.topic, error=first)
+        return None
+
+
+def _link(ctx: Context, role: str, subscriptions: list[str]) -> BrokerLink:
+    name = ctx.config.replication.name
+    return BrokerLink(
+        ctx.config.mqtt, client_id=f"netroot-{role}-{name}"[:64], subscriptions=subscriptions
+    )
+
+
+class ReplicaAcks(Component):
+    """The primary's side: replicas' acknowledgements into the store; activations wait on them."""
+
+    name = "replicas"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        topics = ctx.emitter.topics
+        self.link = _link(ctx, "primary", [topics.replica_events_all()])
+        self.acked = asyncio.Event()  # set on every acknowledgement recorded
+        self.states: dict[str, ReplicaState] = {}
+
+    async def run(self) -> None:
+        """Keep the link, record what arrives."""
+        if not self.ctx.config.mqtt.enabled:
+            await asyncio.Event().wait()  # no broker: no replica can be heard
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.link.run(), name="replicas-mqtt")
+            while True:
+                message = await self.link.inbox.get()
+                await self._receive(message)
+
+    async def teardown(self) -> None:
+        """Leave the broker."""
+        await self.link.teardown()
+
+    async def _receive(self, message: Message) -> None:
+        data = parse_event(message)
+        if isinstance(data, ImageReplicated):
+            await self._record(data)
+        elif isinstance(data, ImageReplicationFailed):
+            log.warning(
+                "a replica could not copy a version",
+                replica=data.replica,
+                label=data.label,
+                version=data.version,
+                error=data.error,
+            )
+
+    async def _record(self, ack: ImageReplicated) -> None:
+        config = self.ctx.config
+        if ack.label not in config.labels:
+            log.warning("acknowledgement for an unconfigured label", label=ack.label)
+            return
+        paths = label_paths(config, ack.label)
+        if ack.version not in store.version_ids(paths):
+            log.warning("acknowledgement of a version not in the store", version=ack.version)
+            return
+        await asyncio.to_thread(holders.record, paths, ack.version, ack.replica, datetime.now(UTC))
+        log.info("replica holds version", replica=ack.replica, label=ack.label, version=ack.version)
+        self.acked.set()
+
+    async def wait_held(self, label: str, version: str) -> None:
+        """Return once `replicas_required` replicas hold version, or after `ack_timeout`
+        (the activation then refuses, saying how many hold it)."""
+        replication = self.ctx.config.replication
+        if replication.role != "primary" or replication.replicas_required <= 0:
+            return
+        paths = label_paths(self.ctx.config, label)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(replication.ack_timeout):
+                while True:
+                    self.acked.clear()
+                    held = await asyncio.to_thread(holders.held_by, paths, version)
+                    if len(held) >= replication.replicas_required:
+                        return
+                    log.info(
+                        "activation waits for replicas",
+                        label=label,
+                        version=version,
+                        held=held,
+                        required=replication.replicas_required,
+                    )
+                    await self.acked.wait()
+
+
+class Follower(Component):
+    """A replica's side: copy what the primary builds and activates, acknowledge, follow."""
+
+    name = "replicas"
+
+    def __init__(self, ctx: Context, activate: Activate) -> None:
+        self.ctx = ctx
+        self.activate = activate
+        replication = ctx.config.replication
+        topics = ctx.emitter.topics
+        subscriptions = [topics.upstream_image_events(), topics.upstream_image_state()]
+        self.link = _link(ctx, "replica", subscriptions)
+        self.token = (
+            read_secret(replication.token_file, ctx.config.source, "replication.token_file")
+            if replication.token_file is not None
+            else None
+        )
+        self.wanted: dict[str, set[str]] = {}  # label -> versions to hold
+        self.target: dict[str, str] = {}  # label -> the primary's active version
+        self.errors: dict[str, str] = {}
+        self.wake = asyncio.Event()
+        self._published: ReplicaState | None = None
+
+    async def run(self) -> None:
+        """Keep the link, take the primary's news, work through it."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.link.run(), name="replicas-mqtt")
+            group.create_task(self._work(), name="replicas-work")
+            while True:
+                self._heard(await self.link.inbox.get())
+
+    async def teardown(self) -> None:
+        """Leave the broker."""
+        await self.link.teardown()
+
+    def _heard(self, message: Message) -> None:
+        data = parse_event(message)
+        match data:
+            case ImageState(label=label, active=active) if active is not None:
+                self._want(label, active.version, target=True)
+            case Activated(label=label, version=version) | RolledBack(label=label, version=version):
+                self._want(label, version, target=True)
+            case BuildSucceeded(label=label, version=version):
+                self._want(label, version, target=False)
+            case _:
+                return
+
+    def _want(self, label: str, version: str, *, target: bool) -> None:
+        if label not in self.ctx.config.labels:
+            log.info("the primary's label is not served here", label=label)
+            return
+        self.wanted.setdefault(label, set()).add(version)
+        if target:
+            self.target[label] = version
+        self.wake.set()
+
+    async def _work(self) -> None:
+        retry = self.ctx.config.replication.retry_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), retry if self.errors else None)
+            self.wake.clear()
+            for label in sorted(self.wanted):
+                await self._sync(label)
+            self._publish_state()
+
+    async def _sync(self, label: str) -> None:
+        paths = label_paths(self.ctx.config, label)
+        target = self.target.get(label)
+        # Superseded: an older build the primary never activated is not worth a retry.
+        pending = sorted(v for v in self.wanted.get(label, ()) if target is None or v >= target)
+        self.wanted[label] = set(pending)
+        self.errors.pop(label, None)
+        for version in pending:
+            if not await self._copy(label, version):
+                self.errors.setdefault(label, f"{version}: copy failed")
+                if version == target:
+                    return  # keep serving the last good version
+                continue
+            self.wanted[label].discard(version)
+        if target is not None and store.active_version(paths) != target:
+            if target not in store.version_ids(paths):
+                return
+            error = await self.activate(label, target, "replica")
+            if error is not None:
+                self.errors[label] = f"activating {target}: {error}"
+                log.error("cannot follow the primary's activation", label=label, error=error)
+
+    async def _copy(self, label: str, version: str) -> bool:
+        config = self.ctx.config
+        paths = label_paths(config, label)
+        replication = config.replication
+        source = HttpSource(replication.primary_url, self.token, label, version)
+        link = not config.labels[label].rw  # a node writing its tree shares no inode
+        try:
+            done = await asyncio.to_thread(replica.replicate, paths, version, source, link=link)
+        except (NetrootError, OSError) as exc:
+            self._failed(label, version, str(exc)[:1024])
+            return False
+        finally:
+            source.close()
+        with self.ctx.db.transaction() as tx:
+            ack = ImageReplicated(
+                label=label,
+                replica=replication.name,
+                version=version,
+                fetched_files=done.fetched_files,
+                fetched_bytes=done.fetched_bytes,
+                linked_files=done.linked_files,
+                duration_s=round(done.seconds, 3),
+                held=done.held,
+            )
+            self.ctx.emitter.replica(tx, ack)
+        return True
+
+    def _failed(self, label: str, version: str, error: str) -> None:
+        replication = self.ctx.config.replication
+        log.error("copy from the primary failed", label=label, version=version, error=error)
+        with self.ctx.db.transaction() as tx:
+            failed = ImageReplicationFailed(
+                label=label,
+                replica=replication.name,
+                version=version,
+                error=error,
+                retry_s=replication.retry_interval,
+            )
+            self.ctx.emitter.replica(tx, failed)
+        self.errors[label] = error
+
+    def _publish_state(self) -> None:
+        config = self.ctx.config
+        rows = []
+        for label in sorted(config.labels):
+            active = store.active_version(label_paths(config, label))
+            primary = self.target.get(label)
+            rows.append(
+                ReplicaLabel(
+                    label=label,
+                    active=active,
+                    primary_active=primary,
+                    behind=primary is not None and active != primary,
+                    error=self.errors.get(label, "")[:1024],
+                )
+            )
+        state = ReplicaState(
+            replica=config.replication.name,
+            primary_url=config.replication.primary_url,
+            labels=tuple(rows),
+        )
+        if state == self._published:
+            return
+        self._published = state
+        with self.ctx.db.transaction() as tx:
+            self.ctx.emitter.replica_state(tx, state)
+        behind = [r.label for r in rows if r.behind]
+        log.info("replica state", behind=behind, errors=dict(self.errors))
