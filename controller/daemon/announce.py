@@ -24,7 +24,7 @@ from controller.config.models import Config
 from controller.core.errors import StoreError
 from controller.daemon.builds import BuildRow
 from controller.daemon.db import Closing, Database, DatabaseError, Tx, db_path
-from controller.daemon.emit import Emitter
+from controller.daemon.emit import Emitter, event_source
 from controller.events.payloads import (
     Activated,
     ActivationReason,
@@ -154,7 +154,7 @@ class Announcer(Closing):
 
     def __init__(self, config: Config) -> None:
         self.db = Database(db_path(config), outbox_limit=config.mqtt.outbox_limit)
-        self.emitter = Emitter(Topics(config.mqtt.topic_prefix))
+        self.emitter = Emitter(Topics(config.mqtt.topic_prefix), event_source(config))
 
     def close(self) -> None:
         """Close the database."""

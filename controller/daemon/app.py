@@ -25,7 +25,7 @@ from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.db import Database, db_path
 from controller.daemon.debounce import Batch, affected_labels
-from controller.daemon.emit import Emitter
+from controller.daemon.emit import Emitter, event_source
 from controller.daemon.images import ImageBook
 from controller.daemon.imagewatch import ImageWatch
 from controller.daemon.journal import JournalKeeper
@@ -107,7 +107,7 @@ class Daemon:
                 await self._serve(db)
 
     def _context(self, db: Database) -> Context:
-        emitter = Emitter(Topics(self.config.mqtt.topic_prefix))
+        emitter = Emitter(Topics(self.config.mqtt.topic_prefix), event_source(self.config))
         nodes = NodeBook(db, emitter, self.config)
         images = ImageBook(db, emitter, nodes)
         return Context(self.config, self.config_path, db, emitter, nodes, images)

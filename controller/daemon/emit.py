@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from controller import __version__
+from controller.config.models import Config
 from controller.core.log import get_logger
 from controller.daemon.db import Tx
 from controller.daemon.mqtt import Message
@@ -34,6 +35,14 @@ log = get_logger("events")
 def default_source() -> str:
     """The CloudEvents source of this controller (a URI: odd host names are quoted)."""
     return f"netroot://{urllib.parse.quote(socket.gethostname(), safe='-.')}"
+
+
+def event_source(config: Config) -> str:
+    """This server's CloudEvents source: its [replication] name when one is set (two boot
+    servers on one broker must not look alike), else its host name."""
+    if "name" in config.replication.model_fields_set:
+        return f"netroot://{config.replication.name}"
+    return default_source()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,15 +9,41 @@ connection; an HTTP error names the URL and the status.
 from __future__ import annotations
 
 import http.client
+import json
 import ssl
 import urllib.parse
 from typing import BinaryIO
 
 from controller.core.errors import StoreError
+from controller.core.ids import is_store_version
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0
+MAX_LISTING = 16 << 20
 MTIME_HEADER = "X-Netroot-Mtime-Ns"  # controller.daemon.web.versionfiles sends it
+
+
+def primary_versions(base_url: str, token: str | None, label: str) -> list[tuple[str, bool]]:
+    """(version, active) of each version the primary holds of label, oldest first.
+
+    The catch-up of a replica that missed events (its bridge was down): the
+    primary's `/api/v1/labels/<label>/versions`, checked row by row.
+    """
+    source = HttpSource(base_url, token, label, "")
+    source.base = f"/api/v1/labels/{label}/versions"
+    try:
+        response = source._get("")
+        data = response.read(MAX_LISTING + 1)
+    finally:
+        source.close()
+    if len(data) > MAX_LISTING:
+        raise StoreError(f"{base_url}{source.base}: listing larger than {MAX_LISTING} bytes")
+    try:
+        rows = json.loads(data)
+        found = [(str(row["version"]), row["active"] is True) for row in rows]
+    except (ValueError, TypeError, KeyError):
+        raise StoreError(f"{base_url}{source.base}: not a list of versions") from None
+    return [(v, active) for v, active in found if is_store_version(v)]
 
 
 class HttpSource:

@@ -36,7 +36,7 @@ from controller.core.log import get_logger
 from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.mqtt import BrokerLink, Message
-from controller.daemon.replicafetch import HttpSource
+from controller.daemon.replicafetch import HttpSource, primary_versions
 from controller.daemon.web.server import read_secret
 from controller.events.envelope import EVENT_MODELS, Envelope
 from controller.events.payloads import (
@@ -59,6 +59,7 @@ log = get_logger("replication")
 
 Activate = Callable[[str, str, ActivationReason], Awaitable[str | None]]
 MAX_MESSAGE = 64 * 1024
+CATCH_UP = 3  # newest versions of the primary a replica makes sure to hold
 
 
 def parse_event(message: Message) -> Payload | None:
@@ -181,6 +182,7 @@ class Follower(Component):
         self.errors: dict[str, str] = {}
         self.wake = asyncio.Event()
         self._published: ReplicaState | None = None
+        self.acknowledged: set[tuple[str, str]] = set()  # (label, version) said this run
 
     async def run(self) -> None:
         """Keep the link, take the primary's news, work through it."""
@@ -207,23 +209,59 @@ class Follower(Component):
                 return
 
     def _want(self, label: str, version: str, *, target: bool) -> None:
+        """Hold version (and follow it, when the primary has it active); wakes the work
+        only when that is news."""
         if label not in self.ctx.config.labels:
             log.info("the primary's label is not served here", label=label)
             return
-        self.wanted.setdefault(label, set()).add(version)
-        if target:
+        changed = False
+        if target and self.target.get(label) != version:
             self.target[label] = version
-        self.wake.set()
+            changed = True
+        held = version in store.version_ids(label_paths(self.ctx.config, label))
+        versions = self.wanted.setdefault(label, set())
+        if not held and version not in versions:
+            versions.add(version)
+            changed = True
+        if changed:
+            self.wake.set()
 
     async def _work(self) -> None:
         retry = self.ctx.config.replication.retry_interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), retry if self.errors else None)
             self.wake.clear()
+            await self._catch_up()
             for label in sorted(self.wanted):
                 await self._sync(label)
             self._publish_state()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), retry)
+
+    async def _catch_up(self) -> None:
+        """Ask the primary what it holds and has active: the bus brings news promptly,
+        this finds what a replica missed while its bridge or the primary was away."""
+        replication = self.ctx.config.replication
+        for label in sorted(self.ctx.config.labels):
+            try:
+                rows = await asyncio.to_thread(
+                    primary_versions, replication.primary_url, self.token, label
+                )
+            except NetrootError as exc:
+                self.errors[label] = f"primary unreachable: {exc}"[:1024]
+                log.warning("cannot list the primary's versions", label=label, error=str(exc))
+                continue
+            held = set(store.version_ids(label_paths(self.ctx.config, label)))
+            active = next((v for v, is_active in rows if is_active), None)
+            for version, _ in rows[-CATCH_UP:]:
+                if version not in held and (active is None or version >= active):
+                    self._want(label, version, target=False)
+            if active is not None:
+                self._want(label, active, target=True)
+            # What the primary lists and this server holds, it says once per start: an
+            # acknowledgement lost while the bridge was down is not lost for good.
+            for version, _ in rows:
+                if version in held and (label, version) not in self.acknowledged:
+                    self.wanted.setdefault(label, set()).add(version)
 
     async def _sync(self, label: str) -> None:
         paths = label_paths(self.ctx.config, label)
@@ -272,6 +310,7 @@ class Follower(Component):
                 held=done.held,
             )
             self.ctx.emitter.replica(tx, ack)
+        self.acknowledged.add((label, version))
         return True
 
     def _failed(self, label: str, version: str, error: str) -> None:

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -202,8 +201,12 @@ class Collector:
 class Controller:
     """`netroot serve` as systemd would run it: a notify socket, signals, a log file."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(
+        self, ws: Workspace, prefix: tuple[str, ...] = (), args: tuple[str, ...] = ()
+    ) -> None:
         self.ws = ws
+        self.prefix = prefix  # such as `ip netns exec NS`
+        self.args = args  # after `serve`
         self.log = ws.root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._sockdir = Path(tempfile.mkdtemp(prefix="nr-notify-"))  # short: sun_path limit
@@ -232,7 +235,7 @@ class Controller:
         }
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller", "--config", str(self.ws.config), "serve"],
+                [*self.prefix, *self.ws.argv("serve", *self.args)],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,
