@@ -250,7 +250,7 @@ def _first_version(s: Sites) -> str:
     wait_for(lambda: active(s.replica) == v1, "the replica to activate v1")
     s.replica.run("verify", "demo", v1, "--deep")
     assert s.replica.export_link.resolve() == s.replica.images() / v1 / "rootfs"
-    return v1
+    return str(v1)
 
 
 def _overlay_edit(s: Sites) -> str:
