@@ -18,6 +18,8 @@ each fetched file must have the size and sha256 its line promises.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import os
@@ -41,6 +43,12 @@ from controller.store.manifest import BootArtifact, Manifest
 from controller.store.safepath import open_regular_beneath
 
 MAX_MANIFEST = 1 << 20
+# Extended attributes (file capabilities, POSIX ACLs) are not in the index: the source
+# lists them for the whole tree as this JSON document, {path: {name: base64 value}}.
+XATTRS_NAME = "xattrs.json"
+MAX_XATTRS = 64 << 20
+MAX_XATTR_VALUE = 64 << 10
+XATTR_NAMESPACES = ("security.", "system.", "trusted.", "user.")
 MAX_INDEX = 1 << 30
 LINK_SOURCES = 3  # newest local versions searched for identical files
 _KINDS = frozenset("fdlcbps")
@@ -191,6 +199,70 @@ def _boot_name(artifact: BootArtifact) -> str:
     return artifact.name
 
 
+Xattrs = dict[str, dict[str, bytes]]
+
+
+def _entry_xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}  # a filesystem without them has none to copy
+    return {n: os.getxattr(path, n, follow_symlinks=False) for n in sorted(names)}
+
+
+def tree_xattrs(rootfs: Path) -> Xattrs:
+    """Every entry's extended attributes, by index path ('.' the root)."""
+    found: Xattrs = {}
+    pending = [(os.fspath(rootfs), ".")]
+    while pending:
+        directory, rel = pending.pop()
+        if attrs := _entry_xattrs(directory):
+            found[rel] = attrs
+        with os.scandir(directory) as it:
+            for item in it:
+                child = item.name if rel == "." else f"{rel}/{item.name}"
+                if item.is_dir(follow_symlinks=False):
+                    pending.append((item.path, child))
+                elif attrs := _entry_xattrs(item.path):
+                    found[child] = attrs
+    return found
+
+
+def render_xattrs(found: Xattrs) -> bytes:
+    """The source's xattrs.json."""
+    doc = {p: {n: base64.b64encode(v).decode() for n, v in a.items()} for p, a in found.items()}
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def parse_xattrs(data: bytes, index: treeindex.Index) -> Xattrs:
+    """xattrs.json checked: paths of the index, known namespaces, bounded values."""
+    refused = VerifyError(f"{XATTRS_NAME}: not a document of extended attributes")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise refused from None
+    if not isinstance(doc, dict):
+        raise refused
+    found: Xattrs = {}
+    for path, attrs in doc.items():
+        if path not in index or not isinstance(attrs, dict):
+            raise VerifyError(f"{XATTRS_NAME}: {str(path)[:80]!r} is not an entry of the index")
+        found[path] = {name: _xattr_value(path, name, value) for name, value in attrs.items()}
+    return found
+
+
+def _xattr_value(path: str, name: object, value: object) -> bytes:
+    if not isinstance(name, str) or not name.startswith(XATTR_NAMESPACES) or len(name) > 255:
+        raise VerifyError(f"{XATTRS_NAME}: {path!r}: attribute {str(name)[:80]!r} refused")
+    try:
+        decoded = base64.b64decode(value, validate=True)  # type: ignore[arg-type]
+    except (TypeError, ValueError, binascii.Error):
+        raise VerifyError(f"{XATTRS_NAME}: {path!r}: {name}: not base64") from None
+    if len(decoded) > MAX_XATTR_VALUE:
+        raise VerifyError(f"{XATTRS_NAME}: {path!r}: {name} too large")
+    return decoded
+
+
 class _Copy:
     """One staged copy of a version, made entry by entry from the index."""
 
@@ -200,9 +272,14 @@ class _Copy:
         self.rootfs = staging / "rootfs"
         self.files, self.boot = _link_sources(paths) if link else ({}, {})
         self.fetched_files = self.fetched_bytes = self.linked = 0
+        self.xattrs: Xattrs = {}
 
     def file(self, rel: str, dest: Path, line_rest: str, size: int, sha256: str) -> None:
-        if _link(self.files.get(line_rest), dest):
+        # A hard link shares the inode's attributes too: only one that has none, for a
+        # file that wants none (what wants some is fetched and given them).
+        src = self.files.get(line_rest)
+        plain = rel.removeprefix("rootfs/") not in self.xattrs
+        if plain and src is not None and not _entry_xattrs(os.fspath(src)) and _link(src, dest):
             self.linked += 1
             return
         _fetch(self.source, rel, dest, size, sha256)
@@ -223,6 +300,20 @@ class _Copy:
         for dest, line in reversed(dirs):
             os.chown(dest, line.uid, line.gid)
             dest.chmod(line.mode)
+        # Attributes after every chown, which drops file capabilities.
+        for path, attrs in self.xattrs.items():
+            dest = self.rootfs if path == "." else self.rootfs / path
+            for name, value in attrs.items():
+                os.setxattr(dest, name, value, follow_symlinks=False)
+
+    def check_xattrs(self) -> None:
+        """The copy's attributes are exactly the source's."""
+        made = tree_xattrs(self.rootfs)
+        if made != self.xattrs:
+            differ = sorted(made.keys() ^ self.xattrs.keys()) or sorted(
+                p for p in made if made[p] != self.xattrs.get(p)
+            )
+            raise VerifyError(f"{self.rootfs}: extended attributes differ at {differ[:3]}")
 
     def _entry(self, path: str, dest: Path, line: Line, rest: str) -> None:
         if line.kind == "d":
@@ -318,11 +409,13 @@ def replicate(
     staging.mkdir(mode=0o700)
     try:
         copy = _Copy(source, staging, link=link, paths=paths)
+        copy.xattrs = parse_xattrs(source.read(XATTRS_NAME, MAX_XATTRS), index)
         copy.tree(index, progress)
         copy.boot_files(manifest)
         fsops.write_atomic(staging / store.INDEX_NAME, index_bytes, 0o600, durable=False)
         fsops.write_atomic(staging / "manifest.json", manifest_bytes, 0o644, durable=False)
         store.verify_tree(staging, manifest, depth="deep")
+        copy.check_xattrs()
         _commit(paths, staging, version)
     except BaseException:
         fsops.remove_tree(staging)
@@ -355,7 +448,9 @@ class DirectorySource:
         return self.directory.joinpath(*parts)
 
     def read(self, rel: str, limit: int) -> bytes:
-        """The file's bytes, refused beyond limit."""
+        """The file's bytes, refused beyond limit (xattrs.json: made from the tree)."""
+        if rel == XATTRS_NAME:
+            return render_xattrs(tree_xattrs(self.directory / "rootfs"))
         with self._open(rel) as f:
             data = f.read(limit + 1)
         if len(data) > limit:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,6 +44,11 @@ def pair(tmp_path: Path) -> tuple[Workspace, Workspace]:
     os.symlink("../usr/bin/tool", primary.tree / "etc" / "tool-link")
     os.mkfifo(primary.tree / "var" / "lib" / "fifo")
     os.chown(primary.tree / "etc" / "hostname", 1234, 5678)
+    # What the index does not hold: a file capability (after chown, which clears it) and
+    # user attributes on a file and a directory.
+    subprocess.run(["setcap", "cap_net_raw=ep", primary.tree / "usr" / "bin" / "tool"], check=True)
+    os.setxattr(primary.tree / "etc" / "hostname", "user.netroot", b"file")
+    os.setxattr(primary.tree / "var" / "lib", "user.netroot", b"dir")
     primary.write()
     replica_ws = Workspace(tmp_path / "replica").write()
     return primary, replica_ws
@@ -70,6 +76,9 @@ def test_a_copied_version_verifies_deep_and_links_what_did_not_change(
     assert os.readlink(dst.rootfs(first) / "etc" / "tool-link") == "../usr/bin/tool"
     hostname = (dst.rootfs(first) / "etc" / "hostname").stat()
     assert (hostname.st_uid, hostname.st_gid) == (1234, 5678)
+    assert replica.tree_xattrs(dst.rootfs(first)) == replica.tree_xattrs(src.rootfs(first))
+    assert os.getxattr(tool, "security.capability")
+    assert os.getxattr(dst.rootfs(first) / "var" / "lib", "user.netroot") == b"dir"
     # Modification times travel with the content (a .pyc names its source's mtime).
     assert hostname.st_mtime_ns == (src.rootfs(first) / "etc" / "hostname").stat().st_mtime_ns
 
@@ -86,8 +95,12 @@ def test_a_copied_version_verifies_deep_and_links_what_did_not_change(
         if rest.startswith("f\t") and rest not in index.values()
     }
     assert "etc/motd" in changed and len(changed) <= 3, changed
-    assert done.fetched_files == len(changed), done
-    assert done.fetched_bytes == sum(int(rest.split("\t")[4]) for rest in changed.values())
+    # ... and the files with attributes: a link would share them with the old version
+    with_attrs = {"etc/hostname", "usr/bin/tool"}
+    assert done.fetched_files == len(changed.keys() | with_attrs), done
+    second_index = treeindex.parse((src.version(second) / "files.idx").read_bytes())
+    fetched = changed.keys() | with_attrs
+    assert done.fetched_bytes == sum(int(second_index[p].split("\t")[4]) for p in fetched)
     assert done.linked_files > 300
     rep.run("verify", rep.label, second, "--deep")
     old = dst.rootfs(first) / "usr" / "lib" / "pkg0000" / "file000007"
@@ -101,12 +114,22 @@ def test_a_copied_version_verifies_deep_and_links_what_did_not_change(
 class Tampered:
     """The primary's version, with one file's bytes or the index (and manifest digest) changed."""
 
-    def __init__(self, directory: Path, *, files: dict[str, bytes], index: bytes | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        files: dict[str, bytes],
+        index: bytes | None = None,
+        xattrs: bytes | None = None,
+    ):
         self.inner = replica.DirectorySource(directory)
         self.files = files
         self.index = index
+        self.xattrs = xattrs
 
     def read(self, rel: str, limit: int) -> bytes:
+        if self.xattrs is not None and rel == replica.XATTRS_NAME:
+            return self.xattrs
         data = self.inner.read(rel, limit)
         if self.index is not None and rel == "files.idx":
             return self.index
@@ -155,3 +178,11 @@ def test_a_hostile_source_is_refused_and_leaves_nothing(
     error = _hostile(rep, version, Tampered(src, files={}, index=treeindex.render(through_link)))
     assert "parent is not a directory" in error
     assert not (tmp_path / "planted").exists() and not outside.exists()
+    for doc, said in (
+        (b'{"etc/hostname": {"evil.ns": "AA=="}}', "attribute 'evil.ns' refused"),
+        (b'{"../../etc/passwd": {"user.x": "AA=="}}', "is not an entry of the index"),
+        (b'{"etc/hostname": {"user.x": "not base64!"}}', "not base64"),
+        (b"[]", "not a document of extended attributes"),
+    ):
+        error = _hostile(rep, version, Tampered(src, files={}, xattrs=doc))
+        assert said in error, error

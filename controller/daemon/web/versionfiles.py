@@ -4,9 +4,11 @@ GET /api/v1/labels/<label>/versions/<version>/files/<rel>, where rel is
 manifest.json, files.idx, boot/<name> or rootfs/<path>: the bytes of that
 regular file, reached through real directories only (controller.store.replica
 decides what may be read), with its modification time in
-`X-Netroot-Mtime-Ns`. Anything else, a label not configured or a version not
-committed, is 404 and nothing more. The route sits behind the API's bearer
-token, like every other: an image holds what only its nodes may read.
+`X-Netroot-Mtime-Ns`; xattrs.json: the extended attributes of the whole tree
+(file capabilities, ACLs: the index does not hold them). Anything else, a
+label not configured or a version not committed, is 404 and nothing more.
+The route sits behind the API's bearer token, like every other: an image
+holds what only its nodes may read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 from aiohttp import web
 
 from controller.config.models import Config
+from controller.core.ids import is_store_version
 from controller.store import replica
 from controller.store.layout import label_paths
 
@@ -39,9 +42,23 @@ def _read_small(fd: int, size: int) -> bytes:
     return os.pread(fd, size, 0)
 
 
+def _xattrs(config: Config, label: str, version: str) -> bytes | None:
+    if label not in config.labels or not is_store_version(version):
+        return None
+    rootfs = label_paths(config, label).rootfs(version)
+    if not rootfs.is_dir() or rootfs.is_symlink():
+        return None
+    return replica.render_xattrs(replica.tree_xattrs(rootfs))
+
+
 async def send_version_file(request: web.Request, config: Config) -> web.StreamResponse:
     """The handler's body: one file of a committed version, or 404."""
     match = request.match_info
+    if match["rel"] == replica.XATTRS_NAME:  # not a file: the tree's attributes, listed now
+        doc = await asyncio.to_thread(_xattrs, config, match["label"], match["version"])
+        if doc is None:
+            return web.json_response({"error": "no such committed version"}, status=404)
+        return web.Response(body=doc, content_type="application/json")
     opened = await asyncio.to_thread(_open, config, match["label"], match["version"], match["rel"])
     if opened is None:
         return web.json_response({"error": "no such file in a committed version"}, status=404)
