@@ -38,6 +38,9 @@ from controller.daemon.mqtt import BrokerLink, Message
 from controller.daemon.spool import DhcpRecord, write_record
 from controller.events.envelope import Envelope, json_schemas
 from controller.events.topics import Topics
+from controller.store import holders
+from controller.store import versions as store
+from controller.store.layout import label_paths
 
 DHCP_IGNORED = ("del", "init", "tftp", "arp", "arp-del", "relay-snoop")
 
@@ -149,6 +152,7 @@ def cmd_status(opts: Common) -> int:
     pid = holder_pid(lock_path(config.state_dir))
     report: dict[str, Any] = {"daemon": {"running": pid is not None, "pid": pid}}
     report["paths"] = _paths(config)
+    report["replication"] = _replication(config)
     db = _open_db(config)
     if db is None:
         report.update(labels={}, nodes={}, outbox={"pending": 0, "dropped": 0}, rollouts=[])
@@ -177,7 +181,45 @@ def cmd_status(opts: Common) -> int:
     outbox = report["outbox"]
     print(f"outbox: {outbox['pending']} undelivered, {outbox['dropped']} dropped at the bound")
     _print_rollouts(report.get("rollouts", []))
+    _print_replication(report["replication"])
     return 0
+
+
+def _replication(config: Config) -> dict[str, Any]:
+    """This server's role; on a primary, which replicas hold each label's newest versions."""
+    replication = config.replication
+    out: dict[str, Any] = {"role": replication.role, "name": replication.name}
+    if replication.role == "replica":
+        return {**out, "primary_url": replication.primary_url}
+    held: dict[str, dict[str, list[str]]] = {}
+    for label in sorted(config.labels):
+        paths = label_paths(config, label)
+        try:
+            acks = holders.read_holders(paths).acks
+        except NetrootError as exc:
+            held[label] = {"error": [str(exc)]}
+            continue
+        newest = store.version_ids(paths)[-3:]
+        held[label] = {v: sorted(acks.get(v, {})) for v in newest}
+    return {**out, "replicas_required": replication.replicas_required, "held_by": held}
+
+
+def _print_replication(info: dict[str, Any]) -> None:
+    if info["role"] == "replica":
+        print(f"replication: replica {info['name']} of {info['primary_url']}")
+        return
+    required = info["replicas_required"]
+    held = {label: v for label, v in info["held_by"].items() if any(v.values())}
+    if not required and not held:
+        return  # one boot server: nothing to say
+    print(f"replication: primary {info['name']}, replicas_required = {required}")
+    rows = [
+        [label, version, ", ".join(names) or "none"]
+        for label, versions in info["held_by"].items()
+        for version, names in versions.items()
+    ]
+    if rows:
+        table(["LABEL", "VERSION", "HELD BY REPLICAS"], rows)
 
 
 def _paths(config: Config) -> dict[str, Any]:
