@@ -12,137 +12,43 @@ and the replica's node states; `netroot versions` and `verify --deep` on the
 replica show the primary's versions, active as on the primary; with the
 replica stopped, the primary refuses to activate and says why; started
 again, the replica catches up. Not here: Ganesha serving each namespace's
-store and a VM booting from the replica (README, "What is tested where").
+store (tests/integration/test_boot_e2e.py boots a VM from a replica).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import re
-import shutil
-import socket
 import subprocess
-import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from integration.harness import Collector, Controller, wait_for
-from support import REPO, Workspace, make_root_tree
+from integration.twoservers import (
+    HTTP_PORT,
+    MQTT_PORT,
+    PRIMARY,
+    REPLICA,
+    NsBroker,
+    in_netns,
+    shipped_bridge,
+    two_namespaces,
+)
+from support import Workspace, make_root_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-PRIMARY, REPLICA = "10.77.5.1", "10.77.5.2"
-MQTT_PORT, HTTP_PORT = 1883, 9650
-CLONE_NEWNET = 0x40000000
 MAC = "52:54:00:aa:bb:01"
 BOOT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
-
-T = TypeVar("T")
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, timeout=30)
-
-
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """fn's result, run in a thread that joined network namespace ns: the sockets it
-    opens, and the threads it starts (paho's loop), live there."""
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                out["error"] = OSError(ctypes.get_errno(), "setns")
-                return
-        finally:
-            os.close(fd)
-        try:
-            out["value"] = fn()
-        except BaseException as exc:
-            out["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]  # type: ignore[no-any-return]
-
-
-def listening(ns: str, port: int) -> bool:
-    def probe() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-        except OSError:
-            return False
-        return True
-
-    return in_netns(ns, probe)
 
 
 @pytest.fixture
 def namespaces() -> Iterator[tuple[str, str]]:
-    """(primary ns, replica ns), joined by a veth pair; removed afterwards."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.fail("network namespaces need root and iproute2 (run .ci/setup as root)")
-    tag = uuid.uuid4().hex[:6]
-    pns, rns = f"nr-pri-{tag}", f"nr-rep-{tag}"
-    pif, rif = f"nrp{tag}", f"nrr{tag}"
-    ip("netns", "add", pns)
-    ip("netns", "add", rns)
-    try:
-        ip("link", "add", pif, "type", "veth", "peer", "name", rif)
-        ip("link", "set", pif, "netns", pns)
-        ip("link", "set", rif, "netns", rns)
-        ip("-n", pns, "addr", "add", f"{PRIMARY}/24", "dev", pif)
-        ip("-n", rns, "addr", "add", f"{REPLICA}/24", "dev", rif)
-        for ns, dev in ((pns, pif), (rns, rif)):
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", ns, "link", "set", dev, "up")
-        yield pns, rns
-    finally:
-        for ns in (pns, rns):
-            subprocess.run(["ip", "netns", "del", ns], check=False, timeout=30)
-
-
-class NsBroker:
-    """mosquitto in a namespace, on MQTT_PORT, with the given config lines."""
-
-    def __init__(self, ns: str, root: Path, lines: str) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.ns, self.log = ns, root / "mosquitto.log"
-        conf = root / "mosquitto.conf"
-        conf.write_text(f"{lines}\nuser root\nlog_dest file {self.log}\nlog_type all\n")
-        with (root / "stderr").open("wb") as stderr:
-            self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, "mosquitto", "-c", str(conf)],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        wait_for(lambda: listening(ns, MQTT_PORT), f"mosquitto in {ns}", timeout=20)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
-
-
-def shipped_bridge() -> str:
-    """config/mosquitto-replica.conf.example as shipped, pointed at this test's primary."""
-    text = (REPO / "config" / "mosquitto-replica.conf.example").read_text()
-    text = re.sub(r"(?m)^address .*$", f"address {PRIMARY}:{MQTT_PORT}", text)
-    # This test's primary broker is anonymous and without TLS.
-    return re.sub(r"(?m)^(remote_username|remote_password|bridge_cafile) .*$", "", text)
+    """(primary ns, replica ns)."""
+    with two_namespaces() as found:
+        yield found
 
 
 def versions(ws: Workspace) -> list[dict[str, Any]]:
