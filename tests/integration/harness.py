@@ -186,8 +186,10 @@ class Collector:
                 out.append(env)
         return out
 
-    def wait_event(self, kind: str, count: int = 1, **data: Any) -> list[dict[str, Any]]:
-        """Wait for `count` events of a type whose data has the given fields."""
+    def wait_event(
+        self, kind: str, count: int = 1, *, within: float = WAIT_S, **data: Any
+    ) -> list[dict[str, Any]]:
+        """Wait (at most `within` s) for `count` events of a type whose data has the fields."""
 
         def probe() -> list[dict[str, Any]] | None:
             found = [
@@ -195,7 +197,7 @@ class Collector:
             ]
             return found if len(found) >= count else None
 
-        return wait_for(probe, f"{count} {kind} event(s) with {data}")
+        return wait_for(probe, f"{count} {kind} event(s) with {data}", within)
 
 
 class Controller:

@@ -31,6 +31,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from integration.harness import Collector, wait_for
+from integration.twoservers import (
+    HTTP_PORT,
+    MQTT_PORT,
+    PRIMARY,
+    NsBroker,
+    in_netns,
+    shipped_bridge,
+    two_namespaces,
+)
 from support import Mosquitto
 
 from controller.events.node_messages import NodeReport, parse_node_message
@@ -434,6 +444,7 @@ def test_bad_requests_are_one_line_errors(lab: Lab, args: tuple[str, ...], words
 # Issue 14: a live edit reaches a running node through the daemon and the agent's
 # remount; the ssh command `netroot boot` prints works with the key it installed.
 MAC5 = "52:54:00:7e:57:05"
+MAC6 = "52:54:00:7e:57:06"
 LOOP = "usr/local/bin/netroot-loop"
 LOOP_V1 = '#!/bin/sh\n# v1\necho "v1 $$" >> /run/netroot-loop.log\nwhile :; do sleep 1; done\n'
 
@@ -698,3 +709,90 @@ def check_canary_round(
             assert failed["output_tail"] == health.output and health.exit_code != 0
     finally:
         images.close()
+
+
+def test_a_vm_booted_from_a_replica_reaches_the_primarys_broker(lab: Lab, tmp_path: Path) -> None:
+    """Issue 12: the primary (this lab's store, its daemon) and a replica in two network
+    namespaces, brokers bridged as shipped. The replica copies the active version over
+    the primary's HTTP API and activates it; a VM booted in the replica's namespace from
+    the replica's store and NFS server reports to the replica's broker, and the primary's
+    broker shows the node on that version, tracked by the replica."""
+    marker = lab.overlays / "debian12" / "etc" / "netroot-replica-marker"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("copied from the primary\n")
+    version = lab.build("debian12")
+    token = tmp_path / "primary.token"
+    token.write_text("e2e-replica-token-0123456789\n")
+    token.chmod(0o600)
+    common = (f'recipes_dir = "{REPO / "recipes"}"\nbase_dir = "{REPO / "base"}"\n'
+              f'[mqtt]\nhost = "127.0.0.1"\nport = {MQTT_PORT}\n')  # fmt: skip
+    label = f'[labels.debian12]\nrecipe = "{REPO / "recipes" / "debian12.toml"}"\n'
+    primary_conf = tmp_path / "primary.toml"
+    primary_conf.write_text(
+        f'state_dir = "{lab.state}"\noverlays_dir = "{lab.overlays}"\n'
+        f'export_root = "{lab.root / "export"}"\ntftp_root = "{lab.root / "tftp"}"\n{common}'
+        f'[http]\nlisten = "{PRIMARY}:{HTTP_PORT}"\ntoken_file = "{token}"\n'
+        f'[replication]\nname = "boot1"\n{label}'
+    )
+    replica = tmp_path / "replica"
+    replica_conf = tmp_path / "replica.toml"
+    replica_conf.write_text(
+        f'state_dir = "{replica / "state"}"\noverlays_dir = "{replica / "overlays"}"\n'
+        f'export_root = "{replica / "export"}"\ntftp_root = "{replica / "tftp"}"\n{common}'
+        '[http]\nlisten = ""\n'
+        f'[replication]\nrole = "replica"\nname = "boot2"\n'
+        f'primary_url = "http://{PRIMARY}:{HTTP_PORT}"\ntoken_file = "{token}"\n{label}'
+    )
+    daemons: list[subprocess.Popen[bytes]] = []
+    with two_namespaces() as (pns, rns):
+        anonymous = f"listener {MQTT_PORT} 0.0.0.0\nallow_anonymous true"
+        p_broker = NsBroker(pns, tmp_path / "p-broker", anonymous)
+        bridged = f"listener {MQTT_PORT} 127.0.0.1\nallow_anonymous true\n{shipped_bridge()}"
+        r_broker = NsBroker(rns, tmp_path / "r-broker", bridged)
+        collector = in_netns(pns, lambda: Collector(MQTT_PORT))
+        try:
+            for ns, conf in ((pns, primary_conf), (rns, replica_conf)):
+                with (tmp_path / f"{ns}.log").open("wb") as log:
+                    daemons.append(subprocess.Popen(
+                        ["ip", "netns", "exec", ns, sys.executable, "-m", "controller",
+                         "--config", str(conf), "serve"],
+                        cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
+                    ))  # fmt: skip
+            ack = collector.wait_event("image.replicated", within=900, version=version)[0]
+            assert ack["source"] == "netroot://boot2" and ack["data"]["fetched_files"] > 1000
+
+            def replica_active() -> bool:
+                done = subprocess.run(
+                    [sys.executable, "-m", "controller", "--config", str(replica_conf),
+                     "--json", "versions", "debian12"],
+                    cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                )  # fmt: skip
+                rows = json.loads(done.stdout) if done.returncode == 0 else []
+                return any(r["version"] == version and r["active"] for r in rows)
+
+            wait_for(replica_active, "the replica to activate the copy", 300)
+            copied = replica / "state" / "images" / "debian12" / version / "rootfs"
+            assert (copied / "etc" / "netroot-replica-marker").read_text() == marker.read_text()
+            boot = subprocess.run(
+                ["ip", "netns", "exec", rns, sys.executable, "-m", "controller",
+                 "--config", str(replica_conf), "--json", "boot", "debian12", "--headless",
+                 "--mac", MAC6, "--stop-after-report", "--timeout", str(BOOT_WAIT)],
+                cwd=REPO, capture_output=True, text=True, timeout=BOOT_WAIT + 300, check=False,
+            )  # fmt: skip
+            assert boot.returncode == 0, boot.stdout[-3000:] + boot.stderr[-3000:]
+
+            def node_state() -> dict[str, Any] | None:
+                found = [m for m in collector.all() if m.topic == f"netroot/state/node/{MAC6}"]
+                data = found[-1].json() if found else None
+                return data if data and data["data"].get("version") == version else None
+
+            state = wait_for(node_state, "the node's state on the primary's broker", 300)
+            assert state["source"] == "netroot://boot2", state
+            assert state["data"]["label"] == "debian12"
+        finally:
+            collector.close()
+            for daemon in daemons:
+                daemon.terminate()
+                daemon.wait(60)
+            p_broker.stop()
+            r_broker.stop()
