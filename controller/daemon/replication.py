@@ -93,7 +93,9 @@ class ReplicaAcks(Component):
         self.ctx = ctx
         topics = ctx.emitter.topics
         self.link = _link(ctx, "primary", [topics.replica_events_all()])
-        self.acked = asyncio.Event()  # set on every acknowledgement recorded
+        # Set, then replaced, on every acknowledgement recorded: a waiter that took it
+        # before looking at the store cannot miss one that came while it looked.
+        self.acked = asyncio.Event()
         self.states: dict[str, ReplicaState] = {}
 
     async def run(self) -> None:
@@ -135,6 +137,7 @@ class ReplicaAcks(Component):
         await asyncio.to_thread(holders.record, paths, ack.version, ack.replica, datetime.now(UTC))
         log.info("replica holds version", replica=ack.replica, label=ack.label, version=ack.version)
         self.acked.set()
+        self.acked = asyncio.Event()
 
     async def wait_held(self, label: str, version: str) -> None:
         """Return once `replicas_required` replicas hold version, or after `ack_timeout`
@@ -146,7 +149,7 @@ class ReplicaAcks(Component):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(replication.ack_timeout):
                 while True:
-                    self.acked.clear()
+                    acked = self.acked
                     held = await asyncio.to_thread(holders.held_by, paths, version)
                     if len(held) >= replication.replicas_required:
                         return
@@ -157,7 +160,7 @@ class ReplicaAcks(Component):
                         held=held,
                         required=replication.replicas_required,
                     )
-                    await self.acked.wait()
+                    await acked.wait()
 
 
 class Follower(Component):

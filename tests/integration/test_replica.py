@@ -143,6 +143,37 @@ def sites(tmp_path: Path, namespaces: tuple[str, str]) -> Iterator[Sites]:
         r_broker.stop()
 
 
+def _hostile_news(s: Sites, pns: str) -> None:
+    """What is not a netroot event, or names a label or version no one has, is logged and
+    ignored: neither server stops, nothing is recorded."""
+    evil = {
+        "specversion": "1.0",
+        "id": "x",
+        "source": "netroot://evil",
+        "type": "org.netroot.image.replicated",
+        "time": "2026-01-01T00:00:00Z",
+        "data": {
+            "label": "demo",
+            "replica": "evil",
+            "version": "../../etc",
+            "fetched_files": 0,
+            "fetched_bytes": 0,
+            "linked_files": 0,
+            "duration_s": 0,
+        },
+    }
+    bad = [b"not json", b'{"specversion": "1.0"}', json.dumps(evil).encode()]
+    topics = ((pns, "netroot/events/replica/evil"), (s.rns, "netroot/primary/events/image/demo"))
+    for ns, topic in topics:
+        for payload in bad:
+            pub = ["mosquitto_pub", "-p", str(MQTT_PORT), "-q", "1", "-t", topic, "-s"]
+            subprocess.run(["ip", "netns", "exec", ns, *pub], input=payload, check=True, timeout=30)
+    s.p_ctl.wait_log("not a netroot event; ignored", count=len(bad))
+    s.r_ctl.wait_log("not a netroot event; ignored", count=len(bad))
+    assert s.p_ctl.alive() and s.r_ctl.alive()
+    assert not (s.primary.images() / "replicas.json").exists()
+
+
 def _first_version(s: Sites) -> str:
     """A version built on the primary by hand is copied, verified and acknowledged; only
     then can it be activated, and the replica activates it too."""
@@ -212,7 +243,10 @@ def _replica_down(s: Sites, current: str) -> str:
     return v3
 
 
-def test_a_replica_copies_acknowledges_and_follows_and_gates_the_primary(sites: Sites) -> None:
+def test_a_replica_copies_acknowledges_and_follows_and_gates_the_primary(
+    sites: Sites, namespaces: tuple[str, str]
+) -> None:
+    _hostile_news(sites, namespaces[0])
     _first_version(sites)
     v2 = _overlay_edit(sites)
     _node_of_the_replica(sites, v2)
