@@ -56,7 +56,7 @@ from controller.vm.qemu import (
     mosquitto_sub_argv,
     qemu_argv,
 )
-from controller.vm.servers import Background, lab_ganesha, new_run_dir
+from controller.vm.servers import Background, lab_ganesha, new_run_dir, remove_run_dir
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
 FATAL_GRACE_SECONDS = 2.0  # after a fatal console line: the lines that explain it
@@ -146,7 +146,7 @@ async def run_boot(
         text = proc.file_tail(run_dir / "serial.log", 10 * TAIL_LINES)
         outcome.console_tail = console_tail(text, TAIL_LINES)
         outcome.serial_log = _keep_log(config, run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        remove_run_dir(run_dir)
     return outcome
 
 

@@ -33,6 +33,7 @@ from controller.vm.qemu import (
     Forward,
     VmSpec,
 )
+from controller.vm.servers import console_socket
 
 CONSOLE_ARG = "console=ttyS0,115200"
 GRUB_BOOTFILE = loaders.GRUB_IMAGE
@@ -170,11 +171,13 @@ def vm_spec(
     if options.direct:
         boot = label_paths(config, options.label).boot(target.version)
         direct = DirectKernel(boot / KERNEL_NAME, boot / INITRD_NAME, kernel_cmdline(target))
+    console = console_socket(run_dir)
+    console.parent.mkdir(mode=0o700, exist_ok=True)
     return VmSpec(
         name=f"netroot-{options.label}",
         mac=mac,
         serial_log=run_dir / "serial.log",
-        console_socket=run_dir / "console.sock",
+        console_socket=console,
         pid_file=run_dir / "qemu.pid",
         forwards=tuple(forwards),
         tftp_root=None if options.direct else run_dir / "tftp",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -176,6 +178,27 @@ def new_run_dir(config: Config, label: str) -> Path:
     return run_dir
 
 
+SUN_PATH_MAX = 107  # bytes of a unix socket's path, its NUL aside (sockaddr_un)
+
+
+def console_socket(run_dir: Path) -> Path:
+    """qemu's console socket: in the run directory, or, when that path is too long for a
+    unix socket (a deep state_dir), in a short private directory named after it."""
+    path = run_dir / "console.sock"
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return path
+    digest = hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"netroot-console-{digest}" / "console.sock"
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """The run directory and the console socket's own directory, if it has one."""
+    socket_dir = console_socket(run_dir).parent
+    if socket_dir != run_dir:
+        fsops.remove_tree(socket_dir)
+    fsops.remove_tree(run_dir)
+
+
 def sweep_stale_runs(config: Config) -> list[Path]:
     """Stop what a killed `netroot boot` left running and remove its run directory."""
     removed = []
@@ -192,7 +215,7 @@ def sweep_stale_runs(config: Config) -> list[Path]:
             if pid is not None and _cmdline_mentions(pid, os.fspath(run_dir)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        fsops.remove_tree(run_dir)
+        remove_run_dir(run_dir)
         removed.append(run_dir)
     if removed:
         log.info("swept stale boot runs", runs=[str(p) for p in removed])

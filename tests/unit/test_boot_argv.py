@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from controller.render import boot_target
 from controller.serve import dhcp, httpboot, loaders, nbd, nfs
 from controller.vm import guest, qemu
 from controller.vm.milestones import Watcher
+from controller.vm.servers import console_socket
 
 V1 = "20260101T120000.000Z-1a2b3c4d"
 RUN = Path("/run/nb")
@@ -285,3 +287,13 @@ def test_netroot_boot_over_http_runs_the_ipxe_script_and_forwards_port_80(tmp_pa
 )
 def test_byte_ranges(header: str, expected: object) -> None:
     assert httpboot.parse_range(header, 100) == expected
+
+
+def test_the_console_socket_fits_a_unix_socket_address_whatever_the_state_dir() -> None:
+    short = Path("/var/lib/netroot/run/boot/debian12-20261204T214304-13299")
+    assert console_socket(short) == short / "console.sock"
+    deep = Path("/srv/" + "a-rather-long-directory-name/" * 5) / "run/boot/debian12-1-2"
+    path = console_socket(deep)
+    # sockaddr_un holds 108 bytes with the NUL: qemu refuses a longer path
+    assert len(os.fsencode(path)) <= 107 and path.name == "console.sock"
+    assert console_socket(deep) == path != console_socket(deep.with_name("debian12-1-3"))
