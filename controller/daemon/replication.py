@@ -214,8 +214,14 @@ class Follower(Component):
     def _want(self, label: str, version: str, *, target: bool) -> None:
         """Hold version (and follow it, when the primary has it active); wakes the work
         only when that is news."""
-        if label not in self.ctx.config.labels:
+        labels = self.ctx.config.labels
+        if label not in labels:
             log.info("the primary's label is not served here", label=label)
+            return
+        if labels[label].rw:
+            # One node writes an rw label's tree on the primary: its index no longer says
+            # what the tree holds, and no second server may serve it.
+            log.info("an rw label is not replicated", label=label)
             return
         changed = False
         if target and self.target.get(label) != version:
@@ -244,7 +250,9 @@ class Follower(Component):
         """Ask the primary what it holds and has active: the bus brings news promptly,
         this finds what a replica missed while its bridge or the primary was away."""
         replication = self.ctx.config.replication
-        for label in sorted(self.ctx.config.labels):
+        for label, settings in sorted(self.ctx.config.labels.items()):
+            if settings.rw:
+                continue
             try:
                 rows = await asyncio.to_thread(
                     primary_versions, replication.primary_url, self.token, label
@@ -293,9 +301,8 @@ class Follower(Component):
         paths = label_paths(config, label)
         replication = config.replication
         source = HttpSource(replication.primary_url, self.token, label, version)
-        link = not config.labels[label].rw  # a node writing its tree shares no inode
         try:
-            done = await asyncio.to_thread(replica.replicate, paths, version, source, link=link)
+            done = await asyncio.to_thread(replica.replicate, paths, version, source)
         except (NetrootError, OSError) as exc:
             self._failed(label, version, str(exc)[:1024])
             return False
