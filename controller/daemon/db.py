@@ -24,6 +24,7 @@ from typing import Any, Self
 from controller.config.models import Config
 from controller.core.errors import NetrootError
 from controller.daemon.builds import BuildReads, BuildWrites
+from controller.daemon.fleetstore import FLEET_SCHEMA
 from controller.daemon.journal import JOURNAL_SCHEMA, Journal, JournalRow, JournalWrites
 from controller.daemon.nodestore import NodeReads, NodeRow, NodeWrites
 from controller.daemon.outbox import MessageRow, Outbox, OutboxWrites
@@ -195,6 +196,7 @@ class Database(Closing, Outbox, Journal, NodeReads, BuildReads):
         self._conn.executescript(_SCHEMA)
         self._conn.executescript(JOURNAL_SCHEMA)  # added without a schema version: a new table
         self._conn.executescript(ROLLOUT_SCHEMA)  # canary rollouts (issue 12): new tables too
+        self._conn.executescript(FLEET_SCHEMA)  # other boot servers' nodes (issue 12)
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))

@@ -26,19 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from controller.core.errors import NetrootError
+from controller.core.ids import normalize_mac
 from controller.core.log import get_logger
+from controller.daemon import fleetstore
 from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.mqtt import BrokerLink, Message
 from controller.daemon.replicafetch import HttpSource, primary_versions
 from controller.daemon.web.server import read_secret
 from controller.events.envelope import EVENT_MODELS, Envelope
+from controller.events.node_events import NodeState
 from controller.events.payloads import (
     Activated,
     ActivationReason,
@@ -64,17 +68,55 @@ CATCH_UP = 3  # newest versions of the primary a replica makes sure to hold
 
 def parse_event(message: Message) -> Payload | None:
     """The payload of a CloudEvent from the broker, checked; None (logged) when it is not one."""
+    parsed = parse_envelope(message)
+    return None if parsed is None else parsed[1]
+
+
+def parse_envelope(message: Message) -> tuple[str, Payload] | None:
+    """(source, payload) of a CloudEvent from the broker, checked; None (logged) otherwise."""
     if len(message.payload) > MAX_MESSAGE:
         log.warning("oversized message ignored", topic=message.topic, size=len(message.payload))
         return None
     try:
         envelope = Envelope.model_validate_json(message.payload)
         model = EVENT_MODELS.get(envelope.type)
-        return None if model is None else model.model_validate(envelope.data)
+        return None if model is None else (envelope.source, model.model_validate(envelope.data))
     except (ValidationError, ValueError) as exc:
         first = str(exc).splitlines()[0][:200]
         log.warning("not a netroot event; ignored", topic=message.topic, error=first)
         return None
+
+
+class FleetMirror:
+    """Other servers' retained node states into the fleet_nodes table (`nodes --fleet`)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        # This controller's own states come back on the same topics: skipped unparsed.
+        self.own = f'"source":{json.dumps(ctx.emitter.source)}'.encode()
+
+    def heard(self, message: Message) -> bool:
+        """True when the message was a node state (taken or ignored), False otherwise."""
+        head, sep, mac = message.topic.rpartition("/state/node/")
+        if not sep or not head:
+            return False
+        if not message.payload:
+            with contextlib.suppress(ValueError), self.ctx.db.transaction() as tx:
+                fleetstore.drop(tx, normalize_mac(mac))
+            return True
+        if self.own in message.payload:
+            return True
+        parsed = parse_envelope(message)
+        if parsed is None or not isinstance(parsed[1], NodeState):
+            return True
+        source, state = parsed[0], parsed[1]
+        if state.mac != mac:
+            log.warning("node state on another node's topic; ignored", topic=message.topic)
+            return True
+        server = source.removeprefix("netroot://")[:128]
+        with self.ctx.db.transaction() as tx:
+            fleetstore.put(tx, server, state)
+        return True
 
 
 def _link(ctx: Context, role: str, subscriptions: list[str]) -> BrokerLink:
@@ -92,7 +134,8 @@ class ReplicaAcks(Component):
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         topics = ctx.emitter.topics
-        self.link = _link(ctx, "primary", [topics.replica_events_all()])
+        self.link = _link(ctx, "primary", [topics.replica_events_all(), topics.node_states_all()])
+        self.fleet = FleetMirror(ctx)
         # Set, then replaced, on every acknowledgement recorded: a waiter that took it
         # before looking at the store cannot miss one that came while it looked.
         self.acked = asyncio.Event()
@@ -106,7 +149,8 @@ class ReplicaAcks(Component):
             group.create_task(self.link.run(), name="replicas-mqtt")
             while True:
                 message = await self.link.inbox.get()
-                await self._receive(message)
+                if not self.fleet.heard(message):
+                    await self._receive(message)
 
     async def teardown(self) -> None:
         """Leave the broker."""
@@ -173,8 +217,13 @@ class Follower(Component):
         self.activate = activate
         replication = ctx.config.replication
         topics = ctx.emitter.topics
-        subscriptions = [topics.upstream_image_events(), topics.upstream_image_state()]
+        subscriptions = [
+            topics.upstream_image_events(),
+            topics.upstream_image_state(),
+            topics.upstream_node_states(),
+        ]
         self.link = _link(ctx, "replica", subscriptions)
+        self.fleet = FleetMirror(ctx)
         self.token = (
             read_secret(replication.token_file, ctx.config.source, "replication.token_file")
             if replication.token_file is not None
@@ -193,7 +242,9 @@ class Follower(Component):
             group.create_task(self.link.run(), name="replicas-mqtt")
             group.create_task(self._work(), name="replicas-work")
             while True:
-                self._heard(await self.link.inbox.get())
+                message = await self.link.inbox.get()
+                if not self.fleet.heard(message):
+                    self._heard(message)
 
     async def teardown(self) -> None:
         """Leave the broker."""

@@ -70,6 +70,14 @@ class Topics:
         """Where the bridge puts the primary's retained image states (filter)."""
         return self._at(UPSTREAM, "state", "image", "+")
 
+    def node_states_all(self) -> str:
+        """Subscription filter of every retained node state."""
+        return self._at("state", "node", "+")
+
+    def upstream_node_states(self) -> str:
+        """Where a replica's bridge puts the node states of the primary's broker (filter)."""
+        return self._at(UPSTREAM, "state", "node", "+")
+
     def node_events(self, mac: str) -> str:
         """Events about one node."""
         return self._at("events", "node", normalize_mac(mac))

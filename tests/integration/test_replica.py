@@ -40,7 +40,8 @@ from support import Workspace, make_root_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-MAC = "52:54:00:aa:bb:01"
+MAC = "52:54:00:aa:bb:01"  # a node of the replica
+MAC_P = "52:54:00:aa:bb:02"  # a node of the primary
 BOOT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 
@@ -206,7 +207,7 @@ def _overlay_edit(s: Sites) -> str:
     return v2
 
 
-def _node_of_the_replica(s: Sites, version: str) -> None:
+def _node_of_the_replica(s: Sites, pns: str, version: str) -> None:
     """A node booted from the replica reports to the replica's broker (mosquitto_pub as the
     agent); the replica tracks it, and the primary's broker shows its state."""
     report = {
@@ -225,6 +226,25 @@ def _node_of_the_replica(s: Sites, version: str) -> None:
     assert state["data"]["version"] == version and state["data"]["state"] in ("booting", "up")
     replica_nodes = json.loads(s.replica.run("nodes", "--json").stdout)
     assert [n["mac"] for n in replica_nodes] == [MAC]
+    # A node of the primary, reported to the primary's broker.
+    report.update(mac=MAC_P, ip="10.77.5.60", root={"fstype": "nfs4", "source": f"{PRIMARY}:/demo"})
+    topic = f"netroot/node/{MAC_P}/report"
+    pub = ["mosquitto_pub", "-p", str(MQTT_PORT), "-q", "1", "-t", topic, "-m", json.dumps(report)]
+    subprocess.run(["ip", "netns", "exec", pns, *pub], check=True, timeout=30)
+    # Each server tracks its own nodes; `nodes --fleet` on either shows both, by server.
+    for ws, own, other, mac in (
+        (s.primary, "boot1", "boot2", MAC_P),
+        (s.replica, "boot2", "boot1", MAC),
+    ):
+
+        def both(ws: Workspace = ws) -> list[tuple[str, str]] | None:
+            rows = json.loads(ws.run("nodes", "--fleet", "--json").stdout)
+            found = sorted((r["server"], r["mac"]) for r in rows)
+            return found if len(found) == 2 else None
+
+        expected = sorted([(own, mac), (other, MAC if mac == MAC_P else MAC_P)])
+        assert wait_for(both, f"both nodes in {own}'s `nodes --fleet`") == expected
+        assert [n["mac"] for n in json.loads(ws.run("nodes", "--json").stdout)] == [mac]
 
 
 def _replica_down(s: Sites, current: str) -> str:
@@ -249,7 +269,7 @@ def test_a_replica_copies_acknowledges_and_follows_and_gates_the_primary(
     _hostile_news(sites, namespaces[0])
     _first_version(sites)
     v2 = _overlay_edit(sites)
-    _node_of_the_replica(sites, v2)
+    _node_of_the_replica(sites, namespaces[0], v2)
     v3 = _replica_down(sites, v2)
     # Started again, the replica catches up (it missed the build's event) and
     # acknowledges; now the activation goes through, and the replica follows.
