@@ -41,6 +41,7 @@ from controller.vm.boot import run_boot, serial_log_hint
 from controller.vm.console import interactive
 from controller.vm.milestones import STALL_SECONDS, Hit
 from controller.vm.qemu import BOOT_FILES, AccelRequest, BootFiles
+from controller.vm.servers import broker_listens
 
 RenderKind = Literal["pxelinux", "ipxe", "grub", "exports", "ganesha", "dnsmasq", "nbd"]
 KINDS = get_args(RenderKind)
@@ -183,6 +184,22 @@ def _print_hit(opts: BootCmdOptions, console: bool, hit: Hit) -> None:
     print(f"[{hit.at:6.1f}s] {hit.name}: {hit.text}", file=stream, flush=True, end=end)
 
 
+def _check_broker(config: Config, opts: BootCmdOptions) -> None:
+    """Say at once when no broker listens where the agent will report (the VM's MQTT is
+    forwarded to [mqtt] host:port): the report could never come."""
+    mqtt = config.mqtt
+    if not mqtt.enabled or broker_listens(mqtt.host, mqtt.port):
+        return
+    where = f"{mqtt.host}:{mqtt.port} ([mqtt] of {config.source})"
+    if opts.stop_after_report:
+        raise NetrootError(
+            f"no MQTT broker answers on {where}: the agent's report could never arrive; "
+            f"start one (`mosquitto -p {mqtt.port}`, or `netroot up`) or drop --stop-after-report"
+        )
+    _say(f"no MQTT broker answers on {where}: the VM boots, but the agent's report cannot "
+         "arrive (milestones come from the console only)")  # fmt: skip
+
+
 @command("boot", BootCmdOptions, help="PXE-boot the label's active version in qemu")
 def cmd_boot(opts: BootCmdOptions) -> int:
     """The original startnfs: Ganesha on loopback, qemu PXE, milestones as they happen."""
@@ -198,6 +215,7 @@ def cmd_boot(opts: BootCmdOptions) -> int:
         raise NetrootError("--timeout: must be a positive number of seconds")
     if opts.stall is not None and opts.stall < 0:
         raise NetrootError("--stall: must be 0 (no bound) or a positive number of seconds")
+    _check_broker(config, opts)
     console = not opts.headless and not opts.json and interactive()
     public, private = _ssh_key(config, opts.ssh_key) if opts.ssh_port else ("", None)
     options = guest.BootOptions(

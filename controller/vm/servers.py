@@ -90,6 +90,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def broker_listens(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """Whether something accepts TCP connections on host:port (the broker the VM reports to)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 async def wait_port(
     host: str, port: int, server: Background, *, within_s: float, log_file: Path
 ) -> None:

@@ -4,8 +4,10 @@ And nothing changes on disk."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from support import Workspace, snapshot
+from support import Workspace, free_port, make_root_tree, snapshot
 
 
 def _one_error_line(stderr: str) -> str:
@@ -94,3 +96,17 @@ def test_config_file_missing_or_not_toml(workspace: Workspace) -> None:
     workspace.config.write_text('state_dir = "x"\nrecipes_dir = = 1\n')
     line = _one_error_line(workspace.run("validate", check=False).stderr)
     assert f"{workspace.config}: invalid TOML" in line and "line" in line
+
+
+def test_boot_without_a_broker_says_so_at_once(tmp_path: Path) -> None:
+    """`netroot boot --stop-after-report` with nothing listening on [mqtt]: one line, at
+    once, naming the address and how to start a broker (not a boot to the timeout)."""
+    port = free_port()  # nothing listens on it
+    ws = Workspace(tmp_path, extra_config=f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n')
+    make_root_tree(ws.tree)
+    ws.write().run("build", "demo", "--activate")
+    done = ws.run("boot", "demo", "--headless", "--stop-after-report", check=False)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no MQTT broker answers on 127.0.0.1:{port}" in lines[0], lines
+    assert "mosquitto -p" in lines[0]
