@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import time
 import uuid
@@ -31,11 +30,12 @@ from controller.core import log as logsetup
 from controller.core import shipped
 from controller.core.errors import NetrootError
 from controller.core.model import first_error
-from controller.daemon import rolloutstore, serve
+from controller.daemon import serve
 from controller.daemon.db import Database, db_path
 from controller.daemon.lock import holder_pid, lock_path
 from controller.daemon.mqtt import BrokerLink, Message
 from controller.daemon.spool import DhcpRecord, write_record
+from controller.daemon.web.fleet import rollout_records
 from controller.events.envelope import Envelope, json_schemas
 from controller.events.topics import Topics
 from controller.store import holders
@@ -266,24 +266,8 @@ def _status(config: Config, db: Database) -> dict[str, Any]:
         "labels": labels,
         "nodes": counts,
         "outbox": {"pending": db.outbox_pending, "dropped": db.outbox_dropped()},
-        "rollouts": _rollouts(db),
+        "rollouts": rollout_records(db),
     }
-
-
-def _rollouts(db: Database) -> list[dict[str, Any]]:
-    """Canary rollouts in progress, and the last one of each label."""
-    try:
-        recent = rolloutstore.recent(db, limit=50)
-    except sqlite3.OperationalError:  # a database no daemon of this version opened yet
-        return []
-    shown, labels = [], set()
-    for rollout in recent:
-        if rollout.phase != "running" and rollout.label in labels:
-            continue
-        labels.add(rollout.label)
-        passed = sum(c.phase == "passed" for c in rollout.canaries)
-        shown.append({**rollout.model_dump(mode="json"), "passed": passed})
-    return shown
 
 
 def _print_rollouts(rollouts: list[dict[str, Any]]) -> None:

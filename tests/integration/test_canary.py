@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import paho.mqtt.client as paho
 import pytest
 from integration.harness import Broker, Collector, Controller, report, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
-from support import Workspace, make_root_tree
+from support import Workspace, free_port, make_root_tree
 
 from controller.render import pxelinux_mac_path
 
@@ -118,7 +119,13 @@ MANUAL = 'activation = "manual"\nauto_reboot = true\ncanary_timeout = 120\n'
 class Lab:
     def __init__(self, tmp_path: Path, broker: Broker, label: str = MANUAL) -> None:
         extra = "debounce_quiet = 0.3\n" + broker.mqtt_config()
-        self.ws = Workspace(tmp_path, keep_versions=5, extra_config=extra)
+        self.http_port = free_port()
+        self.ws = Workspace(
+            tmp_path,
+            keep_versions=5,
+            extra_config=extra,
+            http=f'listen = "127.0.0.1:{self.http_port}"',
+        )
         make_root_tree(self.ws.tree)
         self.ws.write()
         self.ws.config.write_text(self.ws.config.read_text() + label)
@@ -224,6 +231,9 @@ def test_canaries_pass_then_the_label_activates_and_a_failing_canary_reverts_all
     status = lab.ws.json("status")
     [running] = [r for r in status["rollouts"] if r["phase"] == "running"]
     assert (running["version"], [c["mac"] for c in running["canaries"]]) == (v3, canaries)
+    api = f"http://127.0.0.1:{lab.http_port}/api/v1/rollouts"
+    with urllib.request.urlopen(api, timeout=30) as response:
+        assert json.loads(response.read()) == status["rollouts"]
     lab.fleet.health_gate.set()
 
     failed = lab.collector.wait_event("image.canary_failed", version=v3)[0]["data"]

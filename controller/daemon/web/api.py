@@ -66,6 +66,7 @@ class Endpoints:
             (f"{API}/nodes", self.nodes),
             (f"{API}/nodes/{{mac}}", self.node),
             (f"{API}/events", self.events),
+            (f"{API}/rollouts", self.rollouts),
             (f"{API}/openapi.json", self.openapi),
             *self.page.routes(),  # /, its files, its snapshot, /api/v1/stream
         ]
@@ -131,6 +132,11 @@ class Endpoints:
         found = await self._off_loop(fleet.journal, self.ctx.config, query)
         body = b"[" + b",".join(e.envelope for e in found) + b"]"
         return web.Response(body=body, content_type="application/json")
+
+    async def rollouts(self, request: web.Request) -> web.Response:
+        """Canary rollouts in progress and each label's last one, as `status --json`."""
+        rows = await self._off_loop(fleet.rollouts, self.ctx.config)
+        return web.json_response(rows)
 
     async def openapi(self, request: web.Request) -> web.Response:
         """The OpenAPI 3 document of these endpoints."""

@@ -8,6 +8,7 @@ the daemon's writer), never on the daemon's event loop.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.config.models import Config
+from controller.daemon import rolloutstore
 from controller.daemon.builds import BuildRow, BuildState
 from controller.daemon.db import Database, db_path
 from controller.daemon.journal import JournalEvent, JournalQuery
@@ -285,3 +287,28 @@ def journal(config: Config, query: JournalQuery) -> list[JournalEvent]:
     """/api/v1/events: the journalled events the query selects, in publication order."""
     with open_reader(config) as db:
         return db.journal_events(query)
+
+
+def rollout_records(db: Database) -> list[dict[str, Any]]:
+    """Canary rollouts in progress, and the last one of each label (`status --json`'s
+    `rollouts` and /api/v1/rollouts): the rollout's model, and how many canaries passed."""
+    try:
+        recent = rolloutstore.recent(db, limit=50)
+    except sqlite3.OperationalError:  # a database no daemon of this version opened yet
+        return []
+    shown, labels = [], set()
+    for rollout in recent:
+        if rollout.phase != "running" and rollout.label in labels:
+            continue
+        labels.add(rollout.label)
+        passed = sum(c.phase == "passed" for c in rollout.canaries)
+        shown.append({**rollout.model_dump(mode="json"), "passed": passed})
+    return shown
+
+
+def rollouts(config: Config) -> list[dict[str, Any]]:
+    """/api/v1/rollouts (no database yet: none)."""
+    if not db_path(config).exists():
+        return []
+    with open_reader(config) as db:
+        return rollout_records(db)

@@ -231,6 +231,11 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            f"{API}/rollouts": _get(
+                "canary rollouts in progress and each label's last one, as `netroot status "
+                "--json`'s rollouts: the rollout (canaries, phase, failure) and `passed`",
+                {"type": "array", "items": {"type": "object"}},
+            ),
             f"{API}/openapi.json": _get("this document", {"type": "object"}),
         },
     }
