@@ -200,7 +200,16 @@ def _check_broker(config: Config, opts: BootCmdOptions) -> None:
          "arrive (milestones come from the console only)")  # fmt: skip
 
 
-@command("boot", BootCmdOptions, help="PXE-boot the label's active version in qemu")
+@command(
+    "boot",
+    BootCmdOptions,
+    help="PXE-boot the label's active version in qemu",
+    description="Starts NFS-Ganesha on loopback for the label's store, qemu with user "
+    "networking (TFTP or iPXE over HTTP, NFS and MQTT forwarded to loopback), and prints "
+    "each boot milestone as the serial console shows it; the agent's report arrives "
+    "through the [mqtt] broker. KVM is used when a probe shows it works, else TCG. "
+    "Everything it started stops with it (Ctrl-C, --timeout, --stop-after-report).",
+)
 def cmd_boot(opts: BootCmdOptions) -> int:
     """The original startnfs: Ganesha on loopback, qemu PXE, milestones as they happen."""
     config = load(opts)
@@ -328,7 +337,13 @@ def _menu(config: Config, kind: str, label: str | None) -> str:
     return render_ipxe(target)
 
 
-@command("render", RenderOptions, help="print a rendered file")
+@command(
+    "render",
+    RenderOptions,
+    help="print a rendered file",
+    description="Prints what netroot would write, without writing it: a boot menu "
+    "(pxelinux, iPXE, GRUB), the NFS exports or Ganesha config, the dnsmasq config.",
+)
 def cmd_render(opts: RenderOptions) -> int:
     """Print one rendered file; nothing is written."""
     config = load(opts)

@@ -57,7 +57,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_commands(sub, common, cmd_validate, cmd_build)
 
 
-@command("validate", ValidateOptions, help="check the config and every recipe it names")
+@command(
+    "validate",
+    ValidateOptions,
+    help="check the config and every recipe it names",
+    description="Loads the config and each label's recipe as a build would, and prints "
+    "one line per problem naming the file and field; exit status 1 if there is any.",
+)
 def cmd_validate(opts: ValidateOptions) -> int:
     """Load the config, every recipe and every overlay; change nothing."""
     config = load(opts)
@@ -99,7 +105,15 @@ def _build_reason(opts: BuildOptions) -> str:
     return " ".join(["netroot build", *(f"--{flag}" for flag, given in flags.items() if given)])
 
 
-@command("build", BuildOptions, help="build a new version of a label")
+@command(
+    "build",
+    BuildOptions,
+    help="build a new version of a label",
+    description="Builds the label's recipe in a staging directory, applies the overlays, "
+    "makes the kernel and initramfs, verifies the tree against its index and renames it "
+    "into the store as a new immutable version. Nothing served changes unless "
+    "--activate is given. Unchanged inputs give no new version.",
+)
 def cmd_build(opts: BuildOptions) -> int:
     """Build (and optionally activate) a new version; each step is announced on the bus."""
     config = load(opts)

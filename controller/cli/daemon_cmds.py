@@ -102,7 +102,16 @@ class ServeOptions(Common):
     )
 
 
-@command("serve", ServeOptions, help="run the controller daemon (systemd: Type=notify)")
+@command(
+    "serve",
+    ServeOptions,
+    help="run the controller daemon (systemd: Type=notify)",
+    description="Watches recipes and overlays and rebuilds what an edit affects, activates "
+    "per each label's `activation`, tracks nodes from their agents' reports, publishes "
+    "events over MQTT and serves /metrics and the read-only API. SIGHUP reloads the "
+    "config; SIGTERM stops it in order. With --role replica it builds nothing and "
+    "follows its primary instead (README, 'Two or more boot servers').",
+)
 def cmd_serve(opts: ServeOptions) -> int:
     """Run the daemon in the foreground until SIGTERM."""
     if opts.role is not None:
@@ -145,7 +154,14 @@ def _stamp(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-@command("status", Common, help="daemon, labels, builds, nodes, outbox")
+@command(
+    "status",
+    Common,
+    help="daemon, labels, builds, nodes, outbox",
+    description="What the daemon knows, read from its state database (also with the "
+    "daemon stopped): each label's active version and last build, nodes by state, "
+    "undelivered events, canary rollouts and the server's replication role.",
+)
 def cmd_status(opts: Common) -> int:
     """What the daemon knows: labels, last builds, node counts, undelivered events."""
     config = load(opts)
@@ -313,7 +329,13 @@ def as_json_line(payload: bytes) -> str:
         return json.dumps({"raw": payload.decode(errors="replace")})
 
 
-@command("events", EventsOptions, help="the live event stream, or the journal with --since")
+@command(
+    "events",
+    EventsOptions,
+    help="the live event stream, or the journal with --since",
+    description="Without --since, follows the broker's events as they come; with --since "
+    "(2h, 2026-12-04T08:00), reads the daemon's journal: every event kept, oldest first.",
+)
 def cmd_events(opts: EventsOptions) -> int:
     """Print events as they arrive, until Ctrl-C, --count or --timeout; or the journal's."""
     config = load(opts)
@@ -370,7 +392,13 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     return json_schemas()
 
 
-@command("schema", SchemaOptions, help="JSON Schema of every event payload")
+@command(
+    "schema",
+    SchemaOptions,
+    help="JSON Schema of every event payload",
+    description="The JSON Schemas (draft 2020-12) of the CloudEvents envelope, every event "
+    "payload and the node messages; each event's dataschema names one of their $ids.",
+)
 def cmd_schema(opts: SchemaOptions) -> int:
     """Print (or write) the JSON Schema of every event payload and node message."""
     schemas = all_schemas()

@@ -113,7 +113,14 @@ def _print_activation(opts: Common, done: activation.Activation) -> None:
         print(f"{verb} {done.label} to {done.version} (was {done.previous or 'none'})")
 
 
-@command("activate", ActivateOptions, help="make a version the one new boots get (default: newest)")
+@command(
+    "activate",
+    ActivateOptions,
+    help="make a version the one new boots get (default: newest)",
+    description="Switches the label's export and TFTP links to the version atomically, "
+    "after a durable line in the label's history; running nodes keep their version. "
+    "--canary N tries it on N live nodes first and lets the daemon promote it.",
+)
 def cmd_activate(opts: ActivateOptions) -> int:
     """Activate a version."""
 
@@ -141,7 +148,13 @@ def cmd_activate(opts: ActivateOptions) -> int:
     return _switch(opts, opts.reason, switch)
 
 
-@command("rollback", LabelOptions, help="return to the previously active version")
+@command(
+    "rollback",
+    LabelOptions,
+    help="return to the previously active version",
+    description="Activates the version that was active before the current one, as "
+    "`netroot activate` would; the current one stays in the store.",
+)
 def cmd_rollback(opts: LabelOptions) -> int:
     """Activate the previously active version."""
     return _switch(opts, "cli", publish.rollback)
@@ -164,7 +177,13 @@ def _switch(
     return 0
 
 
-@command("versions", LabelOptions, help="list versions, the active one marked")
+@command(
+    "versions",
+    LabelOptions,
+    help="list versions, the active one marked",
+    description="Every committed version of the label, oldest first: '*' the active one, "
+    "'<' the rollback target; size, files, kernel and what made it.",
+)
 def cmd_versions(opts: LabelOptions) -> int:
     """List versions of a label."""
     config = load(opts)
@@ -208,7 +227,13 @@ def _activations(config: Config, label: str) -> list[tuple[str, datetime]]:
     return out
 
 
-@command("gc", GcOptions, help="prune old versions (keep_versions, in-use guard)")
+@command(
+    "gc",
+    GcOptions,
+    help="prune old versions (keep_versions, in-use guard)",
+    description="Deletes versions beyond keep_versions, never the active one, the rollback "
+    "target, or one a live node still runs. --dry-run says what it would delete.",
+)
 def cmd_gc(opts: GcOptions) -> int:
     """Prune old versions."""
     config = load(opts)
@@ -248,7 +273,13 @@ def cmd_gc(opts: GcOptions) -> int:
     return 0
 
 
-@command("verify", VerifyOptions, help="check a version against its manifest")
+@command(
+    "verify",
+    VerifyOptions,
+    help="check a version against its manifest",
+    description="Checks the version's tree against its index and manifest: sizes and the "
+    "index digest by default, every file hashed with --deep.",
+)
 def cmd_verify(opts: VerifyOptions) -> int:
     """Verify a version against its manifest."""
     config = load(opts)
