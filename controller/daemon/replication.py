@@ -121,8 +121,13 @@ class FleetMirror:
 
 def _link(ctx: Context, role: str, subscriptions: list[str]) -> BrokerLink:
     name = ctx.config.replication.name
+    # A persistent session: an acknowledgement sent while this link reconnects (a new
+    # subscription, a broker restart) waits at the broker instead of being lost.
     return BrokerLink(
-        ctx.config.mqtt, client_id=f"netroot-{role}-{name}"[:64], subscriptions=subscriptions
+        ctx.config.mqtt,
+        client_id=f"netroot-{role}-{name}"[:64],
+        subscriptions=subscriptions,
+        clean_session=False,
     )
 
 
@@ -133,9 +138,9 @@ class ReplicaAcks(Component):
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        topics = ctx.emitter.topics
-        self.link = _link(ctx, "primary", [topics.replica_events_all(), topics.node_states_all()])
+        self.link = _link(ctx, "primary", self._subscriptions(mirror=False))
         self.fleet = FleetMirror(ctx)
+        self.mirroring = False
         # Set, then replaced, on every acknowledgement recorded: a waiter that took it
         # before looking at the store cannot miss one that came while it looked.
         self.acked = asyncio.Event()
@@ -156,8 +161,19 @@ class ReplicaAcks(Component):
         """Leave the broker."""
         await self.link.teardown()
 
+    def _subscriptions(self, *, mirror: bool) -> list[str]:
+        topics = self.ctx.emitter.topics
+        found = [topics.replica_events_all(), topics.replica_state_all()]
+        # Every node state this controller publishes would come back on this link too:
+        # only once a replica is heard of (a single server pays nothing in a boot storm).
+        return [*found, topics.node_states_all()] if mirror else found
+
     async def _receive(self, message: Message) -> None:
         data = parse_event(message)
+        if isinstance(data, ImageReplicated | ReplicaState) and not self.mirroring:
+            self.mirroring = True
+            log.info("a replica is heard: mirroring the other servers' node states")
+            self.link.reconfigure(self.ctx.config.mqtt, self._subscriptions(mirror=True))
         if isinstance(data, ImageReplicated):
             await self._record(data)
         elif isinstance(data, ImageReplicationFailed):

@@ -62,6 +62,10 @@ class Topics:
         """Retained: what a replica serves and whether it is behind."""
         return self._at("state", "replica", _label_level(name))
 
+    def replica_state_all(self) -> str:
+        """Subscription filter of every replica's retained state (the primary listens)."""
+        return self._at("state", "replica", "+")
+
     def upstream_image_events(self) -> str:
         """Where a replica's broker bridge puts the primary's image events (filter)."""
         return self._at(UPSTREAM, "events", "image", "+")
