@@ -67,6 +67,41 @@ def last_seen_due(node: NodeState, published: datetime | None, refresh: float) -
     return published is None or node.last_seen - published >= timedelta(seconds=refresh)
 
 
+def next_check(
+    node: NodeState,
+    *,
+    published: datetime | None,
+    now: datetime,
+    timeout: float | None,
+    expiry: float,
+    refresh: float,
+    configured: bool,
+    listening_since: datetime | None,
+) -> datetime | None:
+    """The earliest time `silent`, `expired` or `last_seen_due` can hold for the node.
+
+    None: none of them can until the node (or what was published of it) changes.
+    Never later than the truth, whenever the listening starts (a later start only
+    makes silence later); the caller judges again with the functions themselves
+    at that time, so a scan need not look at every node every time.
+    """
+    if last_seen_due(node, published, refresh):
+        return now
+    times: list[datetime] = []
+    if timeout is not None and node.state in RUNNING:
+        heard = node.last_seen or node.since
+        if listening_since is None:
+            start = now  # listening starts now at the earliest
+        else:
+            start = listening_since if heard is None else max(heard, listening_since)
+        times.append(start + timedelta(seconds=timeout))
+    if not configured and node.state not in RUNNING:
+        heard = max((t for t in (node.last_seen, node.since) if t is not None), default=None)
+        if heard is not None:
+            times.append(heard + timedelta(seconds=expiry))
+    return min(times, default=None)
+
+
 def bootable_versions(activations: Iterable[tuple[str, datetime]], until: datetime) -> set[str]:
     """Versions a node heard from by `until` could have booted: those active by then.
 
