@@ -87,19 +87,21 @@ def next_check(
     """
     if last_seen_due(node, published, refresh):
         return now
-    times: list[datetime] = []
-    if timeout is not None and node.state in RUNNING:
+    # Called for every report in a storm: the two cases are exclusive (running or not).
+    if node.state in RUNNING:
+        if timeout is None:
+            return None
         heard = node.last_seen or node.since
         if listening_since is None:
             start = now  # listening starts now at the earliest
         else:
-            start = listening_since if heard is None else max(heard, listening_since)
-        times.append(start + timedelta(seconds=timeout))
-    if not configured and node.state not in RUNNING:
-        heard = max((t for t in (node.last_seen, node.since) if t is not None), default=None)
-        if heard is not None:
-            times.append(heard + timedelta(seconds=expiry))
-    return min(times, default=None)
+            start = listening_since if heard is None or heard < listening_since else heard
+        return start + timedelta(seconds=timeout)
+    if configured:
+        return None
+    seen, since = node.last_seen, node.since
+    heard = since if seen is None else seen if since is None else max(seen, since)
+    return None if heard is None else heard + timedelta(seconds=expiry)
 
 
 def bootable_versions(activations: Iterable[tuple[str, datetime]], until: datetime) -> set[str]:

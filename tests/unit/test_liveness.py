@@ -115,18 +115,32 @@ def test_no_liveness_verdict_comes_before_the_next_check() -> None:
 
 
 def test_the_next_check_is_when_the_verdict_comes() -> None:
+    def plan(
+        state: NodeState,
+        timeout: float | None = 90,
+        listening: float | None = 0,
+        published: float = 100,
+    ) -> datetime | None:
+        return next_check(
+            state,
+            published=at(published),
+            now=at(120),
+            timeout=timeout,
+            expiry=300,
+            refresh=60,
+            configured=False,
+            listening_since=None if listening is None else at(listening),
+        )
+
     up = node(seen=100)
-    plan = {"published": at(100), "expiry": 300.0, "refresh": 60.0, "configured": False}
-    assert next_check(up, now=at(120), timeout=90, listening_since=at(0), **plan) == at(190)
+    assert plan(up) == at(190)
     # Listening since later (a reconnect), or not yet: silence counts from then.
-    assert next_check(up, now=at(120), timeout=90, listening_since=at(150), **plan) == at(240)
-    assert next_check(up, now=at(120), timeout=90, listening_since=None, **plan) == at(210)
-    assert next_check(up, now=at(120), timeout=None, listening_since=at(0), **plan) is None
-    assert next_check(node("lost", seen=100), now=at(120), timeout=90, listening_since=at(0),
-                      **plan) == at(400)  # fmt: skip
+    assert plan(up, listening=150) == at(240)
+    assert plan(up, listening=None) == at(210)
+    assert plan(up, timeout=None) is None
+    assert plan(node("lost", seen=100)) == at(400)  # expiry
     # A last_seen the retained state lags by the refresh: due at once.
-    lagging = {**plan, "published": at(30)}
-    assert next_check(up, now=at(120), timeout=90, listening_since=at(0), **lagging) == at(120)
+    assert plan(up, published=30) == at(120)
 
 
 def test_gc_counts_only_versions_the_node_could_have_booted() -> None:
