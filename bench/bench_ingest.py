@@ -14,12 +14,17 @@ the same broker afterwards (target: the outbox empty within 2 x that time).
 The controller runs as `netroot serve` (a real process, real broker, real
 SQLite); the reports are published at QoS 1 by one paho client as fast as
 the broker takes them. Prints figures and ratios, asserts nothing timed.
+
+Also printed: the controller's CPU time per report while storing and per
+message while draining (from /proc): steadier than the ratios when other
+work shares the CPUs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -83,6 +88,12 @@ def publish_all(broker: Broker, payloads: list[tuple[str, bytes]]) -> dict[str, 
     client.disconnect()
     client.loop_stop()
     return sent
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def outbox_seq(db: Database) -> int:
@@ -177,8 +188,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def phase(ws: Workspace, broker: Broker, count: int, number: int, version: str) -> dict[str, float]:
-    """Publish `count` boot reports of new nodes; returns the figures."""
+def phase(
+    ws: Workspace, broker: Broker, pid: int, count: int, *, number: int, version: str
+) -> dict[str, float]:
+    """Publish `count` boot reports of new nodes to the controller `pid`; returns the figures."""
     macs = [mac_of(i, number) for i in range(count)]
     payloads = [
         (f"netroot/node/{mac}/report", json.dumps(report(mac, version=version)).encode())
@@ -187,6 +200,7 @@ def phase(ws: Workspace, broker: Broker, count: int, number: int, version: str) 
     db = Database(ws.state / "netroot.db", readonly=True)
     seq0 = outbox_seq(db)
     sub = baseline(broker, count)
+    cpu0 = cpu_s(pid)
     sent = publish_all(broker, payloads)
     t0 = min(sent.values())
     out, _ = sub.communicate(timeout=600)
@@ -204,7 +218,9 @@ def phase(ws: Workspace, broker: Broker, count: int, number: int, version: str) 
         stored_at = wait_for(stored, f"{count} nodes stored", timeout=600)
     except AssertionError:
         stored_at = {m: t for m, t in db.node_updated_at().items() if m in wanted}
+    cpu1 = cpu_s(pid)
     empty_at = outbox_empty(db)
+    cpu2 = cpu_s(pid)
     messages = outbox_seq(db) - seq0  # what the phase queued (reports make events and states)
     envelopes = [bytes(r[0]) for r in db.rows(
         "SELECT envelope FROM journal ORDER BY seq DESC LIMIT 1000")]  # fmt: skip
@@ -232,6 +248,8 @@ def phase(ws: Workspace, broker: Broker, count: int, number: int, version: str) 
         "drain_s": empty_at - t0,
         "after_stored_s": empty_at - max(stored_at.values()) if stored_at else float("inf"),
         "paho_s": paho_s,
+        "cpu_store_s": cpu1 - cpu0,
+        "cpu_drain_s": cpu2 - cpu1,
     }
 
 
@@ -261,6 +279,11 @@ def show(name: str, r: dict[str, float]) -> None:
         f"{r['messages'] / r['paho_s']:,.0f}/s; outbox drain / paho: "
         f"{r['drain_s'] / r['paho_s']:.2f} (target <= 2)"
     )
+    print(
+        f"  controller CPU: {r['cpu_store_s']:.2f} s storing = "
+        f"{r['cpu_store_s'] / r['count'] * 1e6:.0f} us per report; {r['cpu_drain_s']:.2f} s "
+        f"draining after = {r['cpu_drain_s'] / r['messages'] * 1e6:.0f} us per outbox message"
+    )
 
 
 def main() -> None:
@@ -289,8 +312,10 @@ def main() -> None:
         version = ws.active() or ""
         controller = Controller(ws).start()
         try:
-            show("ingest", phase(ws, broker, args.reports, 1, version))
-            show("boot storm", phase(ws, broker, args.storm, 2, version))
+            assert controller.proc is not None
+            pid = controller.proc.pid
+            show("ingest", phase(ws, broker, pid, args.reports, number=1, version=version))
+            show("boot storm", phase(ws, broker, pid, args.storm, number=2, version=version))
             controller.stop()
         finally:
             controller.cleanup()

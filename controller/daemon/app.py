@@ -21,6 +21,7 @@ from controller.config.models import Config
 from controller.core.errors import NetrootError
 from controller.core.log import get_logger
 from controller.daemon.bootfiles import BootFiles
+from controller.daemon.checkpoint import AUTOCHECKPOINT_PAGES, WalCheckpointer
 from controller.daemon.components import Component
 from controller.daemon.context import Context
 from controller.daemon.db import Database, db_path
@@ -153,6 +154,7 @@ class Daemon:
             db, self.link, ingest_idle=self.tracker.idle, emitter=ctx.emitter
         )
         db.on_outbox = self.publisher.notify
+        db.defer_checkpoints(AUTOCHECKPOINT_PAGES)  # WalCheckpointer checkpoints off the loop
         self.spool = SpoolListener(ctx.config, db, ctx.nodes)
         self.watcher = Watcher(
             watch_specs(ctx.config, self.config_path, recipe_dependencies(ctx.config)),
@@ -179,6 +181,7 @@ class Daemon:
             self.tracker,
             NodeWatch(ctx, self.link),
             JournalKeeper(db, lambda: (ctx.config.events_retention, ctx.config.events_limit)),
+            WalCheckpointer(db.path),
             self.spool,
             self.scheduler,
             self.watcher,
@@ -269,6 +272,7 @@ class Daemon:
         if self.link is not None:
             await self.link.close(self.beacon.goodbye())
             await asyncio.wait([tasks["mqtt"]])
+        await _cancel(tasks["checkpoint"])  # its teardown waits for a checkpoint in progress
         await _cancel(tasks["watchdog"])
 
     async def on_batch(self, batch: Batch) -> None:
@@ -348,7 +352,7 @@ def _check_reloadable(old: Config, new: Config) -> None:
 STOP_ORDER = (
     *("watcher", "images", "rollouts", "replicas", "spool", "reloader", "liveness", "journal"),
     *("http", "boot-http", "scheduler", "index", "tracker", "publisher", "status"),
-    *("mqtt", "watchdog"),
+    *("mqtt", "checkpoint", "watchdog"),
 )
 
 

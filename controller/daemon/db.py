@@ -209,6 +209,10 @@ class Database(Closing, Outbox, Journal, NodeReads, BuildReads):
         """Close the connection."""
         self._conn.close()
 
+    def defer_checkpoints(self, pages: int) -> None:
+        """Checkpoint the WAL in commits only past `pages` (daemon.checkpoint does it before)."""
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+
     def rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read query (aggregates over the tables: daemon.web.fleet)."""
         return self._conn.execute(sql, args).fetchall()

@@ -68,6 +68,9 @@ class NodeBook:
         self.published_seen: dict[str, datetime | None] = {
             mac: n.last_seen for mac, n in self.nodes.items()
         }
+        # Nodes whose state or published state changed since the liveness scan last
+        # looked (it plans their next check; daemon.liveness).
+        self.touched: set[str] = set()
         self._versions: dict[str, frozenset[str]] = {}
         # Canaries of a rollout: the version their menu boots, judged instead of the active one.
         self.pinned: dict[str, str] = {}
@@ -96,6 +99,7 @@ class NodeBook:
         known = self.nodes.get(mac)
         if known is None:
             self._admit(mac)
+        self.touched.add(mac)  # also when rolled back: a second look costs nothing
         old = known or NodeState(mac=mac)
         new, effects = transition(old, event)
         stored = None
@@ -146,6 +150,7 @@ class NodeBook:
         before = self.nodes.pop(mac, None)
         if before is None:
             return
+        self.touched.add(mac)
         seen = self.published_seen.pop(mac, None)
         tx.delete_node(mac)
         # An empty retained message deletes the retained state at the broker.
@@ -161,6 +166,7 @@ class NodeBook:
         """Publish the node's retained state again (its last_seen moved on)."""
         state = self.nodes[mac]
         before = self.published_seen.get(mac)
+        self.touched.add(mac)
         self.emitter.node_state(tx, state)
         self.published_seen[mac] = state.last_seen
         tx.on_rollback(lambda: self.published_seen.__setitem__(mac, before))

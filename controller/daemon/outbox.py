@@ -21,7 +21,7 @@ every event anyway.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from controller.core.log import get_logger
@@ -65,6 +65,17 @@ def coalesce(rows: Sequence[OutboxRow], barrier: str) -> tuple[list[OutboxRow], 
     send.reverse()
     superseded.reverse()
     return send, superseded
+
+
+def seq_runs(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """The seqs as runs of consecutive numbers: (first, last) each, in order."""
+    runs: list[tuple[int, int]] = []
+    for seq in sorted(set(seqs)):
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
 
 
 class OutboxWrites:
@@ -147,13 +158,18 @@ class Outbox:
         return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
 
     def outbox_delete(self, seqs: Sequence[int]) -> None:
-        """Forget messages the broker acknowledged."""
+        """Forget messages the broker acknowledged.
+
+        One range delete per run of consecutive seqs: a delivered window is one
+        run (or a few, around what an interrupted window left), not a statement
+        per message.
+        """
         if not seqs:
             return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             deleted = self._conn.executemany(
-                "DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]
+                "DELETE FROM outbox WHERE seq BETWEEN ? AND ?", seq_runs(seqs)
             ).rowcount
             self._conn.execute("COMMIT")
         except BaseException:

@@ -67,6 +67,43 @@ def last_seen_due(node: NodeState, published: datetime | None, refresh: float) -
     return published is None or node.last_seen - published >= timedelta(seconds=refresh)
 
 
+def next_check(
+    node: NodeState,
+    *,
+    published: datetime | None,
+    now: datetime,
+    timeout: float | None,
+    expiry: float,
+    refresh: float,
+    configured: bool,
+    listening_since: datetime | None,
+) -> datetime | None:
+    """The earliest time `silent`, `expired` or `last_seen_due` can hold for the node.
+
+    None: none of them can until the node (or what was published of it) changes.
+    Never later than the truth, whenever the listening starts (a later start only
+    makes silence later); the caller judges again with the functions themselves
+    at that time, so a scan need not look at every node every time.
+    """
+    if last_seen_due(node, published, refresh):
+        return now
+    # Called for every report in a storm: the two cases are exclusive (running or not).
+    if node.state in RUNNING:
+        if timeout is None:
+            return None
+        heard = node.last_seen or node.since
+        if listening_since is None:
+            start = now  # listening starts now at the earliest
+        else:
+            start = listening_since if heard is None or heard < listening_since else heard
+        return start + timedelta(seconds=timeout)
+    if configured:
+        return None
+    seen, since = node.last_seen, node.since
+    heard = since if seen is None else seen if since is None else max(seen, since)
+    return None if heard is None else heard + timedelta(seconds=expiry)
+
+
 def bootable_versions(activations: Iterable[tuple[str, datetime]], until: datetime) -> set[str]:
     """Versions a node heard from by `until` could have booted: those active by then.
 

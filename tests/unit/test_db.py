@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.daemon.db import Database, DatabaseError, NodeGuard
+from controller.daemon.outbox import seq_runs
 from controller.events.node_events import NodeState
 from controller.events.payloads import VersionSummary
 
@@ -80,6 +81,19 @@ def test_acknowledged_messages_leave_the_outbox(db: Database) -> None:
     left = db.outbox_head(10)
     assert [(r.payload, r.retain) for r in left] == [(b"2", True)]
     assert db.outbox_pending == 1
+
+
+def test_acknowledged_runs_are_deleted_by_range_and_nothing_between_them(db: Database) -> None:
+    assert seq_runs([7, 3, 4, 5, 9, 8, 4, 12]) == [(3, 5), (7, 9), (12, 12)]
+    assert seq_runs([]) == []
+    with db.transaction() as tx:
+        for i in range(10):
+            tx.emit("t", str(i).encode())
+    rows = db.outbox_head(10)
+    gone = [r.seq for r in rows if r.payload not in (b"3", b"6", b"7")]
+    db.outbox_delete(gone)  # three runs: 0-2, 4-5, 8-9
+    assert [r.payload for r in db.outbox_head(10)] == [b"3", b"6", b"7"]
+    assert db.outbox_pending == 3
 
 
 def test_after_commit_callbacks_and_the_outbox_hook_run_only_on_commit(db: Database) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 from controller.events.liveness import (
@@ -12,6 +13,7 @@ from controller.events.liveness import (
     expired,
     in_use,
     last_seen_due,
+    next_check,
     silent,
 )
 from controller.events.node_events import NodeState
@@ -67,6 +69,78 @@ def test_last_seen_is_republished_at_a_bounded_staleness() -> None:
     assert not last_seen_due(node(seen=299), at(0), 300)
     assert last_seen_due(node(seen=300), at(0), 300)
     assert last_seen_due(node(seen=1), None, 300)
+
+
+def test_no_liveness_verdict_comes_before_the_next_check() -> None:
+    rng = random.Random(11)  # noqa: S311 (a reproducible sample, not a secret)
+    week = 7 * 86400
+    for _ in range(3000):
+        state = rng.choice(["up", "stale", "lost", "dhcp", "booting", "unknown"])
+        base = node(state, seen=rng.uniform(0, 1000)) if state != "unknown" else node("lost")
+        if state == "unknown":
+            base = base.model_copy(update={"state": "unknown", "last_seen": None, "since": None})
+        elif rng.random() < 0.2:
+            base = base.model_copy(update={"last_seen": None})
+        published = rng.choice([None, at(rng.uniform(0, 1000))])
+        timeout = rng.choice([None, 90.0, 180.0])
+        expiry, refresh = rng.choice([300.0, week]), rng.choice([60.0, 600.0])
+        configured = rng.random() < 0.2
+        now = at(rng.uniform(0, 2000))
+        listening = rng.choice([None, at(rng.uniform(0, 2000))])
+        first = next_check(
+            base,
+            published=published,
+            now=now,
+            timeout=timeout,
+            expiry=expiry,
+            refresh=refresh,
+            configured=configured,
+            listening_since=listening,
+        )
+        for later in (0, 1, 50, 500, 5000, 2 * week):
+            when = now + timedelta(seconds=later)
+            # Listening may start again later (a reconnect), or only after now: never earlier.
+            lo = listening if listening is not None else now
+            start = (
+                rng.choice([listening, lo + (when - lo) * rng.random()]) if when > lo else listening
+            )
+            verdict = (
+                silent(base, now=when, timeout=timeout, listening_since=start)
+                or expired(base, now=when, expiry=expiry, configured=configured)
+                or last_seen_due(base, published, refresh)
+            )
+            if verdict:
+                assert first is not None
+                assert first <= when
+
+
+def test_the_next_check_is_when_the_verdict_comes() -> None:
+    def plan(
+        state: NodeState,
+        timeout: float | None = 90,
+        listening: float | None = 0,
+        published: float = 100,
+    ) -> datetime | None:
+        return next_check(
+            state,
+            published=at(published),
+            now=at(120),
+            timeout=timeout,
+            expiry=300,
+            refresh=60,
+            configured=False,
+            listening_since=None if listening is None else at(listening),
+        )
+
+    up = node(seen=100)
+    assert plan(up) == at(190)
+    # Listening since later (a reconnect), or not yet: silence counts from then.
+    assert plan(up, listening=150) == at(240)
+    assert plan(up, listening=None) == at(210)
+    assert plan(up, timeout=None) is None
+    assert plan(node("lost", seen=100)) == at(400)  # expiry
+    # A last_seen the retained state lags by the refresh: due at once.
+    assert plan(up, published=30) == at(120)
 
 
 def test_gc_counts_only_versions_the_node_could_have_booted() -> None:
