@@ -19,7 +19,7 @@ Cases, in this order:
       machine's). With activation = auto, the primary's activation follows
       the acknowledgement (replicas_required, --replicas-required).
   (b) full: `netroot build <label> --rebuild --force` on the primary (a real
-      mmdebstrap run: minutes; --no-full skips it), timed as (a), then
+      mmdebstrap run: minutes; `--cases c,a` skips it), timed as (a), then
       activated by hand (which replicas_required allows only once acked).
 
 Baselines, measured in the same run right after each acknowledgement (the
@@ -393,7 +393,12 @@ def main() -> None:
         default=1,
         help="the primary's [replication] replicas_required",
     )
-    parser.add_argument("--no-full", action="store_true", help="skip (b), the mmdebstrap rebuild")
+    parser.add_argument(
+        "--cases",
+        default="c,a,b",
+        help="which cases, in this order (default c,a,b; b is the mmdebstrap rebuild; c always"
+        " runs, since the replica starts with it)",
+    )
     args = parser.parse_args()
     root: Path = args.root.resolve()
     p_broker = Broker(root / "p-broker").start()
@@ -417,7 +422,8 @@ def main() -> None:
         bench = Bench(
             args.label, primary, replica, timeline, scratch, args.replicas_required, controllers
         )
-        steps = [bench.first_copy, bench.overlay] + ([] if args.no_full else [bench.full])
+        more = {"a": bench.overlay, "b": bench.full}
+        steps = [bench.first_copy] + [more[c] for c in args.cases.split(",") if c in more]
         for step in steps:
             cases.append(step())
             print_table(cases[-1:], "")
