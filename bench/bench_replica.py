@@ -195,6 +195,12 @@ def versions(ws: Workspace, label: str) -> list[dict[str, Any]]:
     return rows
 
 
+def cpu_seconds(ctl: Controller) -> float:
+    """CPU seconds (user + system) a controller process used so far, its children not."""
+    fields = Path(f"/proc/{ctl.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -290,6 +296,7 @@ class Bench:
         wanted = catch_up_wanted(versions(self.primary, self.label))
         ctl = Controller(self.replica, args=("--role", "replica"))
         self.controllers.append(ctl)
+        primary_cpu = cpu_seconds(self.controllers[0])
         t0 = time.time()
         ctl.start()
         acks = [
@@ -299,7 +306,12 @@ class Bench:
             for v in sorted(wanted)
         ]
         first = min(acks, key=lambda a: a.at)
+        used = cpu_seconds(self.controllers[0]) - primary_cpu, cpu_seconds(ctl)
         case = Case("(c) first copy", first.data["version"], first.data, first.at - t0, load())
+        case.note = (
+            f"CPU s from the replica's start to the last catch-up ack: the primary's daemon"
+            f" {used[0]:.1f}, the replica's {used[1]:.1f} ({len(acks)} version(s) copied)"
+        )
         baselines(case, self.images, None, self.scratch)
         return case
 
