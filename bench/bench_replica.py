@@ -11,7 +11,8 @@ on the primary's broker records every envelope with its arrival time.
 Cases, in this order:
   (c) first copy: the replica starts with an empty store and catches up with
       the primary's active version; from the replica's process start to its
-      `image.replicated` arriving on the primary's broker.
+      `image.replicated` arriving on the primary's broker, with the CPU seconds
+      both daemons used meanwhile (which side bounds the copy).
   (a) overlay: one file under the primary's overlays_dir/common changes; the
       primary's daemon builds an overlay version; from that build's
       `image.build.succeeded` (the envelope's `time`: when the build was
