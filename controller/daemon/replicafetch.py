@@ -1,9 +1,10 @@
 """A version's files fetched from the primary's HTTP API (a controller.store.replica Source).
 
-One persistent HTTP/1.1 connection per copy, in the worker thread that makes
-the copy: a root tree is thousands of small files, and a connection per file
-would cost more than the files. A failed request is tried once more on a new
-connection; an HTTP error names the URL and the status.
+One persistent HTTP/1.1 connection per fetching thread of a copy
+(controller.store.replica fetches FETCHERS files at once): a root tree is
+thousands of small files, and a connection per file would cost more than the
+files. A failed request is tried once more on a new connection; an HTTP
+error names the URL and the status.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import threading
 import urllib.parse
 from typing import BinaryIO
 
@@ -55,24 +57,38 @@ class HttpSource:
         self.base = f"/api/v1/labels/{label}/versions/{version}/files/"
         self.url = f"{base_url}{self.base}"
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._conn: http.client.HTTPConnection | None = None
+        self._local = threading.local()  # .conn: this thread's connection
+        self._lock = threading.Lock()
+        self._open: set[http.client.HTTPConnection] = set()
 
     def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
             if self.scheme == "https":
                 context = ssl.create_default_context()
-                self._conn = http.client.HTTPSConnection(
-                    self.netloc, timeout=TIMEOUT_S, context=context
-                )
+                conn = http.client.HTTPSConnection(self.netloc, timeout=TIMEOUT_S, context=context)
             else:
-                self._conn = http.client.HTTPConnection(self.netloc, timeout=TIMEOUT_S)
-        return self._conn
+                conn = http.client.HTTPConnection(self.netloc, timeout=TIMEOUT_S)
+            self._local.conn = conn
+            with self._lock:
+                self._open.add(conn)
+        return conn
+
+    def _drop(self) -> None:
+        """Close this thread's connection (after an error: the next request opens another)."""
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            with self._lock:
+                self._open.discard(conn)
+            conn.close()
 
     def close(self) -> None:
-        """Close the connection."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close every thread's connection."""
+        with self._lock:
+            conns, self._open = self._open, set()
+        for conn in conns:
+            conn.close()
 
     def _get(self, rel: str) -> http.client.HTTPResponse:
         # Index paths are file names as the primary read them: quoted byte for byte.
@@ -83,13 +99,13 @@ class HttpSource:
                 conn.request("GET", path, headers=self.headers)
                 response = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
-                self.close()
+                self._drop()
                 if attempt == 2:
                     raise StoreError(f"{self.url}{rel}: {exc}") from None
                 continue
             if response.status != 200:
                 body = response.read(512).decode("utf-8", "replace").strip()
-                self.close()
+                self._drop()
                 raise StoreError(f"{self.url}{rel}: HTTP {response.status}: {body[:200]}")
             return response
         raise AssertionError("unreachable")
@@ -99,7 +115,7 @@ class HttpSource:
         response = self._get(rel)
         data = response.read(limit + 1)
         if len(data) > limit:
-            self.close()
+            self._drop()
             raise StoreError(f"{self.url}{rel}: larger than {limit} bytes")
         return data
 
@@ -110,7 +126,7 @@ class HttpSource:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
         except (OSError, http.client.HTTPException) as exc:
-            self.close()
+            self._drop()
             raise StoreError(f"{self.url}{rel}: {exc}") from None
         mtime = response.getheader(MTIME_HEADER)
         return int(mtime) if mtime is not None and mtime.isdigit() else None

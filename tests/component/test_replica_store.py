@@ -10,18 +10,26 @@ through a symlink) is refused and leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from support import Workspace, make_root_tree
+from aiohttp import web
+from support import Workspace, free_port, make_root_tree
 
 from controller.config.load import load_config
-from controller.core.errors import VerifyError
+from controller.config.models import Config
+from controller.core.errors import StoreError, VerifyError
+from controller.daemon.replicafetch import HttpSource
+from controller.daemon.web import versionfiles
+from controller.daemon.web.openapi import API
+from controller.daemon.web.server import build_app
 from controller.store import replica, treeindex
 from controller.store.layout import LabelPaths, label_paths
 
@@ -186,3 +194,105 @@ def test_a_hostile_source_is_refused_and_leaves_nothing(
     ):
         error = _hostile(rep, version, Tampered(src, files={}, xattrs=doc))
         assert said in error, error
+
+
+class FileServer:
+    """The primary's version files route (controller.daemon.web.versionfiles) behind the
+    API's bearer check, on a free loopback port, in a thread of its own; it notes the
+    client port of every request."""
+
+    def __init__(self, config: Config, token: str) -> None:
+        self.config, self.token = config, token
+        self.port = free_port()
+        self.peers: set[int] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runner = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(20)
+
+    async def _start(self) -> web.AppRunner:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            if peer is not None:
+                self.peers.add(peer[1])
+            return await versionfiles.send_version_file(request, self.config)
+
+        route = f"{API}/labels/{{label}}/versions/{{version}}/files/{{rel:.+}}"
+        runner = web.AppRunner(build_app([(route, handler)], self.token))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        return runner
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(20)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(20)
+        self.loop.close()
+
+
+def test_a_copy_over_the_primarys_http_api_uses_several_connections_and_verifies(
+    pair: tuple[Workspace, Workspace],
+) -> None:
+    """The replica's real source: files fetched FETCHERS at a time, each fetcher on its
+    own persistent connection; a file larger than one chunk streamed; the copy checked
+    deep. A missing file and a wrong token are one-line errors naming the URL."""
+    primary, rep = pair
+    big = os.urandom(3 * versionfiles.CHUNK + 17)
+    (primary.tree / "usr" / "lib" / "big.bin").write_bytes(big)
+    primary.run("build", primary.label, "--activate")
+    (version,) = _versions(primary)
+    server = FileServer(load_config(primary.config), "replica-token-0123456789")
+    try:
+        source = HttpSource(server.url, server.token, rep.label, version)
+        try:
+            done = replica.replicate(_store(rep), version, source)
+        finally:
+            source.close()
+        rep.run("verify", rep.label, version, "--deep")
+        assert (_store(rep).rootfs(version) / "usr" / "lib" / "big.bin").read_bytes() == big
+        assert done.fetched_files > 300 and done.linked_files == 0
+        assert 1 < len(server.peers) <= replica.FETCHERS + 1  # + the manifest's and index's
+
+        missing = HttpSource(server.url, server.token, rep.label, version)
+        with pytest.raises(StoreError) as err:
+            missing.read("rootfs/etc/no-such-file", 100)
+        assert "HTTP 404" in str(err.value) and "rootfs/etc/no-such-file" in str(err.value)
+        wrong = HttpSource(server.url, "not-the-token", rep.label, version)
+        with pytest.raises(StoreError) as err:
+            wrong.read("manifest.json", 1 << 20)
+        assert "HTTP 401" in str(err.value)
+        missing.close()
+        wrong.close()
+    finally:
+        server.close()
+
+
+def test_a_failed_fetch_stops_the_copy_and_leaves_nothing(
+    pair: tuple[Workspace, Workspace],
+) -> None:
+    """One fetcher's failure ends the copy: the others stop early, the staging goes."""
+    primary, rep = pair
+    primary.run("build", primary.label)
+    (version,) = _versions(primary)
+    src = _store(primary).version(version)
+    calls: list[str] = []
+
+    class Failing(replica.DirectorySource):
+        def copy(self, rel: str, out: BinaryIO) -> int | None:
+            calls.append(rel)
+            if rel == "rootfs/etc/hostname":
+                raise StoreError(f"{rel}: HTTP 500: boom")
+            return super().copy(rel, out)
+
+    dst = _store(rep)
+    with pytest.raises(StoreError, match="boom"):
+        replica.replicate(dst, version, Failing(src))
+    assert not dst.version(version).exists()
+    assert not (dst.staging / f"replica-{version}").exists()
+    index = treeindex.parse((src / "files.idx").read_bytes())
+    regular = sum(rest.startswith("f\t") for rest in index.values())
+    assert len(calls) < regular  # the rest was never fetched

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -27,19 +28,32 @@ CHUNK = 1 << 20
 MTIME_HEADER = "X-Netroot-Mtime-Ns"
 
 
-def _open(config: Config, label: str, version: str, rel: str) -> tuple[int, int, int] | None:
-    """(fd, size, mtime_ns) of the file, or None."""
+@dataclass(frozen=True)
+class _Opened:
+    fd: int  # -1 once a small file's bytes are read (and its descriptor closed)
+    size: int
+    mtime_ns: int
+    body: bytes | None  # a small file's bytes
+
+
+def _open(config: Config, label: str, version: str, rel: str) -> _Opened | None:
+    """The file, or None; a small one read and closed in the same thread hop (a root
+    tree is thousands of small files, and a replica fetches them one request each)."""
     if label not in config.labels:
         return None
     fd = replica.open_version_file(label_paths(config, label), version, rel)
     if fd is None:
         return None
-    info = os.fstat(fd)
-    return fd, info.st_size, info.st_mtime_ns
-
-
-def _read_small(fd: int, size: int) -> bytes:
-    return os.pread(fd, size, 0)
+    try:
+        info = os.fstat(fd)
+        if info.st_size > CHUNK:
+            return _Opened(fd, info.st_size, info.st_mtime_ns, None)
+        body = os.pread(fd, info.st_size, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return _Opened(-1, info.st_size, info.st_mtime_ns, body)
 
 
 def _xattrs(config: Config, label: str, version: str) -> bytes | None:
@@ -62,13 +76,12 @@ async def send_version_file(request: web.Request, config: Config) -> web.StreamR
     opened = await asyncio.to_thread(_open, config, match["label"], match["version"], match["rel"])
     if opened is None:
         return web.json_response({"error": "no such file in a committed version"}, status=404)
-    fd, size, mtime = opened
-    headers = {MTIME_HEADER: str(mtime), "Content-Type": "application/octet-stream"}
+    headers = {MTIME_HEADER: str(opened.mtime_ns), "Content-Type": "application/octet-stream"}
+    if opened.body is not None:
+        # Most files of a root tree are small: one read, one response.
+        return web.Response(body=opened.body, headers=headers)
+    fd, size = opened.fd, opened.size
     try:
-        if size <= CHUNK:
-            # Most files of a root tree are small: one read, one response.
-            body = await asyncio.to_thread(_read_small, fd, size)
-            return web.Response(body=body, headers=headers)
         response = web.StreamResponse(headers=headers)
         response.content_length = size
         await response.prepare(request)
