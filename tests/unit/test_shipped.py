@@ -118,8 +118,11 @@ MASKED = {
     "systemd-repart.service": "no local disk to partition",
     # wants modprobe@efi_pstore; archives crash records into the RAM overlay
     "systemd-pstore.service": "its archive would live in RAM and vanish",
-    # runs e2scrub (lvm snapshots of ext4) at every boot
+    # runs e2scrub (lvm snapshots of ext4) at every boot: 52 s of a TCG boot
     "e2scrub_reap.service": "no local ext4 on LVM",
+    # Debian's: gettys on tty2-tty6 where logind is missing (35 s of a TCG boot);
+    # tty1 and the serial console keep theirs
+    "getty-static.service": "five more virtual-console gettys",
 }
 
 
