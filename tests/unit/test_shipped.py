@@ -165,3 +165,19 @@ def test_node_keys_makes_ed25519_and_ecdsa_host_keys_not_rsa(tmp_path: Path) -> 
     run()
     assert handed.read_text() == "site key\n"
     assert len((root / "root/.ssh/authorized_keys").read_text().splitlines()) == 1
+
+
+def test_the_node_journal_stays_in_run_not_in_the_overlay() -> None:
+    """/var/log/journal would be RAM as well (the overlay's tmpfs): a flush at
+    every boot and files in every diff report, for nothing."""
+    conf = shipped.shipped("base") / "etc/systemd/journald.conf.d/netroot.conf"
+    lines = [line.strip() for line in conf.read_text().splitlines()]
+    assert lines[lines.index("[Journal]") + 1 :] == ["Storage=volatile"]
+
+
+def test_drivers_for_hardware_a_diskless_node_lacks_are_blacklisted() -> None:
+    conf = shipped.shipped("base") / "etc/modprobe.d/netroot.conf"
+    words = [line.split() for line in conf.read_text().splitlines() if line.strip()]
+    blacklisted = {w[1] for w in words if w[0] == "blacklist"}
+    assert {"floppy", "parport_pc"} <= blacklisted
+    assert all(w[0] in ("#", "blacklist") for w in words)
