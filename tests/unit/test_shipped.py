@@ -109,6 +109,9 @@ def test_the_agent_starts_once_root_and_network_are_up_not_after_sysinit() -> No
     # what DefaultDependencies=no drops and a service still needs: stop at shutdown
     assert "shutdown.target" in _unit_words(unit, ("Conflicts",))
     assert "shutdown.target" in _unit_words(unit, ("Before",))
+    # ahead of udev's workers on a slow node's CPU
+    nice = [int(line.split("=", 1)[1]) for line in lines if line.startswith("Nice=")]
+    assert nice and nice[0] < 0
 
 
 # systemd masks a unit whose file is empty (systemd.unit(5)); base/ cannot
