@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,92 @@ def test_host_key_generation_holds_up_sshd_only_not_the_whole_boot() -> None:
     assert "netroot-node-keys.service" not in _unit_words(sysinit, ("Wants", "Requires"))
     multi_user = base / "etc/systemd/system/multi-user.target.d/netroot.conf"
     assert "netroot-node-keys.service" in _unit_words(multi_user, ("Wants",))
+
+
+def test_the_agent_starts_once_root_and_network_are_up_not_after_sysinit() -> None:
+    """Root and NIC are up before switch-root; sysinit.target and basic.target
+    (udev coldplug, tmpfiles, module loading) took over a minute of a TCG boot
+    and the report waited for them (issue 11)."""
+    unit = shipped.shipped("base") / "usr/lib/systemd/system/netroot-agent.service"
+    lines = [line.strip() for line in unit.read_text().splitlines()]
+    assert "DefaultDependencies=no" in lines
+    after = _unit_words(unit, ("After", "Requires", "Wants", "BindsTo"))
+    assert after == {"systemd-journald.socket"}
+    # what DefaultDependencies=no drops and a service still needs: stop at shutdown
+    assert "shutdown.target" in _unit_words(unit, ("Conflicts",))
+    assert "shutdown.target" in _unit_words(unit, ("Before",))
+    # ahead of udev's workers on a slow node's CPU
+    nice = [int(line.split("=", 1)[1]) for line in lines if line.startswith("Nice=")]
+    assert nice and nice[0] < 0
+
+
+# systemd masks a unit whose file is empty (systemd.unit(5)); base/ cannot
+# carry the usual /dev/null symlink. unit -> why a diskless node goes without it
+MASKED = {
+    # wants modprobe@loop and @dm_mod (20.1 s of a TCG boot) and grows local disks
+    "systemd-repart.service": "no local disk to partition",
+    # wants modprobe@efi_pstore; archives crash records into the RAM overlay
+    "systemd-pstore.service": "its archive would live in RAM and vanish",
+    # runs e2scrub (lvm snapshots of ext4) at every boot: 52 s of a TCG boot
+    "e2scrub_reap.service": "no local ext4 on LVM",
+    # Debian's: gettys on tty2-tty6 where logind is missing (35 s of a TCG boot);
+    # tty1 and the serial console keep theirs
+    "getty-static.service": "five more virtual-console gettys",
+}
+
+
+def test_units_a_diskless_node_does_not_need_are_masked_by_empty_files() -> None:
+    system = shipped.shipped("base") / "etc/systemd/system"
+    masked = {p.name for p in system.iterdir() if p.is_file() and p.stat().st_size == 0}
+    assert masked == set(MASKED)
+
+
+def test_node_keys_makes_ed25519_and_ecdsa_host_keys_not_rsa(tmp_path: Path) -> None:
+    """RSA 3072 generation cost tens of seconds of a TCG boot's single vCPU."""
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed")
+    script = shipped.shipped("base") / "usr/lib/netroot/node-keys"
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("ro netroot.ssh_key=ssh-ed25519:AAAAC3Nza root=nfs4:h:/x\n")
+    root = tmp_path / "root"
+    handed = root / "etc/ssh/ssh_host_ecdsa_key"
+    env = {**os.environ, "NETROOT_ROOT": str(root), "NETROOT_CMDLINE_FILE": str(cmdline)}
+
+    def run() -> str:
+        done = subprocess.run(
+            [str(script)], env=env, capture_output=True, text=True, timeout=60, check=True
+        )
+        return done.stdout
+
+    assert "ssh host keys ready" in run()
+    keys = sorted(p.name for p in (root / "etc/ssh").iterdir())
+    assert keys == [
+        "ssh_host_ecdsa_key",
+        "ssh_host_ecdsa_key.pub",
+        "ssh_host_ed25519_key",
+        "ssh_host_ed25519_key.pub",
+    ]
+    assert (root / "root/.ssh/authorized_keys").read_text() == (
+        "ssh-ed25519 AAAAC3Nza netroot-boot\n"
+    )
+    # a key handed to the node is kept; a second run adds no second authorized line
+    handed.write_text("site key\n")
+    run()
+    assert handed.read_text() == "site key\n"
+    assert len((root / "root/.ssh/authorized_keys").read_text().splitlines()) == 1
+
+
+def test_the_node_journal_stays_in_run_not_in_the_overlay() -> None:
+    """/var/log/journal would be RAM as well (the overlay's tmpfs): a flush at
+    every boot and files in every diff report, for nothing."""
+    conf = shipped.shipped("base") / "etc/systemd/journald.conf.d/netroot.conf"
+    lines = [line.strip() for line in conf.read_text().splitlines()]
+    assert lines[lines.index("[Journal]") + 1 :] == ["Storage=volatile"]
+
+
+def test_drivers_for_hardware_a_diskless_node_lacks_are_blacklisted() -> None:
+    conf = shipped.shipped("base") / "etc/modprobe.d/netroot.conf"
+    words = [line.split() for line in conf.read_text().splitlines() if line.strip()]
+    blacklisted = {w[1] for w in words if w[0] == "blacklist"}
+    assert {"floppy", "parport_pc"} <= blacklisted
+    assert all(w[0] in ("#", "blacklist") for w in words)
