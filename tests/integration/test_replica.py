@@ -11,8 +11,9 @@ broker sees the replica's acknowledgement before the activation it allows,
 and the replica's node states; `netroot versions` and `verify --deep` on the
 replica show the primary's versions, active as on the primary; with the
 replica stopped, the primary refuses to activate and says why; started
-again, the replica catches up. Not here: Ganesha serving each namespace's
-store (tests/integration/test_boot_e2e.py boots a VM from a replica).
+again, the replica catches up; each server's own NFS-Ganesha, configured as
+`netroot render ganesha` prints for it, serves the same bytes (read with
+libnfs's nfs-cat). tests/integration/test_boot_e2e.py boots a VM from a replica.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from integration.twoservers import (
     REPLICA,
     NsBroker,
     in_netns,
+    nfs_read,
+    ns_ganesha,
     shipped_bridge,
     two_namespaces,
 )
@@ -90,6 +93,7 @@ class Sites:
     collector: Collector  # paho, on the primary's broker
     p_ctl: Controller
     r_ctl: Controller
+    pns: str
     rns: str
 
     def start_replica(self) -> None:
@@ -102,17 +106,19 @@ def _workspaces(tmp_path: Path) -> tuple[Workspace, Workspace]:
     token = tmp_path / "primary.token"
     token.write_text("replica-test-token-0123456789\n")
     token.chmod(0o600)
-    mqtt = f'[mqtt]\nhost = "127.0.0.1"\nport = {MQTT_PORT}\nstatus_interval = 2\n'
+    common = f'[mqtt]\nhost = "127.0.0.1"\nport = {MQTT_PORT}\nstatus_interval = 2\n'
+    # each server's own NFS server serves its store to its namespace's loopback (nfs-cat)
+    common += '[nfs]\nclients = ["127.0.0.0/8"]\ninsecure = true\n'
     primary = Workspace(
         tmp_path / "primary",
         extra_config=f'server = "{PRIMARY}"\ndebounce_quiet = 0.2\ndebounce_max_latency = 2\n'
-        f'{mqtt}[replication]\nname = "boot1"\nreplicas_required = 1\nack_timeout = 15\n',
+        f'{common}[replication]\nname = "boot1"\nreplicas_required = 1\nack_timeout = 15\n',
         http=f'listen = "{PRIMARY}:{HTTP_PORT}"\ntoken_file = "{token}"',
     )
     make_root_tree(primary.tree, files=400)
     replica = Workspace(
         tmp_path / "replica",
-        extra_config=f'server = "{REPLICA}"\n{mqtt}[replication]\nname = "boot2"\n'
+        extra_config=f'server = "{REPLICA}"\n{common}[replication]\nname = "boot2"\n'
         f'primary_url = "http://{PRIMARY}:{HTTP_PORT}"\ntoken_file = "{token}"\n'
         "retry_interval = 2\n",
     )
@@ -130,7 +136,7 @@ def sites(tmp_path: Path, namespaces: tuple[str, str]) -> Iterator[Sites]:
     r_broker = NsBroker(rns, tmp_path / "r-broker", bridged)
     collector = in_netns(pns, lambda: Collector(MQTT_PORT))
     p_ctl = Controller(primary, prefix=("ip", "netns", "exec", pns))
-    found = Sites(primary, replica, collector, p_ctl, p_ctl, rns)
+    found = Sites(primary, replica, collector, p_ctl, p_ctl, pns, rns)
     try:
         wait_for(lambda: "netroot-bridge-boot2" in p_broker.text(), "the replica's bridge")
         p_ctl.start()
@@ -204,6 +210,11 @@ def _overlay_edit(s: Sites) -> str:
     assert ack["version"] == v2 and ack["linked_files"] > 400 and ack["fetched_files"] <= 3
     wait_for(lambda: active(s.replica) == v2, "the replica to activate v2")
     assert (s.replica.images() / v2 / "rootfs" / "etc" / "motd").read_text() == "replicated\n"
+    # Each server serves it with its own NFS server, configured as `netroot render ganesha`
+    # prints for it: the same bytes over NFSv4 from either namespace.
+    for ws, ns in ((s.primary, s.pns), (s.replica, s.rns)):
+        with ns_ganesha(ns, ws.root / "ganesha", ws.run("render", "ganesha").stdout):
+            assert nfs_read(ns, f"demo/{v2}/etc/motd") == "replicated\n"
     return v2
 
 

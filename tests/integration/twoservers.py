@@ -24,8 +24,10 @@ import pytest
 from integration.harness import wait_for
 from support import REPO
 
+from controller.serve import nfs
+
 PRIMARY, REPLICA = "10.77.5.1", "10.77.5.2"
-MQTT_PORT, HTTP_PORT = 1883, 9650
+MQTT_PORT, HTTP_PORT, NFS_PORT = 1883, 9650, 2049
 CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
@@ -128,3 +130,45 @@ def shipped_bridge() -> str:
     text = re.sub(r"(?m)^address .*$", f"address {PRIMARY}:{MQTT_PORT}", text)
     # This test's primary broker is anonymous and without TLS.
     return re.sub(r"(?m)^(remote_username|remote_password|bridge_cafile) .*$", "", text)
+
+
+@contextlib.contextmanager
+def ns_ganesha(ns: str, root: Path, config_text: str) -> Iterator[None]:
+    """ganesha.nfsd in a namespace on port 2049 with the config `netroot render ganesha`
+    printed for that server (its recovery directory moved under root)."""
+    root.mkdir(parents=True, exist_ok=True)
+    conf = root / "ganesha.conf"
+    text = re.sub(r"RecoveryRoot = [^;]*;", f"RecoveryRoot = {root / 'recovery'};", config_text)
+    conf.write_text(text)
+    argv = nfs.ganesha_argv(conf, root / "ganesha.log", root / "ganesha.pid")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ns, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: listening(ns, NFS_PORT), f"ganesha.nfsd in {ns}", timeout=60)
+        yield
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(30)
+
+
+def nfs_read(ns: str, path: str) -> str:
+    """A file read over NFSv4 from the namespace's own server (libnfs's nfs-cat: this host
+    has no kernel NFS client)."""
+    url = f"nfs://127.0.0.1/{path}?version=4&nfsport={NFS_PORT}"
+    failed: list[str] = []
+
+    def read() -> str | None:  # the server may still be finishing its start
+        done = subprocess.run(["ip", "netns", "exec", ns, "nfs-cat", url],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        failed.append(done.stderr)
+        return done.stdout if done.returncode == 0 else None
+
+    try:
+        return wait_for(read, f"{url} from {ns}", timeout=60)
+    except AssertionError:
+        raise AssertionError(f"{url} from {ns}: {failed[-1]}") from None
