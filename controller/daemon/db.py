@@ -33,6 +33,7 @@ from controller.events.liveness import in_use
 
 DB_NAME = "netroot.db"
 SCHEMA_VERSION = 1
+WAL_SIZE_LIMIT = 64 << 20  # bytes the WAL file keeps after a checkpoint resets it
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -193,6 +194,9 @@ class Database(Closing, Outbox, Journal, NodeReads, BuildReads):
         # the store (whose history is fsynced) re-announces what they held.
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoints run past 10,000 pages (daemon.checkpoint): a WAL grown that large
+        # in a storm is cut back when it restarts, not kept on disk for good.
+        self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         self._conn.executescript(_SCHEMA)
         self._conn.executescript(JOURNAL_SCHEMA)  # added without a schema version: a new table
         self._conn.executescript(ROLLOUT_SCHEMA)  # canary rollouts (issue 12): new tables too

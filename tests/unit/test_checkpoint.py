@@ -6,6 +6,9 @@ import asyncio
 import threading
 from pathlib import Path
 
+import pytest
+
+from controller.daemon import db as dbmodule
 from controller.daemon.checkpoint import WalCheckpointer
 from controller.daemon.db import Database
 
@@ -63,4 +66,23 @@ def test_the_component_checkpoints_on_its_own_and_stops_cleanly(tmp_path: Path) 
         return keeper.checkpoints
 
     assert asyncio.run(main()) >= 2
+    db.close()
+
+
+def test_a_wal_grown_in_a_storm_is_cut_back_once_checkpointed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dbmodule, "WAL_SIZE_LIMIT", 64 * 1024)
+    db = Database(tmp_path / "netroot.db")
+    db.defer_checkpoints(100_000)
+    fill(db, 1200)
+    wal = Path(f"{db.path}-wal")
+    grown = wal.stat().st_size
+    assert grown > 1_000_000
+    keeper = WalCheckpointer(db.path)
+    asyncio.run(keeper.setup())
+    keeper.checkpoint()
+    fill(db, 1)  # the next write resets the WAL, and truncates the file to the limit
+    assert wal.stat().st_size <= 64 * 1024 + 8192, (grown, wal.stat().st_size)
+    asyncio.run(keeper.teardown())
     db.close()
