@@ -35,6 +35,16 @@ def wait_until(
     return value
 
 
+def stop_process(process: subprocess.Popen[bytes], within: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `within` seconds; reaped."""
+    process.terminate()
+    try:
+        process.wait(within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(within)
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     """True if something accepts TCP connections on host:port."""
     try:

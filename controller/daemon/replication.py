@@ -95,28 +95,46 @@ class FleetMirror:
         # This controller's own states come back on the same topics: skipped unparsed.
         self.own = f'"source":{json.dumps(ctx.emitter.source)}'.encode()
 
-    def heard(self, message: Message) -> bool:
-        """True when the message was a node state (taken or ignored), False otherwise."""
-        head, sep, mac = message.topic.rpartition("/state/node/")
-        if not sep or not head:
-            return False
-        if not message.payload:
-            with contextlib.suppress(ValueError), self.ctx.db.transaction() as tx:
-                fleetstore.drop(tx, normalize_mac(mac))
-            return True
-        if self.own in message.payload:
-            return True
+    def take(self, messages: list[Message]) -> list[Message]:
+        """Apply the node states among messages, all in one transaction (a replica's boot
+        storm arrives as thousands of them); returns the other messages."""
+        others: list[Message] = []
+        changes: list[tuple[str, NodeState | None]] = []  # (server, state) or (mac, None)
+        for message in messages:
+            head, sep, mac = message.topic.rpartition("/state/node/")
+            if not sep or not head:
+                others.append(message)
+            elif not message.payload:  # an emptied retained state: the node is forgotten
+                with contextlib.suppress(ValueError):
+                    changes.append((normalize_mac(mac), None))
+            elif self.own not in message.payload and (change := self._state(message, mac)):
+                changes.append(change)
+        if changes:
+            with self.ctx.db.transaction() as tx:
+                for key, state in changes:
+                    if state is None:
+                        fleetstore.drop(tx, key)
+                    else:
+                        fleetstore.put(tx, key, state)
+        return others
+
+    def _state(self, message: Message, mac: str) -> tuple[str, NodeState] | None:
         parsed = parse_envelope(message)
         if parsed is None or not isinstance(parsed[1], NodeState):
-            return True
+            return None
         source, state = parsed[0], parsed[1]
         if state.mac != mac:
             log.warning("node state on another node's topic; ignored", topic=message.topic)
-            return True
-        server = source.removeprefix("netroot://")[:128]
-        with self.ctx.db.transaction() as tx:
-            fleetstore.put(tx, server, state)
-        return True
+            return None
+        return source.removeprefix("netroot://")[:128], state
+
+
+def _drained(inbox: asyncio.Queue[Message]) -> list[Message]:
+    """The message just taken's companions: what else has already arrived."""
+    found = []
+    while not inbox.empty():
+        found.append(inbox.get_nowait())
+    return found
 
 
 def _link(ctx: Context, role: str, subscriptions: list[str]) -> BrokerLink:
@@ -153,8 +171,8 @@ class ReplicaAcks(Component):
         async with asyncio.TaskGroup() as group:
             group.create_task(self.link.run(), name="replicas-mqtt")
             while True:
-                message = await self.link.inbox.get()
-                if not self.fleet.heard(message):
+                first = await self.link.inbox.get()
+                for message in self.fleet.take([first, *_drained(self.link.inbox)]):
                     await self._receive(message)
 
     async def teardown(self) -> None:
@@ -258,8 +276,8 @@ class Follower(Component):
             group.create_task(self.link.run(), name="replicas-mqtt")
             group.create_task(self._work(), name="replicas-work")
             while True:
-                message = await self.link.inbox.get()
-                if not self.fleet.heard(message):
+                first = await self.link.inbox.get()
+                for message in self.fleet.take([first, *_drained(self.link.inbox)]):
                     self._heard(message)
 
     async def teardown(self) -> None:

@@ -274,11 +274,11 @@ def _xattr_value(path: str, name: object, value: object) -> bytes:
 class _Copy:
     """One staged copy of a version, made entry by entry from the index."""
 
-    def __init__(self, source: Source, staging: Path, *, link: bool, paths: LabelPaths) -> None:
+    def __init__(self, source: Source, staging: Path, paths: LabelPaths) -> None:
         self.source = source
         self.staging = staging
         self.rootfs = staging / "rootfs"
-        self.files, self.boot = _link_sources(paths) if link else ({}, {})
+        self.files, self.boot = _link_sources(paths)
         self.fetched_files = self.fetched_bytes = self.linked = 0
         self.xattrs: Xattrs = {}
         self._counts = threading.Lock()
@@ -416,13 +416,12 @@ def replicate(
     version: str,
     source: Source,
     *,
-    link: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Replicated:
     """Copy one version from source into this store, unless it is here already.
 
-    link=False copies every file (a label whose node writes its tree in place
-    must share no inode with another version).
+    rw labels are never copied (controller.daemon.replication): a hard link
+    shared with an older version is safe only because nothing writes in place.
     """
     t0 = time.monotonic()
     if not is_store_version(version):
@@ -443,7 +442,7 @@ def replicate(
     fsops.remove_tree(staging)
     staging.mkdir(mode=0o700)
     try:
-        copy = _Copy(source, staging, link=link, paths=paths)
+        copy = _Copy(source, staging, paths)
         copy.xattrs = parse_xattrs(source.read(XATTRS_NAME, MAX_XATTRS), index)
         copy.tree(index, progress)
         copy.boot_files(manifest)
@@ -468,44 +467,6 @@ def _commit(paths: LabelPaths, staging: Path, version: str) -> None:
             return
         os.rename(staging, paths.version(version))
         fsops.fsync_dir(paths.images)
-
-
-class DirectorySource:
-    """A version directory of another store on this machine (tests, `rsync`ed copies)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _path(self, rel: str) -> Path:
-        parts = rel.split("/")
-        if any(p in ("", ".", "..") for p in parts):
-            raise StoreError(f"{rel!r} is not a path inside a version")
-        return self.directory.joinpath(*parts)
-
-    def read(self, rel: str, limit: int) -> bytes:
-        """The file's bytes, refused beyond limit (xattrs.json: made from the tree)."""
-        if rel == XATTRS_NAME:
-            return render_xattrs(tree_xattrs(self.directory / "rootfs"))
-        with self._open(rel) as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise StoreError(f"{rel}: larger than {limit} bytes")
-        return data
-
-    def copy(self, rel: str, out: BinaryIO) -> int | None:
-        """Stream the file into out; its mtime."""
-        with self._open(rel) as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                out.write(chunk)
-            return os.fstat(f.fileno()).st_mtime_ns
-
-    def _open(self, rel: str) -> BinaryIO:
-        path = self._path(rel)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise StoreError(f"{path}: no such file") from None
-        return os.fdopen(fd, "rb")
 
 
 def open_version_file(paths: LabelPaths, version: str, rel: str) -> int | None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import stop_process
 
 from controller.render.exports import ExportSpec
 from controller.render.ganesha import render_ganesha
@@ -54,12 +55,7 @@ def _ganesha(tmp_path: Path, rootfs: Path) -> Iterator[int]:
             time.sleep(0.2)
         yield port
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        stop_process(server)
 
 
 def _read(port: int, path: str) -> str:

@@ -34,6 +34,45 @@ from controller.store import replica, treeindex
 from controller.store.layout import LabelPaths, label_paths
 
 
+class DirectorySource:
+    """A version directory of another store on this machine: the primary's side of the
+    copy without HTTP (the HTTP source is tests/integration/test_replica.py's)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, rel: str) -> Path:
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise StoreError(f"{rel!r} is not a path inside a version")
+        return self.directory.joinpath(*parts)
+
+    def read(self, rel: str, limit: int) -> bytes:
+        """The file's bytes, refused beyond limit (xattrs.json: made from the tree)."""
+        if rel == replica.XATTRS_NAME:
+            return replica.render_xattrs(replica.tree_xattrs(self.directory / "rootfs"))
+        with self._open(rel) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise StoreError(f"{rel}: larger than {limit} bytes")
+        return data
+
+    def copy(self, rel: str, out: BinaryIO) -> int | None:
+        """Stream the file into out; its mtime."""
+        with self._open(rel) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                out.write(chunk)
+            return os.fstat(f.fileno()).st_mtime_ns
+
+    def _open(self, rel: str) -> BinaryIO:
+        path = self._path(rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise StoreError(f"{path}: no such file") from None
+        return os.fdopen(fd, "rb")
+
+
 def _store(ws: Workspace) -> LabelPaths:
     return label_paths(load_config(ws.config), ws.label)
 
@@ -69,7 +108,7 @@ def test_a_copied_version_verifies_deep_and_links_what_did_not_change(
     primary.run("build", primary.label, "--activate")
     (first,) = _versions(primary)
     src = _store(primary)
-    done = replica.replicate(_store(rep), first, replica.DirectorySource(src.version(first)))
+    done = replica.replicate(_store(rep), first, DirectorySource(src.version(first)))
     assert not done.held and done.linked_files == 0
     index = treeindex.parse((src.version(first) / "files.idx").read_bytes())
     regular = sum(rest.startswith("f\t") for rest in index.values())
@@ -96,7 +135,7 @@ def test_a_copied_version_verifies_deep_and_links_what_did_not_change(
     (primary.overlays / "common" / "etc" / "motd").write_text("edited\n")
     primary.run("build", primary.label, "--overlays-only")
     second = _versions(primary)[-1]
-    done = replica.replicate(dst, second, replica.DirectorySource(src.version(second)))
+    done = replica.replicate(dst, second, DirectorySource(src.version(second)))
     changed = {
         path: rest
         for path, rest in treeindex.parse((src.version(second) / "files.idx").read_bytes()).items()
@@ -115,7 +154,7 @@ def test_a_copied_version_verifies_deep_and_links_what_did_not_change(
     new = dst.rootfs(second) / "usr" / "lib" / "pkg0000" / "file000007"
     assert old.stat().st_ino == new.stat().st_ino
 
-    again = replica.replicate(dst, second, replica.DirectorySource(src.version(second)))
+    again = replica.replicate(dst, second, DirectorySource(src.version(second)))
     assert again.held and again.fetched_files == 0
 
 
@@ -130,7 +169,7 @@ class Tampered:
         index: bytes | None = None,
         xattrs: bytes | None = None,
     ):
-        self.inner = replica.DirectorySource(directory)
+        self.inner = DirectorySource(directory)
         self.files = files
         self.index = index
         self.xattrs = xattrs
@@ -281,7 +320,7 @@ def test_a_failed_fetch_stops_the_copy_and_leaves_nothing(
     src = _store(primary).version(version)
     calls: list[str] = []
 
-    class Failing(replica.DirectorySource):
+    class Failing(DirectorySource):
         def copy(self, rel: str, out: BinaryIO) -> int | None:
             calls.append(rel)
             if rel == "rootfs/etc/hostname":

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 from integration.harness import wait_for
-from support import REPO
+from support import REPO, stop_process
 
 from controller.serve import nfs
 
@@ -120,8 +120,7 @@ class NsBroker:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
+        stop_process(self.proc)
 
 
 def shipped_bridge() -> str:
@@ -148,12 +147,7 @@ def ns_ganesha(ns: str, root: Path, config_text: str) -> Iterator[None]:
         wait_for(lambda: listening(ns, NFS_PORT), f"ganesha.nfsd in {ns}", timeout=60)
         yield
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(30)
+        stop_process(server)
 
 
 def nfs_read(ns: str, path: str) -> str:
