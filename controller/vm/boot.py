@@ -137,8 +137,13 @@ async def run_boot(
     target = vm_target(config, options.label, version, options.ssh_key, http=options.over_http)
     outcome = BootOutcome(options.label, version, options.mac or random_mac())
     run_dir = new_run_dir(config, options.label)
+    session = _Session(config, options, target, run_dir, outcome, emit, say)
+    loop = asyncio.get_running_loop()
+    # Installed for the whole run, wrap-up included: a stop signal that comes while the
+    # VM is already being put away (--stop-after-report) must not cut the wrap-up short.
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, session.stop.set)  # signals only set an event
     try:
-        session = _Session(config, options, target, run_dir, outcome, emit, say)
         if not options.direct:
             session.render_menus()
         await session.supervise()
@@ -147,6 +152,8 @@ async def run_boot(
         outcome.console_tail = console_tail(text, TAIL_LINES)
         outcome.serial_log = _keep_log(config, run_dir)
         remove_run_dir(run_dir)
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
     return outcome
 
 
@@ -188,9 +195,6 @@ class _Session:
 
     async def supervise(self) -> None:
         """Accelerator, Ganesha, then qemu and the watchers, until the first reason to stop."""
-        loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, self.stop.set)  # signals only set an event
         tasks: list[asyncio.Task[None]] = []
         try:
             paths = label_paths(self.config, self.options.label)
@@ -219,8 +223,6 @@ class _Session:
             self.outcome.ended = "stopped (signal)"
         finally:
             await _cancel_all(tasks)
-            for sig in STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
 
     def menu_key(self) -> tuple[str | None, str | None]:
         """What the guest's next PXE boot should get: the active version, its canary pin."""

@@ -372,6 +372,7 @@ def test_ipxe_over_http_and_pxelinux_over_tftp_both_reach_the_report(
         assert (report.label, report.version, report.mac) == ("debian12", version, mac)
         loads = [json.loads(line) for line in vm.lines if '"boot-files"' in line]
         assert [m["text"] for m in loads if "milestone" in m][:1] == [loaded], vm.output()
+        vm.process.wait(120)  # --stop-after-report: it ends by itself once it saw the report
     finally:
         status = vm.stop()
     assert status == 0
