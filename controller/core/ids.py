@@ -55,6 +55,29 @@ HOST_ALLOWED = "an IPv4 or IPv6 address or a host name"
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
 
 
+IP_ALLOWED = "an IPv4 or IPv6 address"
+
+
+def canonical_ip(value: object) -> str:
+    """The address as text in its canonical form (what str(ipaddress.ip_address()) gives).
+
+    Kept as text, not as an address object: a node's IP is only compared and
+    shown, and turning an address object back into text for every event of a
+    boot storm cost more than the rest of the node's state did.
+    """
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"must be {IP_ALLOWED} as a string")  # noqa: TRY004 (pydantic reports ValueError)
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"invalid IP address {value[:64]!r} (allowed: {IP_ALLOWED})") from None
+    # IPv4 text that parses is canonical already (the parser takes no leading zeros,
+    # no spaces, no other notation); IPv6 has many spellings of one address.
+    return value if address.version == 4 else str(address)
+
+
 def is_host(host: str) -> bool:
     """True for an IP address or a DNS host name."""
     try:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -16,6 +17,49 @@ class Model(BaseModel):
     """Base of every model: immutable, unknown keys refused."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def trusted(cls, **values: Any) -> Self:
+        """An instance of values that are valid already, made without validating them again.
+
+        What `model_construct` does, for the daemon's hottest path (the events of
+        each node report in a boot storm), at a fifth of its cost: the defaults
+        are looked up once per class. Unlike `model_construct` it refuses a name
+        that is not a field, and a required field left out.
+        """
+        template, required = _template(cls)
+        fields = template.copy()
+        fields.update(values)  # a known key keeps its place: the dict is in field order
+        if len(fields) != len(template) or not required <= values.keys():
+            unknown = sorted(values.keys() - template.keys())
+            missing = sorted(required - values.keys())
+            raise TypeError(f"{cls.__name__}: unknown {unknown}, missing {missing}")
+        made = cls.__new__(cls)
+        _set = object.__setattr__  # frozen: the way pydantic itself fills an instance
+        _set(made, "__dict__", fields)
+        _set(made, "__pydantic_fields_set__", set(values))
+        _set(made, "__pydantic_extra__", None)
+        _set(made, "__pydantic_private__", None)
+        return made
+
+
+@functools.cache
+def _template(cls: type[BaseModel]) -> tuple[dict[str, Any], frozenset[str]]:
+    """Every field of cls in order with its default (None for a required one), and the
+    required ones. A model whose defaults need a factory, or that has private
+    attributes or a post-init step, has no template."""
+    if cls.__pydantic_post_init__ or cls.__private_attributes__:
+        raise TypeError(f"{cls.__name__}: made by model_construct, not trusted()")
+    template: dict[str, Any] = {}
+    required: set[str] = set()
+    for name, field in cls.model_fields.items():
+        if field.default_factory is not None or isinstance(field.default, list | dict | set):
+            # each instance needs its own: a factory's, or a copy of a mutable default
+            raise TypeError(f"{cls.__name__}.{name}: a default made per instance")
+        if field.is_required():
+            required.add(name)
+        template[name] = None if field.is_required() else field.default
+    return template, frozenset(required)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AwareDatetime, Field, IPvAnyAddress, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError
 
 from controller.config.models import Config
 from controller.core.ids import Mac
@@ -29,6 +29,7 @@ from controller.daemon.components import Component
 from controller.daemon.db import Database, Tx
 from controller.daemon.nodebook import NodeBook
 from controller.events.node_inputs import DhcpLease
+from controller.events.payloads import IpAddress
 from controller.store import fsops
 
 log = get_logger("spool")
@@ -44,7 +45,7 @@ class DhcpRecord(Model):
     kind: Literal["dhcp"] = "dhcp"  # room for other record kinds
     action: Literal["add", "old"]
     mac: Mac
-    ip: IPvAnyAddress
+    ip: IpAddress
     hostname: str | None = Field(None, max_length=255)
     firmware: bool = Field(description="asked by PXE/UEFI firmware or iPXE: a boot starts")
     at: AwareDatetime

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeAlias, assert_never
 
 from controller.events.node_events import BootTiming, Drift, RootMount
 from controller.events.node_messages import NodeReport
 
-IPAddress: TypeAlias = IPv4Address | IPv6Address
+IPAddress: TypeAlias = str  # canonical text (core.ids.canonical_ip), validated where it came in
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeAlias, TypeVar, assert_never, cast
+from typing import Any, TypeAlias, TypeVar, assert_never
 
 from controller.events.node_events import (
     NodeBooted,
@@ -165,10 +165,9 @@ def _validated(node: NodeState, /, **changes: Any) -> NodeState:
 def _event(cls: type[E], state: NodeState, **extra: Any) -> E:
     # Every value is the new state's (checked by _replace) or an input's (validated
     # at the boundary): built without validating them again, as _replace does.
-    made = cls.model_construct(
+    return cls.trusted(
         mac=state.mac, state=state.state, label=state.label, version=state.version, **extra
     )
-    return cast(E, made)
 
 
 def _finish(old: NodeState, new: NodeState, effects: list[Effect]) -> Result:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Final, Literal
 
-from pydantic import AwareDatetime, Field, IPvAnyAddress, WithJsonSchema
+from pydantic import AwareDatetime, BeforeValidator, Field, WithJsonSchema
 
-from controller.core.ids import Label, Mac, ServerName, VersionId
+from controller.core.ids import Label, Mac, ServerName, VersionId, canonical_ip
 from controller.core.model import Model
 
 TYPE_PREFIX = "org.netroot."
@@ -21,10 +21,11 @@ SCHEMA_ID_PREFIX: Final = "urn:netroot:schema:"
 # /proc/sys/kernel/random/boot_id: a lowercase UUID.
 BootId = Annotated[str, Field(pattern=r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")]
 ShortText = Annotated[str, Field(max_length=1024)]
-# pydantic documents IPvAnyAddress with its own format name, which strict
-# validators refuse; these are the standard JSON Schema formats.
+# An address as canonical text (core.ids.canonical_ip), documented with the
+# standard JSON Schema formats.
 IpAddress = Annotated[
-    IPvAnyAddress,
+    str,
+    BeforeValidator(canonical_ip),
     WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
 ]
 BuildId = Annotated[

@@ -289,6 +289,21 @@ def test_a_valid_boot_report_is_returned_as_a_model() -> None:
     assert str(report.ip) == "10.0.2.15"
 
 
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [("10.0.2.15", "10.0.2.15"), ("FD00::0:1", "fd00::1"), ("::ffff:10.0.2.15", "::ffff:a00:20f")],
+)
+def test_a_reported_ip_is_kept_in_its_canonical_spelling(sent: str, kept: str) -> None:
+    # One address, one spelling: a node's state changes only when its address does.
+    assert parse_node_message(REPORT_TOPIC, boot_report(ip=sent)).ip == kept
+
+
+@pytest.mark.parametrize("ip", ["010.0.2.15", "10.0.2", "10.0.2.15 ", "fe80::g", 167772687])
+def test_a_report_with_no_ip_address_is_refused_naming_the_field(ip: object) -> None:
+    error = rejection(REPORT_TOPIC, boot_report(ip=ip))
+    assert "ip" in error.reason and "IPv4 or IPv6 address" in error.reason, error.reason
+
+
 def test_a_will_message_needs_only_kind_and_mac() -> None:
     will = json.dumps({"kind": "offline", "mac": MAC, "boot_id": BOOT_ID}).encode()
     assert parse_node_message(REPORT_TOPIC, will).kind == "offline"
