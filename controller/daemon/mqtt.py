@@ -13,12 +13,15 @@ import contextlib
 import functools
 import random
 import ssl
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho_client
+from paho.mqtt.client import PUBACK
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -163,6 +166,47 @@ def _payload_bytes(payload: object) -> bytes:
     return b"" if payload is None else str(payload).encode()
 
 
+# A PUBACK with success and no properties, as paho.ack sends it: type, length 2, packet id.
+_PUBACK = struct.Struct("!BBH")
+READ_AHEAD = 256 * 1024  # bytes asked of the kernel at once: hundreds of node reports
+
+
+class ReadAhead:
+    """The broker socket as paho reads it, with reads served from a buffer.
+
+    paho reads each packet in three or more recv calls (its type byte, each byte
+    of its length, then the rest), and aiomqtt runs one event-loop callback per
+    packet: in a boot storm, more system calls and loop turns than reports. Here
+    one recv takes whatever the kernel has, and `pending()` (which aiomqtt asks
+    of TLS sockets) tells its callback to go on reading packets from the buffer
+    before it returns. Everything else is the socket's own.
+    """
+
+    def __init__(self, sock: object) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        """Up to size bytes: from the buffer, else one read of the socket (raising as it does)."""
+        if self._at >= len(self._buffer):
+            data: bytes = self._sock.recv(max(size, READ_AHEAD))  # type: ignore[attr-defined]
+            if len(data) <= size:
+                return data
+            self._buffer, self._at = data, 0
+        start, self._at = self._at, self._at + size
+        return self._buffer[start : self._at]
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet taken (and what TLS holds decrypted)."""
+        inner = getattr(self._sock, "pending", None)
+        held = max(len(self._buffer) - self._at, 0)
+        return held + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:  # send, fileno, close...: the socket's
+        return getattr(self._sock, name)
+
+
 class BrokerLink(Component):
     """One broker connection, kept alive by `run()`; an async context manager."""
 
@@ -305,6 +349,18 @@ class BrokerLink(Component):
             inbox.put_nowait(message)
 
         client._client.on_message = on_message
+        # paho calls on_socket_open (in the thread that connects) before it sends
+        # CONNECT; from then on paho and aiomqtt's reader both see the read-ahead.
+        aiomqtt_socket_open = client._client.on_socket_open
+        if aiomqtt_socket_open is None:
+            raise RuntimeError("aiomqtt no longer drives paho through on_socket_open")
+
+        def on_socket_open(paho: paho_client.Client, userdata: object, sock: object) -> None:
+            ahead = ReadAhead(sock)
+            paho._sock = ahead
+            aiomqtt_socket_open(paho, userdata, ahead)
+
+        client._client.on_socket_open = on_socket_open
         return client
 
     async def run(self) -> None:
@@ -412,13 +468,21 @@ class BrokerLink(Component):
         if client is None:
             return 0
         paho = client._client  # see _make_client
+        pubacks = bytearray()
         sent = 0
         for message in messages:
             receipt = message.receipt
             if receipt is None or receipt.connection != self.connections:
                 continue
-            paho.ack(receipt.mid, receipt.qos)
+            if receipt.qos == 1:
+                pubacks += _PUBACK.pack(PUBACK, 2, receipt.mid)
+            else:
+                paho.ack(receipt.mid, receipt.qos)
             sent += 1
+        if pubacks:
+            # One write for the batch's PUBACKs, as paho.ack would send them one by one:
+            # a thousand sends (and a thousand wake-ups of the broker) less per batch.
+            paho._packet_queue(PUBACK, bytes(pubacks), 0, 1)
         return sent
 
     def reconfigure(self, config: MqttConfig, subscriptions: Sequence[str] | None = None) -> None:
