@@ -8,6 +8,7 @@ pydantic models.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Annotated
@@ -131,6 +132,10 @@ def _mac_problem(mac: str) -> str | None:
     return None
 
 
+# A node report checks its node's MAC half a dozen times (its topic, its payload,
+# each topic it causes): the answers for the last few thousand MACs are kept.
+# A refused MAC raises, and what raises is never kept.
+@functools.lru_cache(maxsize=4096)
 def normalize_mac(value: str) -> str:
     """Return the MAC in aa:bb:cc:dd:ee:ff form, or raise ValueError saying why not."""
     mac = value.lower()

@@ -6,11 +6,13 @@ import functools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from controller.core.errors import ConfigError
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class Model(BaseModel):
@@ -34,13 +36,28 @@ class Model(BaseModel):
             unknown = sorted(values.keys() - template.keys())
             missing = sorted(required - values.keys())
             raise TypeError(f"{cls.__name__}: unknown {unknown}, missing {missing}")
-        made = cls.__new__(cls)
-        _set = object.__setattr__  # frozen: the way pydantic itself fills an instance
-        _set(made, "__dict__", fields)
-        _set(made, "__pydantic_fields_set__", set(values))
-        _set(made, "__pydantic_extra__", None)
-        _set(made, "__pydantic_private__", None)
-        return made
+        return _filled(cls, fields, set(values))
+
+    def trusted_update(self, **changes: Any) -> Self:
+        """self with changes that are valid already: `model_copy(update=...)` at a third of
+        its cost (the state machine makes two a report); an unknown name is refused."""
+        cls = type(self)
+        template, _ = _template(cls)
+        if not changes.keys() <= template.keys():
+            raise TypeError(f"{cls.__name__}: unknown {sorted(changes.keys() - template.keys())}")
+        fields = self.__dict__.copy()
+        fields.update(changes)
+        return _filled(cls, fields, self.__pydantic_fields_set__ | changes.keys())
+
+
+def _filled(cls: type[_M], fields: dict[str, Any], fields_set: set[str]) -> _M:
+    made = cls.__new__(cls)
+    _set = object.__setattr__  # frozen: the way pydantic itself fills an instance
+    _set(made, "__dict__", fields)
+    _set(made, "__pydantic_fields_set__", fields_set)
+    _set(made, "__pydantic_extra__", None)
+    _set(made, "__pydantic_private__", None)
+    return made
 
 
 @functools.cache

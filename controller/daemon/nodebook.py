@@ -100,7 +100,7 @@ class NodeBook:
         if known is None:
             self._admit(mac)
         self.touched.add(mac)  # also when rolled back: a second look costs nothing
-        old = known or NodeState(mac=mac)
+        old = known or NodeState.trusted(mac=mac)  # mac: checked where the input was made
         new, effects = transition(old, event)
         stored = None
         if new != old:

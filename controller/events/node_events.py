@@ -120,7 +120,7 @@ class NodeState(Payload):
         """self if its fields agree with each other, else ValueError.
 
         The model validator, callable on a copy made without validation
-        (`model_copy(update=...)`) whose field values are already valid.
+        (`trusted_update`) whose field values are already valid.
         """
         if (self.state == "stale") != (self.action is not None):
             raise ValueError("action is set exactly when state is 'stale'")

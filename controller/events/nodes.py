@@ -154,7 +154,7 @@ def _replace(node: NodeState, /, **changes: Any) -> NodeState:
     reason = changes.get("reason")
     if reason and reason != node.reason:
         return _validated(node, **changes)
-    return node.model_copy(update=changes).checked()
+    return node.trusted_update(**changes).checked()
 
 
 def _validated(node: NodeState, /, **changes: Any) -> NodeState:

@@ -67,3 +67,15 @@ def test_trusted_refuses_an_unknown_field_and_a_missing_one() -> None:
         NodeCurrent.trusted(**COMMON, colour="red")
     with pytest.raises(TypeError, match=r"missing \['firmware', 'ip'\]"):
         NodeDhcp.trusted(**COMMON)
+
+
+def test_trusted_update_makes_what_model_copy_makes() -> None:
+    node = NodeState(mac=MAC, ip="10.0.2.15", last_seen=AT)
+    changes = {"state": "up", "label": "debian12", "version": VERSION, "since": AT}
+    made, copied = node.trusted_update(**changes), node.model_copy(update=changes)
+    assert made == copied and made.model_dump_json() == copied.model_dump_json()
+    assert list(made.__dict__) == list(NodeState.model_fields)
+    assert made.model_fields_set == copied.model_fields_set
+    assert node.state == "unknown"  # the original is left as it was
+    with pytest.raises(TypeError, match=r"unknown \['colour'\]"):
+        node.trusted_update(colour="red")
