@@ -45,10 +45,33 @@ def mac_of(i: int, phase: int) -> str:
     return f"52:54:{phase:02x}:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
 
 
-def baseline(
-    broker: Broker, count: int, topics: str = "netroot/node/+/report"
-) -> subprocess.Popen[str]:
-    """mosquitto_sub draining the report stream: one receive timestamp and topic per line."""
+class Baseline:
+    """mosquitto_sub draining the report stream: one receive timestamp and topic per line.
+
+    Its output is read as it comes, by a thread: unread, a pipe holds about a
+    thousand lines, and mosquitto_sub, blocked writing the next, stops taking
+    messages until someone reads (the broker queues them meanwhile). Read only
+    after publishing (as an earlier version of this benchmark did), the baseline
+    stalled for most of a phase and looked slower than it is.
+    """
+
+    def __init__(self, broker: Broker, count: int, topics: str = "netroot/node/+/report") -> None:
+        self.sub = _mosquitto_sub(broker, count, topics)
+        self._out: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        out, _ = self.sub.communicate(timeout=600)
+        self._out.append(out)
+
+    def lines(self) -> list[str]:
+        """Every line, once mosquitto_sub has received its count and exited."""
+        self._reader.join(600)
+        return self._out[0].splitlines()
+
+
+def _mosquitto_sub(broker: Broker, count: int, topics: str) -> subprocess.Popen[str]:
     sub = subprocess.Popen(
         [
             "mosquitto_sub",
@@ -170,13 +193,12 @@ def receive_floor(broker: Broker, count: int) -> None:
         (f"bench/floor/{mac}/report", json.dumps(report(mac, version="v")).encode())
         for mac in (mac_of(i, 9) for i in range(count))
     ]
-    sub = baseline(broker, count, topics)
+    sub = Baseline(broker, count, topics)
     drain = PahoDrain(broker, topics, count)
     sent = publish_all(broker, payloads)
     t0 = min(sent.values())
     paho_s = drain.wait() - t0
-    out, _ = sub.communicate(timeout=600)
-    base_s = max(float(line.split(" ", 1)[0]) for line in out.splitlines()) - t0
+    base_s = max(float(line.split(" ", 1)[0]) for line in sub.lines()) - t0
     print(f"receive floor: {count} reports published in {max(sent.values()) - t0:.2f} s")
     print(f"  plain paho subscriber (MQTT 5, QoS 1, manual ack): {count / paho_s:,.0f} reports/s")
     print(f"  mosquitto_sub: {count / base_s:,.0f} reports/s")
@@ -199,13 +221,12 @@ def phase(
     ]
     db = Database(ws.state / "netroot.db", readonly=True)
     seq0 = outbox_seq(db)
-    sub = baseline(broker, count)
+    sub = Baseline(broker, count)
     cpu0 = cpu_s(pid)
     sent = publish_all(broker, payloads)
     t0 = min(sent.values())
-    out, _ = sub.communicate(timeout=600)
     received: dict[str, float] = {}
-    for line in out.splitlines():
+    for line in sub.lines():
         stamp, topic = line.split(" ", 1)
         received.setdefault(topic, float(stamp))
     wanted = set(macs)

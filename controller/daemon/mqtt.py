@@ -13,15 +13,13 @@ import contextlib
 import functools
 import random
 import ssl
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho_client
-from paho.mqtt.client import PUBACK
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -30,6 +28,7 @@ from controller.config.models import MqttConfig
 from controller.core.errors import NetrootError
 from controller.core.log import get_logger
 from controller.daemon.components import Component
+from controller.daemon.mqttwire import PUBACK, plain_publish, puback
 
 log = get_logger("mqtt")
 
@@ -166,47 +165,6 @@ def _payload_bytes(payload: object) -> bytes:
     return b"" if payload is None else str(payload).encode()
 
 
-# A PUBACK with success and no properties, as paho.ack sends it: type, length 2, packet id.
-_PUBACK = struct.Struct("!BBH")
-READ_AHEAD = 256 * 1024  # bytes asked of the kernel at once: hundreds of node reports
-
-
-class ReadAhead:
-    """The broker socket as paho reads it, with reads served from a buffer.
-
-    paho reads each packet in three or more recv calls (its type byte, each byte
-    of its length, then the rest), and aiomqtt runs one event-loop callback per
-    packet: in a boot storm, more system calls and loop turns than reports. Here
-    one recv takes whatever the kernel has, and `pending()` (which aiomqtt asks
-    of TLS sockets) tells its callback to go on reading packets from the buffer
-    before it returns. Everything else is the socket's own.
-    """
-
-    def __init__(self, sock: object) -> None:
-        self._sock = sock
-        self._buffer = b""
-        self._at = 0
-
-    def recv(self, size: int) -> bytes:
-        """Up to size bytes: from the buffer, else one read of the socket (raising as it does)."""
-        if self._at >= len(self._buffer):
-            data: bytes = self._sock.recv(max(size, READ_AHEAD))  # type: ignore[attr-defined]
-            if len(data) <= size:
-                return data
-            self._buffer, self._at = data, 0
-        start, self._at = self._at, self._at + size
-        return self._buffer[start : self._at]
-
-    def pending(self) -> int:
-        """Bytes read from the socket and not yet taken (and what TLS holds decrypted)."""
-        inner = getattr(self._sock, "pending", None)
-        held = max(len(self._buffer) - self._at, 0)
-        return held + (inner() if inner is not None else 0)
-
-    def __getattr__(self, name: str) -> Any:  # send, fileno, close...: the socket's
-        return getattr(self._sock, name)
-
-
 class BrokerLink(Component):
     """One broker connection, kept alive by `run()`; an async context manager."""
 
@@ -333,34 +291,29 @@ class BrokerLink(Component):
         inbox, manual = self.inbox, self.manual_ack
         connection = self.connections + 1  # the number this client's connection gets
 
+        def deliver(topic: str, payload: bytes, qos: int, retain: bool, mid: int) -> None:
+            receipt = Receipt(connection, mid, qos) if manual and qos > 0 else None
+            inbox.put_nowait(Message(topic, payload, qos, retain, receipt=receipt))
+
         def on_message(
             paho: paho_client.Client, userdata: object, received: paho_client.MQTTMessage
         ) -> None:
-            receipt = None
-            if manual and received.qos > 0:
-                receipt = Receipt(connection, received.mid, received.qos)
-            message = Message(
-                received.topic,
-                _payload_bytes(received.payload),
-                received.qos,
-                received.retain,
-                receipt=receipt,
-            )
-            inbox.put_nowait(message)
+            payload = _payload_bytes(received.payload)
+            deliver(received.topic, payload, received.qos, received.retain, received.mid)
 
         client._client.on_message = on_message
-        # paho calls on_socket_open (in the thread that connects) before it sends
-        # CONNECT; from then on paho and aiomqtt's reader both see the read-ahead.
-        aiomqtt_socket_open = client._client.on_socket_open
-        if aiomqtt_socket_open is None:
-            raise RuntimeError("aiomqtt no longer drives paho through on_socket_open")
+        # The PUBLISH packets of a boot storm are read here, not by paho (see mqttwire).
+        paho_handle_publish = client._client._handle_publish
 
-        def on_socket_open(paho: paho_client.Client, userdata: object, sock: object) -> None:
-            ahead = ReadAhead(sock)
-            paho._sock = ahead
-            aiomqtt_socket_open(paho, userdata, ahead)
+        def handle_publish() -> MQTTErrorCode:
+            packet = client._client._in_packet
+            plain = plain_publish(packet["command"], packet["packet"])
+            if plain is None:
+                return paho_handle_publish()  # what this does not read, paho does
+            deliver(*plain)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
 
-        client._client.on_socket_open = on_socket_open
+        client._client._handle_publish = handle_publish  # type: ignore[method-assign]
         return client
 
     async def run(self) -> None:
@@ -475,7 +428,7 @@ class BrokerLink(Component):
             if receipt is None or receipt.connection != self.connections:
                 continue
             if receipt.qos == 1:
-                pubacks += _PUBACK.pack(PUBACK, 2, receipt.mid)
+                pubacks += puback(receipt.mid)
             else:
                 paho.ack(receipt.mid, receipt.qos)
             sent += 1

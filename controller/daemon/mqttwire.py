@@ -1,0 +1,66 @@
+"""MQTT bytes on the controller's report connection, where paho is slow for a boot storm.
+
+paho keeps the protocol (connecting, keepalive, subscriptions, the publisher's
+acknowledgements); this reads what a storm of node reports makes many of:
+- `plain_publish`: a QoS 0 or 1 PUBLISH without a topic alias, decoded in a
+  few slices (paho builds a Properties object and an MQTTMessage for each);
+- `puback`: the acknowledgement paho.ack would send, so a batch's go out in
+  one write.
+Anything else (QoS 2, a topic alias, bad UTF-8, a malformed packet) is left to paho.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+PUBACK: Final = 0x40  # MQTT control packet type 4, no flags
+_PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet id: success, no properties
+
+
+def puback(mid: int) -> bytes:
+    """The PUBACK of a received QoS 1 message, as paho.ack sends it."""
+    return _PUBACK.pack(PUBACK, 2, mid)
+
+
+# What plain_publish reads: topic, payload, QoS, retain, packet id (0 at QoS 0).
+Publish = tuple[str, bytes, int, bool, int]
+
+
+def plain_publish(command: int, body: bytes | bytearray) -> Publish | None:
+    """The message of an MQTT 5 PUBLISH of QoS 0 or 1 that names its topic.
+
+    command is the packet's first byte, body what follows its fixed header.
+    None for anything else: paho reads it (and refuses what is malformed).
+    Properties are skipped: a node report needs none.
+    """
+    qos = (command >> 1) & 0x03
+    if qos > 1 or len(body) < 2:
+        return None
+    end = 2 + ((body[0] << 8) | body[1])
+    if end == 2 or end + 2 * qos > len(body):
+        return None  # an empty topic names a topic alias
+    try:
+        topic = body[2:end].decode()
+    except UnicodeDecodeError:
+        return None
+    mid = (body[end] << 8) | body[end + 1] if qos else 0
+    skipped = _skip_properties(body, end + 2 * qos)
+    if skipped is None:
+        return None
+    return topic, bytes(body[skipped:]), qos, bool(command & 0x01), mid
+
+
+def _skip_properties(body: bytes | bytearray, at: int) -> int | None:
+    """Where the payload starts: after the properties' length (a variable byte
+    integer of at most 4 bytes) and the properties; None if that is past the end."""
+    length = 0
+    for shift in (0, 7, 14, 21):
+        if at >= len(body):
+            return None
+        byte = body[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return at + length if at + length <= len(body) else None
+    return None
