@@ -28,7 +28,7 @@ from controller.config.models import MqttConfig
 from controller.core.errors import NetrootError
 from controller.core.log import get_logger
 from controller.daemon.components import Component
-from controller.daemon.mqttwire import PUBACK, plain_publish, puback
+from controller.daemon.mqttwire import PUBACK, ReadAhead, plain_publish, puback
 
 log = get_logger("mqtt")
 
@@ -314,6 +314,18 @@ class BrokerLink(Component):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
 
         client._client._handle_publish = handle_publish  # type: ignore[method-assign]
+        # paho calls on_socket_open (in the thread that connects) before it sends
+        # CONNECT; from then on paho and aiomqtt's reader both see the read-ahead.
+        aiomqtt_socket_open = client._client.on_socket_open
+        if aiomqtt_socket_open is None:
+            raise RuntimeError("aiomqtt no longer drives paho through on_socket_open")
+
+        def on_socket_open(paho: paho_client.Client, userdata: object, sock: object) -> None:
+            ahead = ReadAhead(sock)
+            paho._sock = ahead
+            aiomqtt_socket_open(paho, userdata, ahead)
+
+        client._client.on_socket_open = on_socket_open
         return client
 
     async def run(self) -> None:

@@ -2,6 +2,8 @@
 
 paho keeps the protocol (connecting, keepalive, subscriptions, the publisher's
 acknowledgements); this reads what a storm of node reports makes many of:
+- `ReadAhead`: the socket, read in large pieces (paho reads each packet in
+  three or more system calls, and aiomqtt turns the event loop once a packet);
 - `plain_publish`: a QoS 0 or 1 PUBLISH without a topic alias, decoded in a
   few slices (paho builds a Properties object and an MQTTMessage for each);
 - `puback`: the acknowledgement paho.ack would send, so a batch's go out in
@@ -12,10 +14,11 @@ Anything else (QoS 2, a topic alias, bad UTF-8, a malformed packet) is left to p
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import Any, Final
 
 PUBACK: Final = 0x40  # MQTT control packet type 4, no flags
 _PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet id: success, no properties
+READ_AHEAD: Final = 256 * 1024  # bytes asked of the kernel at once: hundreds of node reports
 
 
 def puback(mid: int) -> bytes:
@@ -64,3 +67,39 @@ def _skip_properties(body: bytes | bytearray, at: int) -> int | None:
         if not byte & 0x80:
             return at + length if at + length <= len(body) else None
     return None
+
+
+class ReadAhead:
+    """The broker socket as paho reads it, with reads served from a buffer.
+
+    paho reads each packet in three or more recv calls (its type byte, each byte
+    of its length, then the rest), and aiomqtt runs one event-loop callback per
+    packet: in a boot storm, more system calls and loop turns than reports. Here
+    one recv takes whatever the kernel has, and `pending()` (which aiomqtt asks
+    of TLS sockets) tells its callback to go on reading packets from the buffer
+    before it returns. Everything else is the socket's own.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        """Up to size bytes: from the buffer, else one read of the socket (raising as it does)."""
+        if self._at >= len(self._buffer):
+            data: bytes = self._sock.recv(max(size, READ_AHEAD))
+            if len(data) <= size:
+                return data
+            self._buffer, self._at = data, 0
+        start, self._at = self._at, self._at + size
+        return self._buffer[start : self._at]
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet taken (and what TLS holds decrypted)."""
+        inner = getattr(self._sock, "pending", None)
+        held = max(len(self._buffer) - self._at, 0)
+        return held + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:  # send, fileno, close...: the socket's
+        return getattr(self._sock, name)

@@ -1,6 +1,9 @@
-"""mqttwire.plain_publish reads a PUBLISH as paho's own decoder does, or leaves it to paho."""
+"""mqttwire: plain_publish reads a PUBLISH as paho's own decoder does (or leaves it to paho),
+ReadAhead serves paho's small reads from one socket read."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 from hypothesis import given
@@ -10,7 +13,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.daemon.mqttwire import plain_publish, puback
+from controller.daemon.mqttwire import ReadAhead, plain_publish, puback
 
 PUBLISH = 0x30
 
@@ -73,3 +76,23 @@ def test_no_bytes_make_it_raise(command: int, body: bytes) -> None:
 
 def test_a_puback_is_the_one_paho_sends() -> None:
     assert puback(0x1234) == b"\x40\x02\x12\x34"
+
+
+def test_read_ahead_serves_paho_s_small_reads_from_one_socket_read() -> None:
+    # paho asks for 1 byte (type), 1 byte (length), then the rest: one recv here.
+    ours, broker = socket.socketpair()
+    with ours, broker:
+        ours.setblocking(False)
+        ahead = ReadAhead(ours)
+        broker.sendall(b"\x30\x05hello\x30\x03abc")
+        assert [ahead.recv(1), ahead.recv(1), ahead.recv(5)] == [b"\x30", b"\x05", b"hello"]
+        assert ahead.pending() == 5  # aiomqtt's callback reads on while this is above 0
+        assert [ahead.recv(1), ahead.recv(1), ahead.recv(100)] == [b"\x30", b"\x03", b"abc"]
+        assert ahead.pending() == 0
+        with pytest.raises(BlockingIOError):  # nothing buffered, nothing sent: as the socket
+            ahead.recv(1)
+        broker.sendall(b"\x40")
+        assert ahead.recv(4) == b"\x40"  # a short read is handed over as it came
+        assert ahead.fileno() == ours.fileno()  # the event loop watches the real socket
+        broker.shutdown(socket.SHUT_WR)
+        assert ahead.recv(1) == b""  # the broker closed: paho sees the end as before
