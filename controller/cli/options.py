@@ -20,6 +20,7 @@ from pydantic.dataclasses import dataclass
 
 from controller.config.load import load_config
 from controller.config.models import Config
+from controller.daemon.lock import holder_about, lock_path
 
 # What argparse adds to the Namespace that is not an option of the command.
 PARSER_KEYS = frozenset({"handler", "subcommand", "hook", "node_command"})
@@ -121,5 +122,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, *commands: Command[A
 
 
 def load(opts: Common) -> Config:
-    """The config the command names (built-in defaults if none)."""
-    return load_config(opts.config_file())
+    """The config the command names (built-in defaults if none), in the role its
+    running daemon serves: `netroot serve --role replica` is not in the file."""
+    config = load_config(opts.config_file())
+    serving = holder_about(lock_path(config.state_dir))
+    if serving in ("primary", "replica") and serving != config.replication.role:
+        return load_config(opts.config_file(), serving=serving)
+    return config

@@ -185,9 +185,10 @@ def _check_nodes(config: Config) -> None:
 ROLE_ENV = "NETROOT_ROLE"  # `netroot serve --role`: the daemon, its reloads and children
 
 
-def _with_role(data: dict[str, Any]) -> dict[str, Any]:
-    """replication.role as NETROOT_ROLE overrides it (validated with the rest)."""
-    role = os.environ.get(ROLE_ENV)
+def _with_role(data: dict[str, Any], serving: str | None) -> dict[str, Any]:
+    """replication.role as NETROOT_ROLE, else as the running daemon serves, overrides
+    it (validated with the rest)."""
+    role = os.environ.get(ROLE_ENV) or serving
     if not role:
         return data
     replication = data.get("replication")
@@ -195,15 +196,19 @@ def _with_role(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "replication": {**table, "role": role}}
 
 
-def load_config(path: Path | None = None) -> Config:
-    """Load the config named by path, NETROOT_CONFIG, or the built-in defaults."""
+def load_config(path: Path | None = None, serving: str | None = None) -> Config:
+    """Load the config named by path, NETROOT_CONFIG, or the built-in defaults.
+
+    serving: the role the running daemon serves (for a command beside it), when
+    it differs from the file's.
+    """
     if path is None and os.environ.get("NETROOT_CONFIG"):
         path = Path(os.environ["NETROOT_CONFIG"])
     if path is None:
         paths = builtin_paths()
-        data = _with_role({**paths, "labels": DEFAULT_LABELS})
+        data = _with_role({**paths, "labels": DEFAULT_LABELS}, serving)
         return parse_config(data, source=BUILTIN, root=paths["state_dir"])
-    data = _with_role(read_toml(path, "config file"))
+    data = _with_role(read_toml(path, "config file"), serving)
     try:
         return parse_config(data, source=str(path), root=path.resolve().parent)
     except (TypeError, ValueError, RecursionError) as exc:

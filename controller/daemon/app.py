@@ -55,10 +55,11 @@ FLUSH_S = 5.0
 
 
 @contextlib.contextmanager
-def daemon_lock(state_dir: Path) -> Iterator[None]:
-    """One daemon per state directory; the lock file names its pid."""
+def daemon_lock(state_dir: Path, role: str = "primary") -> Iterator[None]:
+    """One daemon per state directory; the lock file names its pid and the role it
+    serves (`netroot serve --role` is not in the config the CLI reads)."""
     path = lock_path(state_dir)
-    with exclusive(path) as held:
+    with exclusive(path, about=role) as held:
         if not held:
             pid = holder_pid(path)
             raise NetrootError(f"another `netroot serve` (pid {pid}) already uses {state_dir}")
@@ -111,7 +112,7 @@ class Daemon:
         config = self.config
         self.http_token = read_token(config)  # a refused token file stops us before any work
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        with daemon_lock(config.state_dir):
+        with daemon_lock(config.state_dir, config.replication.role):
             log.info("starting", version=__version__, config=config.source, pid=os.getpid())
             results = await asyncio.to_thread(publish.recover, config)
             log.info(

@@ -17,8 +17,11 @@ def lock_path(state_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[bool]:
-    """Try to hold the lock for the block; yields False if another process holds it."""
+def exclusive(path: Path, about: str = "") -> Iterator[bool]:
+    """Try to hold the lock for the block; yields False if another process holds it.
+
+    The file names the holder's pid, then `about` (the daemon: the role it serves).
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
@@ -27,7 +30,7 @@ def exclusive(path: Path) -> Iterator[bool]:
             yield False
             return
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}\n{about}\n".encode(), 0)
         yield True
     finally:
         os.close(fd)  # the kernel drops the lock with the descriptor, even on SIGKILL
@@ -35,6 +38,24 @@ def exclusive(path: Path) -> Iterator[bool]:
 
 def holder_pid(path: Path) -> int | None:
     """The pid of the running daemon, or None when no daemon holds the lock."""
+    held = _held(path)
+    if held is None:
+        return None
+    first = held.split("\n", 1)[0]
+    return int(first) if first.isdigit() else -1
+
+
+def holder_about(path: Path) -> str | None:
+    """What the running daemon wrote after its pid (its role), or None when none runs."""
+    held = _held(path)
+    if held is None:
+        return None
+    lines = held.split("\n")
+    return lines[1] if len(lines) > 1 else ""
+
+
+def _held(path: Path) -> str | None:
+    """The lock file's text while a process holds the lock, else None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -43,8 +64,7 @@ def holder_pid(path: Path) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
+            return os.pread(fd, 256, 0).decode(errors="replace")
         return None  # we got the lock: nobody serves
     finally:
         os.close(fd)

@@ -291,9 +291,10 @@ def test_a_replica_copies_acknowledges_and_follows_and_gates_the_primary(
     sites.replica.run("verify", "demo", v3, "--deep")
     status = json.loads(sites.primary.run("status", "--json").stdout)["replication"]
     assert status["replicas_required"] == 1 and status["held_by"]["demo"][v3] == ["boot2"]
-    env = {"NETROOT_ROLE": "replica"}
-    shown = sites.replica.run("status", env=env).stdout
+    # The replica runs as `serve --role replica`, its config file says nothing of a
+    # role: the commands beside it take the role the running daemon serves.
+    shown = sites.replica.run("status").stdout
     assert f"replication: replica boot2 of http://{PRIMARY}:{HTTP_PORT}" in shown, shown
     # A replica's operator cannot activate by hand: the primary decides.
-    hand = sites.replica.run("activate", "demo", v2, check=False, env=env)
+    hand = sites.replica.run("activate", "demo", v2, check=False)
     assert hand.returncode != 0 and "this server is a replica" in hand.stderr
