@@ -302,18 +302,21 @@ class BrokerLink(Component):
             deliver(received.topic, payload, received.qos, received.retain, received.mid)
 
         client._client.on_message = on_message
-        # The PUBLISH packets of a boot storm are read here, not by paho (see mqttwire).
-        paho_handle_publish = client._client._handle_publish
+        if manual:
+            # The report connection: a boot storm's PUBLISH packets are read here, not
+            # by paho (see mqttwire), and acknowledged by acknowledge(). Other links
+            # keep paho's reading, which acknowledges on its own.
+            paho_handle_publish = client._client._handle_publish
 
-        def handle_publish() -> MQTTErrorCode:
-            packet = client._client._in_packet
-            plain = plain_publish(packet["command"], packet["packet"])
-            if plain is None:
-                return paho_handle_publish()  # what this does not read, paho does
-            deliver(*plain)
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
+            def handle_publish() -> MQTTErrorCode:
+                packet = client._client._in_packet
+                plain = plain_publish(packet["command"], packet["packet"])
+                if plain is None:
+                    return paho_handle_publish()  # what this does not read, paho does
+                deliver(*plain)
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
 
-        client._client._handle_publish = handle_publish  # type: ignore[method-assign]
+            client._client._handle_publish = handle_publish  # type: ignore[method-assign]
         # paho calls on_socket_open (in the thread that connects) before it sends
         # CONNECT; from then on paho and aiomqtt's reader both see the read-ahead.
         aiomqtt_socket_open = client._client.on_socket_open

@@ -1,4 +1,5 @@
-"""BrokerLink's receive path against a real mosquitto: read-ahead and batched PUBACKs.
+"""BrokerLink's receive path against a real mosquitto: read-ahead, our PUBLISH decoding and
+batched PUBACKs on the report link; paho's own acknowledgements on the others.
 
 A boot storm is more reports than the broker lets wait for our acknowledgement
 (mqtt.RECEIVE_MAXIMUM): every one arrives only if each batch's PUBACKs reach the
@@ -110,3 +111,24 @@ def test_reports_not_acknowledged_come_again_on_the_next_connection(broker: Brok
 
     first, again = asyncio.run(scenario())
     assert first == again == payloads
+
+
+def test_a_link_without_manual_acknowledgement_gets_every_message(broker: Broker) -> None:
+    # paho acknowledges on such a link (the replication links, `netroot events`): the
+    # broker lets at most 20 QoS 1 messages wait for an acknowledgement.
+    payloads = [b'{"n": %d}' % i for i in range(200)]
+
+    async def scenario() -> list[bytes]:
+        config = MqttConfig(host="127.0.0.1", port=broker.port)
+        made = BrokerLink(config, client_id="test-follower", subscriptions=(TOPIC,))
+        task = asyncio.create_task(made.run())
+        try:
+            await asyncio.wait_for(made.wait_connected(), WAIT_S)
+            await asyncio.to_thread(publish, broker.port, payloads)
+            got = [await asyncio.wait_for(made.inbox.get(), WAIT_S) for _ in payloads]
+        finally:
+            await made.close()
+            await asyncio.wait_for(task, WAIT_S)
+        return [m.payload for m in got]
+
+    assert asyncio.run(scenario()) == payloads
