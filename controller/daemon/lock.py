@@ -46,8 +46,12 @@ def holder_pid(path: Path) -> int | None:
 
 
 def holder_about(path: Path) -> str | None:
-    """What the running daemon wrote after its pid (its role), or None when none runs."""
-    held = _held(path)
+    """What the running daemon wrote after its pid (its role), or None when none runs
+    (or the lock cannot be read: a user without access to the state directory)."""
+    try:
+        held = _held(path)
+    except OSError:
+        return None
     if held is None:
         return None
     lines = held.split("\n")
