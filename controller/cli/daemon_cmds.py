@@ -15,7 +15,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
@@ -25,7 +25,7 @@ from controller.cli.nodes_cmds import cmd_nodes
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, failed, printable, table
 from controller.config.load import ROLE_ENV, load_config
-from controller.config.models import BUILTIN, Config
+from controller.config.models import BUILTIN, ROLES, Config, Role
 from controller.core import log as logsetup
 from controller.core import shipped
 from controller.core.errors import NetrootError
@@ -95,8 +95,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 class ServeOptions(Common):
     """netroot serve."""
 
-    role: Literal["primary", "replica"] | None = opt(
-        choices=["primary", "replica"],
+    role: Role | None = opt(
+        choices=list(ROLES),
         help="replica: follow the primary named by [replication] primary_url instead of "
         "building (default: replication.role of the config, primary)",
     )

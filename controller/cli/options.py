@@ -19,7 +19,7 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
 from controller.config.load import load_config
-from controller.config.models import Config
+from controller.config.models import ROLES, Config
 from controller.daemon.lock import holder_about, lock_path
 
 # What argparse adds to the Namespace that is not an option of the command.
@@ -126,6 +126,6 @@ def load(opts: Common) -> Config:
     running daemon serves: `netroot serve --role replica` is not in the file."""
     config = load_config(opts.config_file())
     serving = holder_about(lock_path(config.state_dir))
-    if serving in ("primary", "replica") and serving != config.replication.role:
+    if serving in ROLES and serving != config.replication.role:
         return load_config(opts.config_file(), serving=serving)
     return config

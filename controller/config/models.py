@@ -10,7 +10,7 @@ import re
 import shlex
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BeforeValidator,
@@ -140,10 +140,14 @@ def _server_name() -> str:
     return name[:63] or "boot-server"
 
 
+Role = Literal["primary", "replica"]
+ROLES: tuple[Role, ...] = get_args(Role)
+
+
 class ReplicationConfig(Model):
     """Two or more boot servers, one primary building, replicas following (docs/design.md §17)."""
 
-    role: Literal["primary", "replica"] = Field(
+    role: Role = Field(
         "primary", description="primary builds; replica follows the primary (`serve --role`)"
     )
     name: ServerName = Field(

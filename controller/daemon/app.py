@@ -55,7 +55,7 @@ FLUSH_S = 5.0
 
 
 @contextlib.contextmanager
-def daemon_lock(state_dir: Path, role: str = "primary") -> Iterator[None]:
+def daemon_lock(state_dir: Path, role: str) -> Iterator[None]:
     """One daemon per state directory; the lock file names its pid and the role it
     serves (`netroot serve --role` is not in the config the CLI reads)."""
     path = lock_path(state_dir)
