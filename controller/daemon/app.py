@@ -245,12 +245,13 @@ class Daemon:
             raise RuntimeError(f"component {component.name} stopped unexpectedly")
 
     async def _lifecycle(self, tasks: dict[str, asyncio.Task[None]]) -> None:
-        if self.link is not None:
-            ready = asyncio.ensure_future(self.link.attempted.wait())
-            stop = asyncio.ensure_future(self.stop.wait())
-            await asyncio.wait({ready, stop}, return_when=asyncio.FIRST_COMPLETED)
-            ready.cancel()
-            stop.cancel()
+        # Ready: the broker tried once, and the start-up check of inputs has queued its
+        # builds (the watcher already runs, so no edit falls between the two).
+        started = asyncio.ensure_future(self._started())
+        stop = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({started, stop}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        stop.cancel()
         sd_notify(f"READY=1\nSTATUS=serving {len(self.ctx.config.labels)} label(s)")
         log.info("ready", broker=self.link is not None and self.link.connected)
         await self.stop.wait()
@@ -266,6 +267,12 @@ class Daemon:
             log.error("shutdown took too long; cancelling what is left")
             for task in tasks.values():
                 task.cancel()
+
+    async def _started(self) -> bool:
+        await self.scheduler.caught_up.wait()
+        if self.link is not None:
+            await self.link.attempted.wait()
+        return True
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         # No new triggers (and no pruning while the rest stops).

@@ -80,6 +80,9 @@ class BuildScheduler(Component):
         self.ctx = ctx
         self.running: dict[str, str] = {}  # label -> build id
         self._wake = asyncio.Event()
+        # Set once the start-up check of inputs has queued what it found: readiness waits
+        # for it, so an edit made after READY=1 is the watcher's alone (one build, not two).
+        self.caught_up = asyncio.Event()
         self.builds_started = 0
         self._adopted: list[tuple[str, Manifest]] = []  # committed while we were away
         # activation = canary: asks the rollouts for one; False when none could start
@@ -190,6 +193,7 @@ class BuildScheduler(Component):
                 builds.create_task(self._after_success(label, manifest), name=f"adopt-{label}")
             self._adopted.clear()
             await self.catch_up()
+            self.caught_up.set()
             while True:
                 self._wake.clear()
                 self._start(builds)

@@ -223,6 +223,8 @@ class Controller:
         self.notify_path.unlink(missing_ok=True)
         self._sock.bind(str(self.notify_path))
         self._sock.settimeout(0.2)
+        with self._lock:  # a restart waits for its own READY=1, not the last run's
+            self.notifications.clear()
         # Read all the time, as systemd does: the datagram queue holds only a few.
         self._stop_reading = threading.Event()
         self._reader = threading.Thread(
