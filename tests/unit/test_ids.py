@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from pydantic import ValidationError
 from controller.config.load import parse_config
 from controller.core.errors import ConfigError
 from controller.core.ids import (
+    canonical_ip,
     check_mac,
     is_store_version,
     is_version_id,
@@ -66,3 +69,35 @@ def test_store_version_names_are_a_subset_of_version_ids(
 ) -> None:
     assert is_store_version(name) is made_by_the_store
     assert is_version_id(name) is a_version_id
+
+
+ADDRESSES = [
+    "0.0.0.0",  # noqa: S104 (spelled, not bound)
+    "10.0.2.15",
+    "192.168.255.254",
+    "255.255.255.255",
+    "1.20.199.249",
+    "172.16.5.7",
+]
+NOISE = ["", "0", "00", "9", " ", "\u0661", "\uff11", "+", ".1"]
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_ip_text_is_what_the_address_parser_says_whatever_the_spelling(address: str) -> None:
+    # Dotted quads skip the parser when they are canonical already; every other
+    # spelling (leading zeros, non-ASCII digits, a fifth part, a number too big)
+    # must get the parser's answer.
+    octets = address.split(".")
+    for i, noise, before in itertools.product(range(4), NOISE, (True, False)):
+        spelled = [*octets]
+        spelled[i] = noise + spelled[i] if before else spelled[i] + noise
+        text = ".".join(spelled)
+        try:
+            expected: str | None = str(ipaddress.ip_address(text))
+        except ValueError:
+            expected = None
+        try:
+            got: str | None = canonical_ip(text)
+        except ValueError:
+            got = None
+        assert got == expected, text
