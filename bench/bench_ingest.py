@@ -23,6 +23,7 @@ work shares the CPUs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -117,6 +118,16 @@ def cpu_s(pid: int) -> float:
     """CPU seconds (user and system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sched_s(pid: int) -> tuple[float, float]:
+    """(on a CPU, runnable but waiting for one) in seconds, summed over the process's threads."""
+    run = wait = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            fields = (task / "schedstat").read_text().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+    return run / 1e9, wait / 1e9
 
 
 def outbox_seq(db: Database) -> int:
@@ -223,6 +234,7 @@ def phase(
     seq0 = outbox_seq(db)
     sub = Baseline(broker, count)
     cpu0 = cpu_s(pid)
+    sched0 = sched_s(pid)
     sent = publish_all(broker, payloads)
     t0 = min(sent.values())
     received: dict[str, float] = {}
@@ -240,6 +252,7 @@ def phase(
     except AssertionError:
         stored_at = {m: t for m, t in db.node_updated_at().items() if m in wanted}
     cpu1 = cpu_s(pid)
+    sched1 = sched_s(pid)
     empty_at = outbox_empty(db)
     cpu2 = cpu_s(pid)
     messages = outbox_seq(db) - seq0  # what the phase queued (reports make events and states)
@@ -271,6 +284,8 @@ def phase(
         "paho_s": paho_s,
         "cpu_store_s": cpu1 - cpu0,
         "cpu_drain_s": cpu2 - cpu1,
+        "on_cpu_s": sched1[0] - sched0[0],
+        "cpu_wait_s": sched1[1] - sched0[1],
     }
 
 
@@ -304,6 +319,10 @@ def show(name: str, r: dict[str, float]) -> None:
         f"  controller CPU: {r['cpu_store_s']:.2f} s storing = "
         f"{r['cpu_store_s'] / r['count'] * 1e6:.0f} us per report; {r['cpu_drain_s']:.2f} s "
         f"draining after = {r['cpu_drain_s'] / r['messages'] * 1e6:.0f} us per outbox message"
+    )
+    print(
+        f"  while storing ({r['controller_s']:.2f} s): controller threads on a CPU "
+        f"{r['on_cpu_s']:.2f} s, runnable but waiting for a CPU {r['cpu_wait_s']:.2f} s"
     )
 
 
