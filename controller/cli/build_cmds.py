@@ -12,6 +12,7 @@ from pydantic.dataclasses import dataclass
 from controller.build import nodeside
 from controller.build.overlays import scan_overlays
 from controller.build.pipeline import new_build_id, run_build
+from controller.cli.canary_cmds import refuse_during_rollout
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import Progress, emit_json, human_size, table
 from controller.cli.store_cmds import label_of, waiting
@@ -128,6 +129,8 @@ def cmd_build(opts: BuildOptions) -> int:
     kind: BuildKind = "overlay" if opts.overlays_only else "full"
     with Announcer(config) as announce, label_lock(paths, on_wait=lambda: waiting(opts.label)):
         publish.recover_label(config, opts.label)
+        if opts.activate:  # refused before anything is built
+            refuse_during_rollout(config, opts.label, "build --activate")
         row = announce.build_started(
             opts.label, opts.build_id or new_build_id(), kind, _build_reason(opts)
         )

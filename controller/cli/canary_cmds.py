@@ -3,7 +3,9 @@
 The canaries are chosen here (controller.events.canary, the same rule the
 daemon uses for activation = canary) and printed; the daemon runs the
 rollout (controller.daemon.rollouts) and announces every step. `netroot
-status` follows it.
+status` follows it. While it is requested or running, a hand change of the
+label's active version is refused (`refuse_during_rollout`): the rollout's
+promotion or revert would undo it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from controller.cli.output import emit_json
 from controller.config.models import Config
 from controller.core.errors import NetrootError, StoreError
 from controller.core.ids import normalize_mac
+from controller.daemon import rolloutstore
 from controller.daemon.db import Database, db_path
 from controller.daemon.lock import holder_pid, lock_path
 from controller.daemon.rolloutstore import CanaryRequest, RolloutBusy, add_request, new_rollout_id
@@ -91,3 +94,34 @@ def request_canary(
             " `netroot status` follows it)"
         )
     return 0
+
+
+STATES = {
+    "requested": "requested (the daemon starts it)",
+    "running": "running",
+    "finishing": "finishing (its promotion or revert is being carried out)",
+}
+
+
+def refuse_during_rollout(config: Config, label: str, action: str) -> None:
+    """The one rule for a hand change of the label's active version (activate, rollback,
+    build/shell --activate): not while a canary rollout of the label is requested or
+    running, whose promotion or revert would undo it. Call it under the label's lock."""
+    path = db_path(config)
+    if not path.exists():
+        return  # no daemon ever ran here: no rollout either
+    with Database(path, outbox_limit=config.mqtt.outbox_limit) as db:
+        found = rolloutstore.pending(db, label)
+    if found is not None:
+        raise NetrootError(rollout_busy(config, found, action))
+
+
+def rollout_busy(config: Config, found: rolloutstore.Pending, action: str) -> str:
+    """Why `action` waits for the rollout, and what to do, on one line."""
+    label = found.label
+    timeout = config.label(label).canary_timeout
+    return (
+        f"{action} {label}: canary rollout {found.id} of {found.version} is"
+        f" {STATES[found.state]}; it ends by itself within canary_timeout ({timeout:g}s)"
+        f" and `netroot status` follows it: {action} once it has ended"
+    )

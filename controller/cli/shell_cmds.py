@@ -9,6 +9,7 @@ from typing import Any
 from pydantic.dataclasses import dataclass
 
 from controller.build import shell
+from controller.cli.canary_cmds import refuse_during_rollout
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import Progress, emit_json
 from controller.cli.store_cmds import label_of, waiting
@@ -63,6 +64,8 @@ def cmd_shell(opts: ShellOptions) -> int:
     progress = Progress(quiet=opts.json)
     with label_lock(paths, on_wait=lambda: waiting(opts.label)):
         publish.recover_label(config, opts.label)
+        if opts.activate:  # refused before the session opens
+            refuse_during_rollout(config, opts.label, "shell --activate")
         outcome = shell.open_shell(
             config, opts.label, live=opts.live, command=opts.command, progress=progress
         )

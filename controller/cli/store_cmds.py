@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic.dataclasses import dataclass
 
 from controller.build import secretscan
-from controller.cli.canary_cmds import request_canary
+from controller.cli.canary_cmds import refuse_during_rollout, request_canary
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, human_size, table
 from controller.config.models import Config
@@ -28,6 +28,10 @@ from controller.store import versions as store
 from controller.store.layout import LabelPaths, label_paths
 from controller.store.locking import label_lock
 from controller.store.recovery import Recovered, known_labels
+
+# A rollout's own promotion (reason canary) is the rollout's doing; a replica follows
+# its primary's activations whatever its own database says.
+ROLLOUT_EXEMPT: frozenset[ActivationReason] = frozenset({"canary", "replica"})
 
 
 @dataclass(frozen=True, kw_only=True, config=OPTIONS)
@@ -145,7 +149,7 @@ def cmd_activate(opts: ActivateOptions) -> int:
             )
         return publish.activate(config, paths, opts.version)
 
-    return _switch(opts, opts.reason, switch)
+    return _switch(opts, opts.reason, switch, "activate")
 
 
 @command(
@@ -157,19 +161,22 @@ def cmd_activate(opts: ActivateOptions) -> int:
 )
 def cmd_rollback(opts: LabelOptions) -> int:
     """Activate the previously active version."""
-    return _switch(opts, "cli", publish.rollback)
+    return _switch(opts, "cli", publish.rollback, "rollback")
 
 
 def _switch(
     opts: LabelOptions,
     reason: ActivationReason,
     switch: Callable[[Config, LabelPaths], activation.Activation],
+    action: str,
 ) -> int:
     """Activate or roll back under the label's lock, announced; print what it did."""
     config = load(opts)
     paths = label_of(config, opts.label)
     with Announcer(config) as announce, label_lock(paths, on_wait=lambda: waiting(opts.label)):
         publish.recover_label(config, opts.label)
+        if reason not in ROLLOUT_EXEMPT:
+            refuse_during_rollout(config, opts.label, action)
         before = announce.history_length(paths)
         done = switch(config, paths)
         announce.activation(paths, before, reason)

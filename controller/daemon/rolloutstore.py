@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -66,22 +66,45 @@ class RolloutBusy(ValueError):
     """The label already has a rollout requested or running."""
 
 
-def busy(db: Database, label: str) -> str | None:
-    """The id of the label's requested or unfinished rollout, if any."""
+PendingState = Literal["requested", "running", "finishing"]
+
+
+class Pending(Model):
+    """A label's rollout not over yet: requested, running, or decided and being carried out."""
+
+    id: RolloutId
+    label: Label
+    version: VersionId
+    state: PendingState
+
+
+def pending(db: Database, label: str) -> Pending | None:
+    """The label's requested or unfinished rollout, if any (at most one per label)."""
     rows = db.rows(
-        "SELECT id FROM rollout_requests WHERE label = ? UNION ALL "
-        "SELECT id FROM rollouts WHERE label = ? AND (phase = 'running' OR settled = 0)",
-        (label, label),
+        "SELECT data FROM rollout_requests WHERE label = ? ORDER BY created_at, id LIMIT 1",
+        (label,),
     )
-    return str(rows[0][0]) if rows else None
+    if rows:
+        request = CanaryRequest.model_validate_json(rows[0][0])
+        return Pending(id=request.id, label=label, version=request.version, state="requested")
+    rows = db.rows(
+        "SELECT data FROM rollouts WHERE label = ? AND (phase = 'running' OR settled = 0) "
+        "ORDER BY started_at, id LIMIT 1",
+        (label,),
+    )
+    if not rows:
+        return None
+    rollout = Rollout.model_validate_json(rows[0][0])
+    state: PendingState = "running" if rollout.phase == "running" else "finishing"
+    return Pending(id=rollout.id, label=label, version=rollout.version, state=state)
 
 
 def add_request(db: Database, request: CanaryRequest) -> None:
     """Queue a request for the daemon; RolloutBusy if the label has one going."""
     with db.transaction() as tx:
-        other = busy(db, request.label)
+        other = pending(db, request.label)
         if other is not None:
-            raise RolloutBusy(f"label {request.label} already has a canary rollout ({other})")
+            raise RolloutBusy(f"label {request.label} already has a canary rollout ({other.id})")
         tx.conn.execute(
             "INSERT INTO rollout_requests (id, label, data, created_at) VALUES (?, ?, ?, ?)",
             (request.id, request.label, request.model_dump_json(), tx.now),
