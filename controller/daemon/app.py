@@ -184,6 +184,7 @@ class Daemon:
         # Canary rollouts promote through the scheduler's activation, like a build does.
         self.rollouts = Rollouts(ctx, self.scheduler.activate)
         self.scheduler.canary = self.rollouts.request_build
+        self.scheduler.rollout_ended = self.rollouts.ended  # activation = auto waits for one
         replicas: ReplicaAcks | Follower
         if ctx.config.replication.role == "replica":
             replicas = Follower(ctx, self.scheduler.activate)

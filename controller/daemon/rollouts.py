@@ -80,6 +80,7 @@ class Rollouts(Component):
         self.running: dict[str, Rollout] = {}  # label -> its running rollout
         self.decided: dict[str, Rollout] = {}  # id -> passed or failed, not carried out yet
         self._wake = asyncio.Event()
+        self._ended = asyncio.Event()  # set, and replaced, whenever a rollout or request ends
         ctx.nodes.observers.append(self.observe)
 
     async def setup(self) -> None:
@@ -110,6 +111,29 @@ class Rollouts(Component):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_S):
                     await self._wake.wait()
+
+    async def ended(self, label: str, version: str) -> str | None:
+        """Return once the label has no rollout requested or unfinished (a daemon build's
+        activation waits so: the rollout's promotion or revert would undo it); the id of
+        the rollout it waited for, if any."""
+        found = rolloutstore.pending(self.ctx.db, label)
+        if found is None:
+            return None
+        log.warning(
+            "built; its activation waits for the label's canary rollout to end",
+            label=label,
+            version=version,
+            rollout_id=found.id,
+            rollout_version=found.version,
+        )
+        while rolloutstore.pending(self.ctx.db, label) is not None:
+            await self._ended.wait()
+        return found.id
+
+    def _end(self) -> None:
+        """Wake whoever waits in ended()."""
+        self._ended.set()
+        self._ended = asyncio.Event()
 
     # --- requests ---------------------------------------------------------------
 
@@ -150,6 +174,7 @@ class Rollouts(Component):
             with self.ctx.db.transaction() as tx:
                 rolloutstore.take_request(tx, request.id)
             self._refused(label, version, request.id, str(exc))
+            self._end()
             return
         at = _now()
         rollout = canary.start(
@@ -312,6 +337,7 @@ class Rollouts(Component):
             rolloutstore.put(tx, rollout, settled=True)
             self.decided.pop(rollout.id, None)
             tx.on_rollback(lambda: self.decided.__setitem__(rollout.id, rollout))
+        self._end()
         log.info("canary rollout finished", label=rollout.label, phase=rollout.phase)
 
 

@@ -87,6 +87,9 @@ class BuildScheduler(Component):
         self._adopted: list[tuple[str, Manifest]] = []  # committed while we were away
         # activation = canary: asks the rollouts for one; False when none could start
         self.canary: Callable[[str, str], bool] | None = None
+        # (label, the build's version): returns once the label has no canary rollout
+        # requested or unfinished; the id of the rollout it waited for, if it had to
+        self.rollout_ended: Callable[[str, str], Awaitable[str | None]] | None = None
         # replicas_required: returns once enough replicas hold the version (or it timed out)
         self.replicas_held: Callable[[str, str], Awaitable[None]] | None = None
 
@@ -309,6 +312,9 @@ class BuildScheduler(Component):
         if policy == "canary" and self.canary is not None and self.canary(label, manifest.version):
             log.info("built; canary rollout requested", label=label, version=manifest.version)
         elif policy in ("auto", "canary"):  # canary with nothing to compare to: as auto
+            if not await self._after_rollout(label, manifest.version):
+                self.reconcile(label)
+                return
             error = await self.activate(label, manifest.version, "auto")
             if error is not None:
                 log.error(
@@ -325,6 +331,35 @@ class BuildScheduler(Component):
         else:
             log.info("built; activation is manual", label=label, version=manifest.version)
         self.reconcile(label)
+
+    async def _after_rollout(self, label: str, version: str) -> bool:
+        """activation = auto waits for the label's canary rollout to end, so neither undoes
+        the other (its promotion would replace the build, its revert pin the canaries to a
+        version no longer active); False: a newer version became active meanwhile.
+
+        The label's next build waits too (it is still this build's turn).
+        """
+        if self.rollout_ended is None:
+            return True
+        ended = await self.rollout_ended(label, version)
+        if ended is None:
+            return True
+        active = store.active_version(label_paths(self.ctx.config, label))
+        if active is not None and active > version:
+            log.warning(
+                "built; not activated: a newer version became active during the rollout",
+                label=label,
+                version=version,
+                active=active,
+            )
+            return False
+        log.info(
+            "canary rollout ended; activating the build",
+            label=label,
+            version=version,
+            rollout_id=ended,
+        )
+        return True
 
     async def activate(self, label: str, version: str, reason: ActivationReason) -> str | None:
         """Make version the label's active one, the daemon's one way; the error, or None.
