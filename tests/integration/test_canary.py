@@ -298,3 +298,34 @@ def test_activation_canary_sends_every_daemon_build_through_a_rollout(
         wait_for(lambda: all_on(lab, v2), "every node on v2")
     finally:
         lab.close()
+
+
+def test_a_daemon_build_during_a_rollout_is_activated_once_it_ended(
+    tmp_path: Path, broker: Broker
+) -> None:
+    lab = Lab(tmp_path, broker, 'activation = "auto"\nauto_reboot = true\ncanary_timeout = 120\n')
+    try:
+        v1 = fleet_up(lab)
+        (lab.ws.tree / "etc" / "motd").write_text("v2\n")  # the daemon builds and activates it
+        v2 = lab.collector.wait_event("image.activated", reason="auto")[0]["data"]["version"]
+        wait_for(lambda: all_on(lab, v2), "every node on v2")
+        lab.fleet.health_gate.clear()  # the rollout stays running
+        lab.ws.run("activate", "demo", v1, "--canary", "2")
+        lab.collector.wait_event("image.canary_started", version=v1)
+        refused = lab.ws.run("rollback", "demo", check=False)
+        assert refused.returncode == 1 and "rollback demo: canary rollout" in refused.stderr
+        (lab.ws.tree / "etc" / "motd").write_text("v3\n")  # built during the rollout
+        wait_for(
+            lambda: (
+                "activation waits for the label's canary rollout" in lab.controller.log.read_text()
+            ),
+            "the build's activation waits",
+        )
+        assert lab.ws.active() == v2
+        lab.fleet.health_gate.set()
+        auto = lab.collector.wait_event("image.activated", 2, reason="auto")[1]["data"]
+        assert auto["version"] not in (v1, v2) and auto["previous"] == v1
+        assert kinds(lab.rollout_events(v1))[-2:] == ["activated", "activated"]
+        assert lab.ws.active() == auto["version"]
+    finally:
+        lab.close()
