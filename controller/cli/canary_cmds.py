@@ -5,11 +5,13 @@ daemon uses for activation = canary) and printed; the daemon runs the
 rollout (controller.daemon.rollouts) and announces every step. `netroot
 status` follows it. While it is requested or running, a hand change of the
 label's active version is refused (`refuse_during_rollout`): the rollout's
-promotion or revert would undo it.
+promotion or revert would undo it. `--abort-canary` stops it instead
+(`abort_canary`): the canaries go back to the active version.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from controller.cli.output import emit_json
@@ -19,12 +21,18 @@ from controller.core.ids import normalize_mac
 from controller.daemon import rolloutstore
 from controller.daemon.db import Database, db_path
 from controller.daemon.lock import holder_pid, lock_path
-from controller.daemon.rolloutstore import CanaryRequest, RolloutBusy, add_request, new_rollout_id
+from controller.daemon.rolloutstore import (
+    CanaryRequest,
+    NoRollout,
+    RolloutBusy,
+    add_request,
+    new_rollout_id,
+)
 from controller.events.canary import CanaryError, check_canaries, choose_canaries
 from controller.serve import publish
 from controller.store import activation
 from controller.store import versions as store
-from controller.store.layout import LabelPaths
+from controller.store.layout import LabelPaths, label_paths
 
 
 def request_canary(
@@ -96,6 +104,55 @@ def request_canary(
     return 0
 
 
+ABORT_WAIT_S = 60.0  # how long `--abort-canary` waits for the daemon to carry it out
+ABORT_POLL_S = 0.2
+OUTCOMES = {
+    "failed": "aborted",
+    "passed": "passed before the abort was carried out (promoted)",
+    "running": "running",
+}
+
+
+def abort_canary(config: Config, label: str, *, as_json: bool) -> int:
+    """Ask the daemon to stop the label's rollout and wait until it has: the canaries'
+    menus unpinned, the canaries stale against the active version (auto_reboot reboots them)."""
+    if holder_pid(lock_path(config.state_dir)) is None:
+        raise NetrootError("activate --abort-canary: the daemon runs rollouts; it is not running")
+    path = db_path(config)
+    with Database(path, outbox_limit=config.mqtt.outbox_limit) as db:
+        try:
+            found = rolloutstore.add_abort(db, label)
+        except NoRollout as exc:
+            raise NetrootError(f"activate --abort-canary: {exc}") from None
+        deadline = time.monotonic() + ABORT_WAIT_S
+        while (still := rolloutstore.pending(db, label)) is not None and still.id == found.id:
+            if time.monotonic() > deadline:
+                raise NetrootError(
+                    f"activate --abort-canary {label}: asked, but the daemon has not carried it"
+                    f" out within {ABORT_WAIT_S:g}s; `netroot status` follows it"
+                )
+            time.sleep(ABORT_POLL_S)
+        phases = [r.phase for r in rolloutstore.recent(db, label) if r.id == found.id]
+    outcome = OUTCOMES[phases[0]] if phases else "withdrawn before it started"
+    active = store.active_version(label_paths(config, label))
+    if as_json:
+        emit_json(
+            {
+                "rollout_id": found.id,
+                "label": label,
+                "version": found.version,
+                "outcome": outcome,
+                "active": active,
+            }
+        )
+    else:
+        print(
+            f"canary rollout {found.id} of {label} {found.version}: {outcome}"
+            f" (active: {active}; the canaries boot it again)"
+        )
+    return 0
+
+
 STATES = {
     "requested": "requested (the daemon starts it)",
     "running": "running",
@@ -123,5 +180,6 @@ def rollout_busy(config: Config, found: rolloutstore.Pending, action: str) -> st
     return (
         f"{action} {label}: canary rollout {found.id} of {found.version} is"
         f" {STATES[found.state]}; it ends by itself within canary_timeout ({timeout:g}s)"
-        f" and `netroot status` follows it: {action} once it has ended"
+        f" and `netroot status` follows it: {action} once it has ended, or stop it first with"
+        f" `netroot activate {label} --abort-canary`"
     )

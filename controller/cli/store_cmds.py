@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic.dataclasses import dataclass
 
 from controller.build import secretscan
-from controller.cli.canary_cmds import refuse_during_rollout, request_canary
+from controller.cli.canary_cmds import abort_canary, refuse_during_rollout, request_canary
 from controller.cli.options import OPTIONS, Common, add_commands, command, flag, load, opt, pos
 from controller.cli.output import emit_json, human_size, table
 from controller.config.models import Config
@@ -58,6 +58,9 @@ class ActivateOptions(LabelOptions):
     )
     canary_macs: str | None = opt(
         metavar="MAC,...", help="try VERSION on these live nodes first (instead of --canary N)"
+    )
+    abort_canary: bool = flag(
+        "stop the label's canary rollout: its canaries go back to the active version"
     )
 
 
@@ -123,11 +126,17 @@ def _print_activation(opts: Common, done: activation.Activation) -> None:
     help="make a version the one new boots get (default: newest)",
     description="Switches the label's export and TFTP links to the version atomically, "
     "after a durable line in the label's history; running nodes keep their version. "
-    "--canary N tries it on N live nodes first and lets the daemon promote it.",
+    "--canary N tries it on N live nodes first and lets the daemon promote it; "
+    "--abort-canary stops such a rollout.",
 )
 def cmd_activate(opts: ActivateOptions) -> int:
     """Activate a version."""
 
+    if opts.abort_canary:
+        if opts.version is not None or opts.canary is not None or opts.canary_macs is not None:
+            raise NetrootError("activate --abort-canary: give the LABEL alone")
+        config = load(opts)
+        return abort_canary(config, label_of(config, opts.label).label, as_json=opts.json)
     if opts.canary is not None or opts.canary_macs is not None:
         config = load(opts)
         paths = label_of(config, opts.label)

@@ -51,6 +51,7 @@ from controller.events.node_events import NodeState
 from controller.events.node_messages import NodeCommand, NodeReport
 from controller.events.payloads import (
     ActivationReason,
+    CanaryCheck,
     CanaryFailed,
     CanaryNodePassed,
     CanaryPassed,
@@ -100,6 +101,8 @@ class Rollouts(Component):
         """Start requested rollouts, judge deadlines, carry out decisions."""
         while True:
             self._wake.clear()
+            for label, rollout_id in rolloutstore.aborts(self.ctx.db):
+                self._abort(label, rollout_id)
             for request in rolloutstore.requests(self.ctx.db):
                 await self._start(request)
             if self.running:
@@ -219,8 +222,32 @@ class Rollouts(Component):
             raise CanaryError(f"{', '.join(missing)}: not a live node of {label} any more")
         return previous, live
 
-    def _refused(self, label: str, version: str, rollout_id: str, why: str) -> None:
-        log.error("canary rollout not started", label=label, version=version, error=why)
+    def _abort(self, label: str, rollout_id: str) -> None:
+        """`netroot activate --abort-canary`: a running rollout fails (check aborted) and its
+        canaries go back to the active version; a request not started yet goes. A rollout
+        decided meanwhile is carried out as decided (the abort came too late)."""
+        detail = "aborted by an administrator (netroot activate --abort-canary)"
+        running = self.running.get(label)
+        stopped = running if running is not None and running.id == rollout_id else None
+        waiting = [r for r in rolloutstore.requests(self.ctx.db) if r.id == rollout_id]
+        with self.ctx.db.transaction() as tx:
+            rolloutstore.take_abort(tx, label)
+            if stopped is not None:
+                self._step(tx, stopped, Abort(at=_now(), check="aborted", detail=detail))
+            for request in waiting:
+                rolloutstore.take_request(tx, request.id)
+        for request in waiting:
+            self._refused(label, request.version, request.id, detail, check="aborted")
+        if waiting:
+            self._end()
+        if waiting or stopped is not None:
+            log.warning("canary rollout aborted", label=label, rollout_id=rollout_id)
+
+    def _refused(
+        self, label: str, version: str, rollout_id: str, why: str, check: CanaryCheck = "setup"
+    ) -> None:
+        if check == "setup":
+            log.error("canary rollout not started", label=label, version=version, error=why)
         previous = store.active_version(label_paths(self.ctx.config, label))
         if previous is None:
             return
@@ -230,7 +257,7 @@ class Rollouts(Component):
                 rollout_id=rollout_id,
                 version=version,
                 previous=previous,
-                check="setup",
+                check=check,
                 detail=why[-1024:],
             )
             self.ctx.emitter.image(tx, failed)

@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS rollouts (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rollouts_by_label ON rollouts (label, started_at);
+CREATE TABLE IF NOT EXISTS rollout_aborts (
+    label TEXT PRIMARY KEY,
+    rollout_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -64,6 +69,10 @@ def new_rollout_id(now: datetime | None = None) -> str:
 
 class RolloutBusy(ValueError):
     """The label already has a rollout requested or running."""
+
+
+class NoRollout(ValueError):
+    """The label has no rollout that can still be stopped."""
 
 
 PendingState = Literal["requested", "running", "finishing"]
@@ -109,6 +118,39 @@ def add_request(db: Database, request: CanaryRequest) -> None:
             "INSERT INTO rollout_requests (id, label, data, created_at) VALUES (?, ?, ?, ?)",
             (request.id, request.label, request.model_dump_json(), tx.now),
         )
+
+
+def add_abort(db: Database, label: str) -> Pending:
+    """Ask the daemon to stop the label's rollout (`--abort-canary`); NoRollout if none.
+
+    Keyed by label: asking twice is asking once. The rollout's id is kept, so that
+    an abort meant for one rollout never stops the next one."""
+    with db.transaction() as tx:
+        found = pending(db, label)
+        if found is None:
+            raise NoRollout(f"label {label} has no canary rollout requested or running")
+        if found.state == "finishing":
+            raise NoRollout(
+                f"label {label}: canary rollout {found.id} is decided already and its promotion"
+                " or revert is being carried out"
+            )
+        tx.conn.execute(
+            "INSERT OR REPLACE INTO rollout_aborts (label, rollout_id, created_at) "
+            "VALUES (?, ?, ?)",
+            (label, found.id, tx.now),
+        )
+    return found
+
+
+def aborts(db: Database) -> list[tuple[str, str]]:
+    """Aborts asked for and not carried out yet: (label, rollout id), oldest first."""
+    rows = db.rows("SELECT label, rollout_id FROM rollout_aborts ORDER BY created_at, label")
+    return [(str(label), str(rollout_id)) for label, rollout_id in rows]
+
+
+def take_abort(tx: Tx, label: str) -> None:
+    """The abort was carried out (or found nothing left to stop): it goes."""
+    tx.conn.execute("DELETE FROM rollout_aborts WHERE label = ?", (label,))
 
 
 def requests(db: Database) -> list[CanaryRequest]:

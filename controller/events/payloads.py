@@ -142,7 +142,7 @@ class Pruned(ImageEventData):
 
 # --- canary rollouts (issue 12): a version tried on a few nodes before the label --------
 
-CanaryCheck = Literal["version", "health", "timeout", "restart", "activation", "setup"]
+CanaryCheck = Literal["version", "health", "timeout", "restart", "activation", "setup", "aborted"]
 RolloutId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
@@ -188,7 +188,8 @@ class CanaryFailed(CanaryEventData):
         description="version: a canary booted another version; health: its check failed; "
         "timeout: canary_timeout ran out; restart: the controller restarted mid-rollout; "
         "activation: the promotion itself failed; setup: the rollout could not start (a canary "
-        "not live, a rollout already running, menus not rendered)"
+        "not live, a rollout already running, menus not rendered); aborted: an administrator "
+        "stopped it (`netroot activate LABEL --abort-canary`)"
     )
     mac: Mac | None = Field(None, description="the canary that failed, when one did")
     exit_code: int | None = Field(None, description="health: the check's exit status")

@@ -329,3 +329,29 @@ def test_a_daemon_build_during_a_rollout_is_activated_once_it_ended(
         assert lab.ws.active() == auto["version"]
     finally:
         lab.close()
+
+
+def test_abort_canary_stops_a_running_rollout_and_frees_the_label(lab: Lab) -> None:
+    v1 = fleet_up(lab)
+    v2 = lab.build("v2")
+    lab.fleet.health_gate.clear()  # canaries boot v2, their answers wait: it keeps running
+    lab.ws.run("activate", "demo", v2, "--canary", "2")
+    lab.collector.wait_event("image.canary_started", version=v2)
+    refused = lab.ws.run("activate", "demo", v2, check=False)
+    assert refused.returncode == 1
+    assert "netroot activate demo --abort-canary" in refused.stderr, refused.stderr
+
+    done = lab.ws.json("activate", "demo", "--abort-canary")
+    assert (done["version"], done["outcome"], done["active"]) == (v2, "aborted", v1)
+    failed = lab.collector.wait_event("image.canary_failed", version=v2)[0]["data"]
+    assert (failed["check"], failed["previous"]) == ("aborted", v1)
+    assert not (lab.ws.root / "tftp" / pxelinux_mac_path(MACS[0])).exists()  # unpinned
+    lab.fleet.health_gate.set()  # late answers of the stopped rollout change nothing
+    wait_for(lambda: all_on(lab, v1), "both canaries back on v1")
+    assert kinds(lab.rollout_events(v2)) == ["canary_started", "canary_failed"]
+
+    again = lab.ws.run("activate", "demo", "--abort-canary", check=False)
+    assert again.returncode == 1 and "no canary rollout" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr
+    lab.ws.run("activate", "demo", v2)  # the hand activation goes through now
+    assert lab.ws.active() == v2
