@@ -167,9 +167,7 @@ class Daemon:
         self.tracker = NodeTracker(
             inbox, ctx.nodes, ack=self.link.acknowledge if self.link else None
         )
-        self.publisher = Publisher(
-            db, self.link, ingest_idle=self.tracker.idle, emitter=ctx.emitter
-        )
+        self.publisher = Publisher(db, self.link, ctx.emitter, ingest_idle=self.tracker.idle)
         db.on_outbox = self.publisher.notify
         db.defer_checkpoints(AUTOCHECKPOINT_PAGES)  # WalCheckpointer checkpoints off the loop
         self.spool = SpoolListener(ctx.config, db, ctx.nodes)

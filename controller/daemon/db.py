@@ -32,7 +32,10 @@ from controller.daemon.rolloutstore import ROLLOUT_SCHEMA
 from controller.events.liveness import in_use
 
 DB_NAME = "netroot.db"
-SCHEMA_VERSION = 1
+# 2: outbox rows may name a node whose stored state they publish, or the journal row
+# holding their event's envelope (daemon.outbox); a netroot that knows only 1 would
+# send those rows' empty payloads.
+SCHEMA_VERSION = 2
 WAL_SIZE_LIMIT = 64 << 20  # bytes the WAL file keeps after a checkpoint resets it
 
 _SCHEMA = """
@@ -82,7 +85,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
     retain INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    node TEXT,
+    journal_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_by_topic ON outbox (retain, topic, seq);
 CREATE TABLE IF NOT EXISTS history_announced (
@@ -114,6 +119,21 @@ class Tx(OutboxWrites, JournalWrites, NodeWrites, BuildWrites):
     _journal: list[JournalRow] = field(default_factory=list)
     _nodes: dict[str, NodeRow] = field(default_factory=dict)
 
+    def emit_event(
+        self,
+        topic: str,
+        envelope: bytes,
+        *,
+        at: datetime,
+        event_type: str,
+        subject: str | None,
+        label: str | None,
+    ) -> None:
+        """An event: kept in the journal, and queued for the broker by an outbox row that
+        names its journal row (the envelope is stored once)."""
+        self._journal.append((at.timestamp(), event_type, subject, label, envelope))
+        self._emit_journalled(topic, len(self._journal) - 1)
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run callback once the transaction committed (in-memory caches follow the db)."""
         self._after.append(callback)
@@ -124,8 +144,7 @@ class Tx(OutboxWrites, JournalWrites, NodeWrites, BuildWrites):
 
     def flush(self) -> None:
         """Write the buffered messages, journal rows and node states (before commit)."""
-        self._flush_messages()
-        self._flush_journal()
+        self._flush_messages(self._flush_journal())
         self._flush_nodes()
 
 
@@ -202,12 +221,31 @@ class Database(Closing, Outbox, Journal, NodeReads, BuildReads):
         self._conn.executescript(ROLLOUT_SCHEMA)  # canary rollouts (issue 12): new tables too
         self._conn.executescript(FLEET_SCHEMA)  # other boot servers' nodes (issue 12)
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is not None and int(row[0]) == 1:
+            self._upgrade_from_1()
+            row = (str(SCHEMA_VERSION),)
         if row is None:
             self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) != SCHEMA_VERSION:
             raise DatabaseError(
                 f"{self.path}: schema version {row[0]}, this netroot knows {SCHEMA_VERSION}"
             )
+
+    def _upgrade_from_1(self) -> None:
+        """Schema 1 to 2, in one transaction: the outbox's `node` and `journal_seq` columns."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(outbox)")}
+            for column in ("node TEXT", "journal_seq INTEGER"):
+                if column.split()[0] not in columns:
+                    self._conn.execute(f"ALTER TABLE outbox ADD COLUMN {column}")
+            self._conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the connection."""

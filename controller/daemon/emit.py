@@ -14,7 +14,7 @@ from controller.core.log import get_logger
 from controller.daemon.db import Tx
 from controller.daemon.mqtt import Message
 from controller.daemon.outbox import OutboxRow
-from controller.events.envelope import CONTENT_TYPE, envelope_json
+from controller.events.envelope import CONTENT_TYPE, envelope_json, wrap_json
 from controller.events.node_events import NodeState
 from controller.events.node_messages import COMMAND_EXPIRY_S
 from controller.events.nodes import Effect, PublishEvent, PublishState, SendCommand
@@ -92,8 +92,9 @@ class Emitter:
         """An event: to the outbox, and to the journal in the same transaction."""
         when = at or datetime.now(UTC)
         envelope = envelope_json(data, subject, self.source, now=when)
-        tx.emit(topic, envelope)
-        tx.record(when, data.event_type, envelope, subject=subject, label=label)
+        tx.emit_event(
+            topic, envelope, at=when, event_type=data.event_type, subject=subject, label=label
+        )
 
     def image(self, tx: Tx, data: ImageEventData, at: datetime | None = None) -> None:
         """An image event of the label (build.*, activated, rolled_back, pruned).
@@ -129,13 +130,8 @@ class Emitter:
         self._event(tx, self.topics.controller_events(), data, None, label=None)
         log.info("event", type=data.event_type, **_brief(data))
 
-    def node_effects(
-        self, tx: Tx, mac: str, effects: list[Effect], stored: tuple[NodeState, str] | None = None
-    ) -> None:
-        """Events, retained state and commands the state machine asked for, in its order.
-
-        stored: a state and its JSON as the nodes table got it (serialised once).
-        """
+    def node_effects(self, tx: Tx, mac: str, effects: list[Effect]) -> None:
+        """Events, retained state and commands the state machine asked for, in its order."""
         for effect in effects:
             match effect:
                 case PublishEvent(data):
@@ -146,17 +142,15 @@ class Emitter:
                         "event", type=data.event_type, subject=data.mac, state=data.state
                     )
                 case PublishState(state):
-                    known = stored[1] if stored is not None and stored[0] is state else None
-                    self.node_state(tx, state, known)
+                    self.node_state(tx, state)
                 case SendCommand():
                     command = effect.message(str(uuid.uuid4()))
                     tx.emit(self.topics.node_cmd(mac), command.model_dump_json().encode())
                     log.info("command", node=mac, command=command.command, id=command.id)
 
-    def node_state(self, tx: Tx, state: NodeState, data_json: str | None = None) -> None:
-        """A node's retained state (data_json: state.model_dump_json(), if made already)."""
-        envelope = self._envelope(state, state.mac, data_json=data_json)
-        tx.emit(self.topics.node_state(state.mac), envelope, retain=True)
+    def node_state(self, tx: Tx, state: NodeState) -> None:
+        """A node's retained state: wrapped from its stored row when sent (daemon.outbox)."""
+        tx.emit_node_state(self.topics.node_state(state.mac), state.mac)
 
     def status(
         self, status: str, *, since: datetime | None = None, health: Health | None = None
@@ -194,7 +188,13 @@ class Emitter:
         )
 
     def message(self, row: OutboxRow) -> Message:
-        """An outbox row as published: envelopes typed, commands expiring."""
+        """An outbox row as published: envelopes typed, commands expiring, node states made
+        from their stored row (the caller leaves out rows whose node was forgotten)."""
+        if row.node is not None and row.node_data is not None:
+            envelope = wrap_json(
+                NodeState, row.node_data, row.node, self.source, now=datetime.now(UTC)
+            )
+            return Message(row.topic, envelope, row.qos, row.retain, CONTENT_TYPE)
         if row.topic.startswith(f"{self.topics.prefix}/node/") and row.topic.endswith("/cmd"):
             # A command for a node that is away must not run when it comes back hours later.
             return Message(

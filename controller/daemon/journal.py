@@ -90,25 +90,27 @@ class JournalWrites:
     conn: sqlite3.Connection
     _journal: list[JournalRow]
 
-    def record(
-        self,
-        at: datetime,
-        event_type: str,
-        envelope: bytes,
-        *,
-        subject: str | None,
-        label: str | None,
-    ) -> None:
-        """Keep an event (the envelope its outbox row publishes) in the journal."""
-        self._journal.append((at.timestamp(), event_type, subject, label, envelope))
+    def _flush_journal(self) -> int:
+        """Write the buffered rows; returns the seq before the first one's.
 
-    def _flush_journal(self) -> None:
-        if self._journal:
-            self.conn.executemany(
-                "INSERT INTO journal (time, type, subject, label, envelope) VALUES (?, ?, ?, ?, ?)",
-                self._journal,
-            )
-            self._journal.clear()
+        The seqs are given here, not left to AUTOINCREMENT, so the outbox rows can
+        name them; the largest seq ever used (sqlite_sequence) is where they go on
+        from, as AUTOINCREMENT would. The transaction holds the write lock.
+        """
+        if not self._journal:
+            return 0
+        row = self.conn.execute(
+            "SELECT MAX(x) FROM (SELECT seq AS x FROM sqlite_sequence WHERE name = 'journal' "
+            "UNION ALL SELECT MAX(seq) FROM journal)"
+        ).fetchone()
+        base = int(row[0]) if row[0] is not None else 0
+        self.conn.executemany(
+            "INSERT INTO journal (seq, time, type, subject, label, envelope) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(base + i + 1, *r) for i, r in enumerate(self._journal)],
+        )
+        self._journal.clear()
+        return base
 
 
 class Journal:
@@ -141,21 +143,26 @@ class Journal:
         ]
 
     def prune_journal(self, *, before: float, limit: int, batch: int = PRUNE_BATCH) -> int:
-        """Delete at most `batch` rows older than `before` or beyond the newest `limit`."""
+        """Delete at most `batch` rows older than `before` or beyond the newest `limit`;
+        never a row an undelivered event's outbox row names (it holds its envelope)."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            waiting = self._conn.execute("SELECT MIN(journal_seq) FROM outbox").fetchone()[0]
+            keep = int(waiting) if waiting is not None else None
             old = self._conn.execute(
-                "DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE time < ? LIMIT ?)",
-                (before, batch),
+                "DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE time < ? "
+                "AND seq < ? LIMIT ?)",
+                (before, keep if keep is not None else 2**62, batch),
             ).rowcount
             over = 0
             top = self._conn.execute("SELECT MAX(seq) FROM journal").fetchone()[0]
             if top is not None and batch > old:
                 # seq only grows: the rows above top - limit are at most limit.
+                below = top - limit if keep is None else min(top - limit, keep - 1)
                 over = self._conn.execute(
                     "DELETE FROM journal WHERE seq IN ("
                     " SELECT seq FROM journal WHERE seq <= ? ORDER BY seq LIMIT ?)",
-                    (top - limit, batch - old),
+                    (below, batch - old),
                 ).rowcount
             self._conn.execute("COMMIT")
         except BaseException:

@@ -102,13 +102,12 @@ class NodeBook:
         self.touched.add(mac)  # also when rolled back: a second look costs nothing
         old = known or NodeState.trusted(mac=mac)  # mac: checked where the input was made
         new, effects = transition(old, event)
-        stored = None
         if new != old:
-            stored = (new, tx.put_node(new))  # its JSON is the retained state's data too
+            tx.put_node(new)  # its JSON is the retained state's data too (daemon.outbox)
             self.nodes[mac] = new
             tx.on_rollback(lambda: self._restore(mac, known))
         self._note_published(tx, mac, new, effects)
-        self.emitter.node_effects(tx, mac, effects, stored)
+        self.emitter.node_effects(tx, mac, effects)
         return new
 
     def _admit(self, mac: str) -> None:

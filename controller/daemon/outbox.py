@@ -11,6 +11,21 @@ first, then the oldest non-retained events, with the count logged and kept
 in `outbox_dropped`. The latest retained state of a topic is never dropped,
 and the tables holding state are never touched by the bound.
 
+An event's row carries no payload either: it names its journal row
+(`journal_seq`), which holds the envelope (daemon.journal); the journal
+keeps a row an undelivered event names. Each event is stored once.
+
+A node's retained state is queued as a reference, not as bytes: its row
+names the node (`node`) and carries no payload, and the envelope is made
+from the node's stored state when the row is read for publishing
+(`outbox_head` joins the nodes table; `Emitter.message` wraps it). In a
+boot storm that is one envelope less to build and store per report, and a
+state superseded before it was published is never serialised at all. What
+is published is the node's state when it is sent: it can show a change
+whose events are a few messages behind it, never an older one. A row whose
+node was forgotten meanwhile is not sent (the forget's empty retained
+message follows it).
+
 The publisher coalesces what it reads (`coalesce`): a retained message with a
 newer retained message for the same topic further on in the same window is
 superseded, so only the newer one is sent. Events (not retained) are never
@@ -28,8 +43,9 @@ from controller.core.log import get_logger
 
 log = get_logger("db")
 
-# One buffered outbox row: topic, payload, qos, retain, created_at.
-MessageRow = tuple[str, bytes, int, int, float]
+# One buffered outbox row: topic, payload, qos, retain, created_at, node (its state's MAC),
+# and for an event its place among the transaction's journal rows.
+MessageRow = tuple[str, bytes, int, int, float, str | None, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +57,8 @@ class OutboxRow:
     payload: bytes
     qos: int
     retain: bool
+    node: str | None = None  # a node's retained state: made from node_data when sent
+    node_data: str | None = None  # its stored state (None: the node was forgotten since)
 
 
 def coalesce(rows: Sequence[OutboxRow], barrier: str) -> tuple[list[OutboxRow], list[int]]:
@@ -90,15 +108,29 @@ class OutboxWrites:
 
     def emit(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message for the broker (in the order of the calls)."""
-        self._messages.append((topic, payload, qos, int(retain), self.now))
+        self._messages.append((topic, payload, qos, int(retain), self.now, None, None))
         self.added += 1
 
-    def _flush_messages(self) -> None:
+    def emit_node_state(self, topic: str, mac: str) -> None:
+        """Queue the node's retained state, made from its stored row when it is sent."""
+        self._messages.append((topic, b"", 1, 1, self.now, mac, None))
+        self.added += 1
+
+    def _emit_journalled(self, topic: str, journal_index: int) -> None:
+        """Queue an event whose envelope is the transaction's journal row journal_index."""
+        self._messages.append((topic, b"", 1, 0, self.now, None, journal_index))
+        self.added += 1
+
+    def _flush_messages(self, journal_base: int) -> None:
+        """journal_base: the seq before the transaction's first journal row."""
         if self._messages:
             self.conn.executemany(
-                "INSERT INTO outbox (topic, payload, qos, retain, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                self._messages,
+                "INSERT INTO outbox (topic, payload, qos, retain, created_at, node, journal_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    row if row[6] is None else (*row[:6], journal_base + row[6] + 1)
+                    for row in self._messages
+                ],
             )
             self._messages.clear()
 
@@ -150,12 +182,15 @@ class Outbox:
     def outbox_head(self, limit: int) -> list[OutboxRow]:
         """The oldest messages waiting, in the order they must be published."""
         rows = self._conn.execute(
-            "SELECT seq, topic, payload, qos, retain FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            "SELECT o.seq, o.topic, COALESCE(j.envelope, o.payload), o.qos, o.retain, o.node, "
+            "n.data FROM outbox AS o LEFT JOIN journal AS j ON j.seq = o.journal_seq "
+            "LEFT JOIN nodes AS n ON n.mac = o.node ORDER BY o.seq LIMIT ?",
+            (limit,),
         ).fetchall()
         if len(rows) > self._outbox_count or not rows:
             # The CLI added rows this process did not count (or the count is stale).
             self._outbox_count = len(rows) if len(rows) < limit else self._count_outbox()
-        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6]) for r in rows]
 
     def outbox_delete(self, seqs: Sequence[int]) -> None:
         """Forget messages the broker acknowledged.

@@ -122,19 +122,37 @@ def envelope_json(
     """The bytes of the envelope of data, as the Envelope model reads them.
 
     Built as text rather than through the Envelope model: the daemon wraps
-    three payloads per node report, and in a boot storm validating again data
-    it just built is the cost. What is the same for every event of a type from
-    a source (the type, source and schema attributes) is made once. data_json is
-    data.model_dump_json() when the caller has it already.
+    payloads of every node report, and in a boot storm validating again data
+    it just built is the cost. data_json is data.model_dump_json() when the
+    caller has it already.
+    """
+    return wrap_json(
+        type(data), data_json or data.model_dump_json(), subject, source, now=now, event_id=event_id
+    )
+
+
+def wrap_json(
+    kind: type[Payload],
+    data_json: str,
+    subject: str | None,
+    source: str,
+    *,
+    now: datetime,
+    event_id: str | None = None,
+) -> bytes:
+    """The envelope of a payload of type kind already serialised (a node's stored state).
+
+    What is the same for every event of a type from a source (the type,
+    source and schema attributes) is made once.
     """
     if now.tzinfo is None:
         raise ValueError("event time must be timezone-aware")
-    head, tail = _fixed(source, data.event_type, data.schema_id())
+    head, tail = _fixed(source, kind.event_type, kind.schema_id())
     subject_field = f'"subject":{_quoted(subject)},' if subject is not None else ""
     return (
         f'{{"specversion":"{SPECVERSION}","id":{_quoted(event_id or fast_uuid4())},{head}'
         f'"time":"{now.isoformat().replace("+00:00", "Z")}",{subject_field}{tail}'
-        f'"data":{data_json or data.model_dump_json()}}}'
+        f'"data":{data_json}}}'
     ).encode()
 
 

@@ -15,8 +15,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.config.load import parse_config
 from controller.daemon.db import Database
+from controller.daemon.emit import Emitter
 from controller.daemon.mqtt import BrokerLink
 from controller.daemon.publisher import Publisher
+from controller.events.topics import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +49,7 @@ async def publish_outbox(db: Database, port: int, tmp_path: Path) -> Publisher:
         {"mqtt": {"host": "127.0.0.1", "port": port}}, source="test", root=tmp_path
     )
     link = BrokerLink(config.mqtt, client_id="test-publisher")
-    publisher = Publisher(db, link)
+    publisher = Publisher(db, link, Emitter(Topics()))
     async with asyncio.timeout(WAIT_S), asyncio.TaskGroup() as tasks:
         running = tasks.create_task(link.run())
         await link.wait_connected()

@@ -255,6 +255,27 @@ def test_an_unknown_schema_version_is_refused(tmp_path: Path) -> None:
         Database(path)
 
 
+def test_a_schema_1_database_is_upgraded_and_keeps_its_waiting_messages(tmp_path: Path) -> None:
+    path = tmp_path / "netroot.db"
+    conn = sqlite3.connect(path)  # what netroot with schema 1 left: an outbox without `node`
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema', '1');"
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
+        " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,"
+        " created_at REAL NOT NULL);"
+        "INSERT INTO outbox (topic, payload, qos, retain, created_at)"
+        " VALUES ('netroot/state/node/52:54:00:00:00:01', CAST('old state' AS BLOB), 1, 1, 0);"
+    )
+    conn.commit()
+    conn.close()
+    with Database(path) as db:
+        [row] = db.outbox_head(10)
+        assert (row.payload, row.node) == (b"old state", None)  # published as it was queued
+        assert db.rows("SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
+    Database(path).close()  # opened again: nothing left to upgrade
+
+
 def test_a_missing_database_is_reported_to_readers(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="cannot open"):
         Database(tmp_path / "absent.db", readonly=True)

@@ -84,10 +84,10 @@ def report(mac: str = MAC, *, topic_mac: str | None = None, **fields: object) ->
 
 
 def published(book: NodeBook) -> list[tuple[str, str]]:
-    """(topic, event type or command) of every queued message."""
+    """(topic, event type or command) of every queued message, as it is published."""
     out = []
     for row in book.db.outbox_head(1000):
-        data = json.loads(row.payload)
+        data = json.loads(book.emitter.message(row).payload)
         kind = data.get("type") or data.get("command")
         out.append((row.topic, str(kind).removeprefix("org.netroot.")))
     return out
@@ -243,7 +243,29 @@ def test_new_nodes_beyond_max_nodes_are_refused_with_one_log_line(
     assert book.ingest([report(macs[4])]) == 1  # room again
     assert [n.mac for n in db.nodes()] == [macs[4], "52:54:00:00:00:09"]
     cleared = [r for r in db.outbox_head(1000) if r.topic == f"netroot/state/node/{macs[0]}"]
-    assert (cleared[-1].payload, cleared[-1].retain) == (b"", True)  # retained state deleted
+    assert (cleared[-1].payload, cleared[-1].retain, cleared[-1].node) == (b"", True, None)
+    # Its state queued before the forget has no stored row to be made from: not sent.
+    assert cleared[:-1] and {(r.node, r.node_data) for r in cleared[:-1]} == {(macs[0], None)}
+
+
+def test_a_queued_node_state_is_published_as_the_node_is_stored_when_sent(
+    book: NodeBook,
+) -> None:
+    activate(book, V1)
+    book.ingest([report()])
+    activate(book, V2)  # stale now: its state is queued twice, stored once
+    states = [r for r in book.db.outbox_head(1000) if r.topic == f"netroot/state/node/{MAC}"]
+    assert [(r.payload, r.retain, r.node) for r in states] == [(b"", True, MAC)] * 2
+    [stored] = book.db.rows("SELECT data FROM nodes WHERE mac = ?", (MAC,))
+    for row in states:
+        sent = book.emitter.message(row)
+        envelope = Envelope.model_validate_json(sent.payload)
+        assert (sent.retain, envelope.type, envelope.subject) == (
+            True,
+            "org.netroot.node.state",
+            MAC,
+        )
+        assert envelope.data == json.loads(stored[0]) and envelope.data["state"] == "stale"
 
 
 def test_memory_follows_a_rolled_back_transaction(book: NodeBook) -> None:

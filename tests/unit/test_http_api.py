@@ -83,7 +83,10 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         for i, kind in enumerate(["node.booted", "image.activated", "node.stale", "node.lost"]):
             label = None if kind == "node.lost" else "demo"
             at = t0 + timedelta(minutes=i * 10)  # 40, 30, 20, 10 minutes ago
-            tx.record(at, f"org.netroot.{kind}", _envelope(i, kind), subject=None, label=label)
+            tx.emit_event(
+                "netroot/events/x", _envelope(i, kind), at=at, event_type=f"org.netroot.{kind}",
+                subject=None, label=label,
+            )  # fmt: skip
     emitter = Emitter(Topics(config.mqtt.topic_prefix))
     nodes = NodeBook(db, emitter, config)
     ctx = Context(config, path, db, emitter, nodes, ImageBook(db, emitter, nodes))

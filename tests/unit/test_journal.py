@@ -170,10 +170,16 @@ def test_a_read_only_open_of_a_database_without_a_journal_reads_none(tmp_path: P
 # --- pruning ------------------------------------------------------------------
 
 
-def fill(db: Database, count: int, at: datetime) -> None:
+def fill(db: Database, count: int, at: datetime, *, delivered: bool = True) -> None:
+    waiting = {r.seq for r in db.outbox_head(100_000)}
     with db.transaction() as tx:
         for i in range(count):
-            tx.record(at, "org.netroot.node.booted", b"{}", subject=str(i), label="demo")
+            tx.emit_event(
+                "netroot/events/node/x", b"{}", at=at, event_type="org.netroot.node.booted",
+                subject=str(i), label="demo",
+            )  # fmt: skip
+    if delivered:  # the broker acknowledged them: only the journal holds them now
+        db.outbox_delete([r.seq for r in db.outbox_head(100_000) if r.seq not in waiting])
 
 
 def subjects(db: Database) -> list[str | None]:
@@ -195,6 +201,19 @@ def test_pruning_keeps_the_newest_rows_within_the_limit(db: Database) -> None:
     keeper = JournalKeeper(db, lambda: (86400.0, 4))
     assert asyncio.run(keeper.prune(NOW)) == 4
     assert subjects(db) == ["4", "0", "1", "2"]
+
+
+def test_pruning_keeps_what_an_undelivered_event_still_needs(db: Database) -> None:
+    fill(db, 3, NOW - timedelta(days=8))
+    fill(db, 2, NOW - timedelta(days=8), delivered=False)  # the broker was away
+    fill(db, 2, NOW)
+    keeper = JournalKeeper(db, lambda: (7 * 86400.0, 2))  # both bounds would take them
+    assert asyncio.run(keeper.prune(NOW)) == 3
+    assert subjects(db) == ["0", "1", "0", "1"]
+    assert [r.payload for r in db.outbox_head(10)] == [b"{}", b"{}"]  # still sent whole
+    db.outbox_delete([r.seq for r in db.outbox_head(10)])
+    assert asyncio.run(keeper.prune(NOW)) == 2
+    assert subjects(db) == ["0", "1"]
 
 
 def test_pruning_a_large_backlog_goes_batch_by_batch_yielding_between(db: Database) -> None:

@@ -83,7 +83,10 @@ def _journal(config: Config, *types: str) -> None:
     with Database(db_path(config)) as db, db.transaction() as tx:
         for kind in types:
             envelope = json.dumps({"type": f"org.netroot.{kind}", "data": {}}).encode()
-            tx.record(AT, f"org.netroot.{kind}", envelope, subject=None, label="demo")
+            tx.emit_event(
+                "netroot/events/x", envelope, at=AT, event_type=f"org.netroot.{kind}",
+                subject=None, label="demo",
+            )  # fmt: skip
 
 
 def test_the_snapshot_reads_the_journal_head_and_every_node(tmp_path: Path) -> None:
