@@ -26,6 +26,7 @@ from controller.core.errors import NetrootError
 from controller.daemon.builds import BuildReads, BuildWrites
 from controller.daemon.fleetstore import FLEET_SCHEMA
 from controller.daemon.journal import JOURNAL_SCHEMA, Journal, JournalRow, JournalWrites
+from controller.daemon.lock import holder_pid, lock_path
 from controller.daemon.nodestore import NodeReads, NodeRow, NodeWrites
 from controller.daemon.outbox import MessageRow, Outbox, OutboxWrites
 from controller.daemon.rolloutstore import ROLLOUT_SCHEMA
@@ -232,7 +233,17 @@ class Database(Closing, Outbox, Journal, NodeReads, BuildReads):
             )
 
     def _upgrade_from_1(self) -> None:
-        """Schema 1 to 2, in one transaction: the outbox's `node` and `journal_seq` columns."""
+        """Schema 1 to 2, in one transaction: the outbox's `node` and `journal_seq` columns.
+
+        Not under a running daemon of an earlier netroot (a package upgraded, the
+        service not restarted yet): it would send the new rows' empty payloads."""
+        holder = holder_pid(lock_path(self.path.parent))
+        if holder is not None and holder != os.getpid():
+            raise DatabaseError(
+                f"{self.path}: schema 1, in use by a running `netroot serve` (pid {holder}) of an"
+                " earlier netroot: restart it (`systemctl restart netroot`; it upgrades the"
+                " database to schema 2), then run this again"
+            )
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(outbox)")}

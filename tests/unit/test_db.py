@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from controller.daemon.db import Database, DatabaseError, NodeGuard
+from controller.daemon.lock import lock_path
 from controller.daemon.outbox import seq_runs
 from controller.events.node_events import NodeState
 from controller.events.payloads import VersionSummary
@@ -255,8 +258,7 @@ def test_an_unknown_schema_version_is_refused(tmp_path: Path) -> None:
         Database(path)
 
 
-def test_a_schema_1_database_is_upgraded_and_keeps_its_waiting_messages(tmp_path: Path) -> None:
-    path = tmp_path / "netroot.db"
+def _schema_1(path: Path) -> None:
     conn = sqlite3.connect(path)  # what netroot with schema 1 left: an outbox without `node`
     conn.executescript(
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
@@ -269,11 +271,40 @@ def test_a_schema_1_database_is_upgraded_and_keeps_its_waiting_messages(tmp_path
     )
     conn.commit()
     conn.close()
+
+
+def test_a_schema_1_database_is_upgraded_and_keeps_its_waiting_messages(tmp_path: Path) -> None:
+    path = tmp_path / "netroot.db"
+    _schema_1(path)
     with Database(path) as db:
         [row] = db.outbox_head(10)
         assert (row.payload, row.node) == (b"old state", None)  # published as it was queued
         assert db.rows("SELECT value FROM meta WHERE key = 'schema'") == [("2",)]
     Database(path).close()  # opened again: nothing left to upgrade
+
+
+def test_a_schema_1_database_an_earlier_daemon_serves_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "netroot.db"
+    _schema_1(path)
+    holder = subprocess.Popen(  # an earlier `netroot serve`: it holds the daemon lock
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0)\n"
+         "print('held', flush=True); time.sleep(60)",
+         str(lock_path(tmp_path))],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(DatabaseError, match=rf"pid {holder.pid}\) of an earlier netroot"):
+            Database(path)
+        conn = sqlite3.connect(path)
+        assert conn.execute("SELECT value FROM meta").fetchall() == [("1",)]  # untouched
+        conn.close()
+    finally:
+        holder.kill()
+        holder.communicate()
+    Database(path).close()  # the daemon is gone: upgraded now
 
 
 def test_a_missing_database_is_reported_to_readers(tmp_path: Path) -> None:
