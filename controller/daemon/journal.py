@@ -148,17 +148,17 @@ class Journal:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             waiting = self._conn.execute("SELECT MIN(journal_seq) FROM outbox").fetchone()[0]
-            keep = int(waiting) if waiting is not None else None
+            keep = int(waiting) if waiting is not None else 2**62  # delete below this seq
             old = self._conn.execute(
                 "DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE time < ? "
                 "AND seq < ? LIMIT ?)",
-                (before, keep if keep is not None else 2**62, batch),
+                (before, keep, batch),
             ).rowcount
             over = 0
             top = self._conn.execute("SELECT MAX(seq) FROM journal").fetchone()[0]
             if top is not None and batch > old:
                 # seq only grows: the rows above top - limit are at most limit.
-                below = top - limit if keep is None else min(top - limit, keep - 1)
+                below = min(top - limit, keep - 1)
                 over = self._conn.execute(
                     "DELETE FROM journal WHERE seq IN ("
                     " SELECT seq FROM journal WHERE seq <= ? ORDER BY seq LIMIT ?)",

@@ -66,12 +66,17 @@ def coalesce(rows: Sequence[OutboxRow], barrier: str) -> tuple[list[OutboxRow], 
 
     A retained row is superseded by a later retained row of the same topic,
     unless a `barrier` row (the retained index, which promises that every state
-    it counts was published before it) lies between them.
+    it counts was published before it) lies between them. A node's state row
+    whose node was forgotten since is superseded as well: there is no state to
+    make it from, and the forget's empty retained message follows it.
     """
     newer: set[str] = set()  # retained topics that have a later row (since the last barrier)
     send: list[OutboxRow] = []
     superseded: list[int] = []
     for row in reversed(rows):
+        if row.node is not None and row.node_data is None:
+            superseded.append(row.seq)
+            continue
         if row.retain:
             if row.topic in newer:
                 superseded.append(row.seq)

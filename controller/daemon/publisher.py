@@ -101,12 +101,6 @@ class Publisher(Component):
             await self.link.wait_connected()
         index = self.emitter.topics.state_index()
         send, superseded = coalesce(rows, barrier=index)
-        # A node's state row whose node was forgotten since: the forget's empty retained
-        # message follows it; nothing to send.
-        gone = [r.seq for r in send if r.node is not None and r.node_data is None]
-        if gone:
-            send = [r for r in send if r.node is None or r.node_data is not None]
-            superseded += gone
         try:
             acked = await self.link.publish([self.emitter.message(r) for r in send])
         except LinkDown:

@@ -287,12 +287,12 @@ def test_a_schema_1_database_an_earlier_daemon_serves_is_left_alone(tmp_path: Pa
     path = tmp_path / "netroot.db"
     _schema_1(path)
     holder = subprocess.Popen(  # an earlier `netroot serve`: it holds the daemon lock
-        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+        [sys.executable, "-c", "import fcntl, os, sys\n"
          "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
          "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0)\n"
-         "print('held', flush=True); time.sleep(60)",
+         "print('held', flush=True); sys.stdin.read()",
          str(lock_path(tmp_path))],
-        stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
@@ -302,8 +302,7 @@ def test_a_schema_1_database_an_earlier_daemon_serves_is_left_alone(tmp_path: Pa
         assert conn.execute("SELECT value FROM meta").fetchall() == [("1",)]  # untouched
         conn.close()
     finally:
-        holder.kill()
-        holder.communicate()
+        holder.communicate("")  # its stdin closes: it exits, and the lock goes with it
     Database(path).close()  # the daemon is gone: upgraded now
 
 

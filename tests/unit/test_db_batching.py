@@ -103,3 +103,15 @@ def test_an_empty_retained_message_supersedes_the_state_it_clears() -> None:
     send, superseded = coalesce([row(1, a, retain=True), row(2, a, retain=True)], barrier=INDEX)
     assert [r.seq for r in send] == [2]
     assert superseded == [1]
+
+
+def test_the_state_of_a_node_forgotten_since_it_was_queued_is_not_sent() -> None:
+    a = "netroot/state/node/52:54:00:00:00:0a"
+    b = "netroot/state/node/52:54:00:00:00:0b"
+    rows = [
+        OutboxRow(1, a, b"", 1, True, node="52:54:00:00:00:0a", node_data=None),  # forgotten
+        OutboxRow(2, b, b"", 1, True, node="52:54:00:00:00:0b", node_data='{"state": "up"}'),
+        row(3, a, retain=True),  # the forget's empty retained message (here: any later row)
+    ]
+    send, superseded = coalesce(rows, barrier=INDEX)
+    assert ([r.seq for r in send], superseded) == ([2, 3], [1])
