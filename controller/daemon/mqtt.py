@@ -159,6 +159,46 @@ class _Window:
             self.done.set_result(None)
 
 
+def _read_publishes_here(paho: paho_client.Client, deliver: Callable[..., None]) -> None:
+    """A boot storm's PUBLISH packets are read by mqttwire and handed to deliver, not
+    to paho's reader (what mqttwire does not read, paho does, as before)."""
+    paho_handle_publish = paho._handle_publish
+
+    def handle_publish() -> MQTTErrorCode:
+        packet = paho._in_packet
+        plain = plain_publish(packet["command"], packet["packet"])
+        if plain is None:
+            return paho_handle_publish()
+        deliver(*plain)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # paho reads one packet per call (a dozen calls and a dict rebuilt for each);
+    # here one socket read and the plain PUBLISH packets in it are taken in one
+    # loop. paho reads the rest: any other packet, one cut off by the end of a
+    # read, and the end of the connection or a socket error.
+    paho_packet_read = paho._packet_read
+
+    def packet_read() -> MQTTErrorCode:
+        sock = paho._sock
+        if paho._in_packet["command"] == 0 and isinstance(sock, ReadAhead):
+            try:
+                taken = sock.publishes()
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return MQTTErrorCode.MQTT_ERR_AGAIN  # nothing more to read for now
+            except OSError:
+                taken = []  # paho's own read meets it again and ends the connection
+            if taken:
+                for plain in taken:
+                    deliver(*plain)
+                with paho._msgtime_mutex:  # what paho's keepalive looks at
+                    paho._last_bytes_received = paho_client.time_func()
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return paho_packet_read()
+
+    paho._handle_publish = handle_publish  # type: ignore[method-assign]
+    paho._packet_read = packet_read  # type: ignore[method-assign]
+
+
 def _payload_bytes(payload: object) -> bytes:
     if isinstance(payload, bytes | bytearray):
         return bytes(payload)
@@ -303,20 +343,9 @@ class BrokerLink(Component):
 
         client._client.on_message = on_message
         if manual:
-            # The report connection: a boot storm's PUBLISH packets are read here, not
-            # by paho (see mqttwire), and acknowledged by acknowledge(). Other links
-            # keep paho's reading, which acknowledges on its own.
-            paho_handle_publish = client._client._handle_publish
-
-            def handle_publish() -> MQTTErrorCode:
-                packet = client._client._in_packet
-                plain = plain_publish(packet["command"], packet["packet"])
-                if plain is None:
-                    return paho_handle_publish()  # what this does not read, paho does
-                deliver(*plain)
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-            client._client._handle_publish = handle_publish  # type: ignore[method-assign]
+            # The report connection: acknowledged by acknowledge(). Other links keep
+            # paho's reading, which acknowledges on its own.
+            _read_publishes_here(client._client, deliver)
         # paho calls on_socket_open (in the thread that connects) before it sends
         # CONNECT; from then on paho and aiomqtt's reader both see the read-ahead.
         aiomqtt_socket_open = client._client.on_socket_open

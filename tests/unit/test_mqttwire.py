@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import socket
 
+import paho.mqtt.client as paho_client
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt._packet import decode_publish
-from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.daemon.mqttwire import ReadAhead, plain_publish, puback
+from controller.daemon.mqtt import _read_publishes_here
+from controller.daemon.mqttwire import ReadAhead, plain_publish, puback, split_publishes
 
 PUBLISH = 0x30
 
@@ -96,3 +98,87 @@ def test_read_ahead_serves_paho_s_small_reads_from_one_socket_read() -> None:
         assert ahead.fileno() == ours.fileno()  # the event loop watches the real socket
         broker.shutdown(socket.SHUT_WR)
         assert ahead.recv(1) == b""  # the broker closed: paho sees the end as before
+
+
+def packet(command: int, body: bytes) -> bytes:
+    """A whole packet: the fixed header (type and flags, remaining length) and body."""
+    length, size = b"", len(body)
+    while True:
+        size, digit = size >> 7, size & 0x7F
+        length += bytes([digit | (0x80 if size else 0)])
+        if not size:
+            return bytes([command]) + length + body
+
+
+def test_split_publishes_takes_the_complete_plain_ones_and_stops_where_paho_must_read() -> None:
+    first = packet(PUBLISH | 0x02, publish(b"a", b"1", 1, 1))
+    second = packet(PUBLISH, publish(b"b", b"2" * 200, 0))  # a two-byte remaining length
+    qos2 = packet(PUBLISH | 0x04, publish(b"c", b"3", 2, 3))
+    data = first + second + qos2 + first
+    assert split_publishes(data, 0) == (
+        [("a", b"1", 1, False, 1), ("b", b"2" * 200, 0, False, 0)],
+        len(first + second),  # the QoS 2 one is paho's, and so is all after it
+    )
+    assert split_publishes(data, len(first + second + qos2))[1] == len(data)
+    assert split_publishes(first + second[:-1], 0)[1] == len(first)  # cut off: read on later
+    assert split_publishes(first[:1], 0) == ([], 0)  # not even its length yet
+    assert split_publishes(b"\xd0\x00" + first, 0) == ([], 0)  # PINGRESP: paho's
+
+
+def reader() -> tuple[paho_client.Client, socket.socket, list[tuple[object, ...]]]:
+    """A paho client reading through ReadAhead as the report connection does, and its broker end."""
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client = paho_client.Client(CallbackAPIVersion.VERSION2, protocol=paho_client.MQTTv5)
+    delivered: list[tuple[object, ...]] = []
+    client._sock = ReadAhead(ours)
+    _read_publishes_here(client, lambda *message: delivered.append(message))
+    client.on_message = lambda c, u, m: delivered.append(("paho", m.topic, m.payload))
+    return client, broker, delivered
+
+
+def read_all(client: paho_client.Client) -> None:
+    """What aiomqtt's reader does on a readable socket, until nothing is left to read."""
+    while True:
+        client.loop_read()
+        sock = client._sock
+        assert isinstance(sock, ReadAhead)
+        if sock.pending() == 0:
+            try:
+                sock.recv(1)  # one more byte? (ReadAhead buffers whatever comes with it)
+            except BlockingIOError:
+                return
+            raise AssertionError("bytes were left unread")
+
+
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=30), st.binary(max_size=40))
+def test_a_stream_cut_anywhere_delivers_every_message_once_in_order(
+    cuts: list[int], payload: bytes
+) -> None:
+    messages = [(f"n/{i}/report", payload + bytes([i]), i % 2, False, i % 2 * (i + 1))
+                for i in range(12)]  # fmt: skip
+    packets = [
+        packet(PUBLISH | qos << 1, publish(t.encode(), p, qos, mid))
+        for t, p, qos, _, mid in messages
+    ]
+    stream = b"".join(packets[:5]) + b"\xd0\x00" + b"".join(packets[5:])  # PINGRESP: paho's
+    client, broker, delivered = reader()
+    with broker:
+        at = 0
+        for cut in [*cuts, len(stream)]:
+            broker.sendall(stream[at : at + cut])
+            at += cut
+            read_all(client)
+            if at >= len(stream):
+                break
+    assert delivered == messages
+    client._sock.close()  # type: ignore[union-attr]
+
+
+def test_the_end_of_the_connection_is_paho_s_to_see() -> None:
+    client, broker, delivered = reader()
+    broker.sendall(packet(PUBLISH | 0x02, publish(b"a", b"1", 1, 1)))
+    broker.close()
+    assert client.loop_read() == paho_client.MQTT_ERR_SUCCESS
+    assert delivered == [("a", b"1", 1, False, 1)]
+    assert client.loop_read() == paho_client.MQTT_ERR_CONN_LOST

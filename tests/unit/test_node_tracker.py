@@ -125,3 +125,48 @@ def test_drain_applies_and_acknowledges_what_run_held_when_cancelled(
     tracker.drain()
     assert acks.mids == [2, 3]
     assert {n.mac for n in book.db.nodes()} == {mac(1), mac(2)}
+
+
+def test_a_report_during_the_quiet_moment_is_applied_without_waiting_for_its_end(
+    book: NodeBook, tmp_path: Path
+) -> None:
+    # After a batch the tracker waits a quiet moment before it calls ingest idle; a
+    # report coming meanwhile is taken at once (sleeping the moment out stalled a
+    # boot storm once per batch). The moment here is far longer than the deadline.
+    acks = Acks(tmp_path / "netroot.db")
+
+    async def scenario() -> NodeTracker:
+        tracker = NodeTracker(asyncio.Queue(), book, ack=acks, quiet_s=600)
+        task = asyncio.create_task(tracker.run())
+        tracker.inbox.put_nowait(report(1))
+        acks.target = 1
+        async with asyncio.timeout(20):
+            await acks.reached.wait()
+        acks.reached.clear()
+        tracker.inbox.put_nowait(report(2))
+        acks.target = 2
+        async with asyncio.timeout(20):  # not the 600 s of the quiet moment
+            await acks.reached.wait()
+        assert not tracker.idle.is_set()  # still within the quiet moment
+        task.cancel()
+        return tracker
+
+    asyncio.run(scenario())
+    assert acks.mids == [2, 3]
+
+
+def test_ingest_is_idle_after_a_quiet_moment(book: NodeBook, tmp_path: Path) -> None:
+    acks = Acks(tmp_path / "netroot.db")
+
+    async def scenario() -> None:
+        tracker = NodeTracker(asyncio.Queue(), book, ack=acks, quiet_s=0.01)
+        task = asyncio.create_task(tracker.run())
+        tracker.inbox.put_nowait(report(1))
+        await asyncio.sleep(0)
+        assert not tracker.idle.is_set()  # a report is being applied
+        async with asyncio.timeout(20):
+            await tracker.idle.wait()  # the publisher sends full windows again
+        assert acks.mids == [2]
+        task.cancel()
+
+    asyncio.run(scenario())
