@@ -2,7 +2,8 @@
 
 Phase 1 (`--reports`, default 5,000 new nodes): reports per second the
 controller stores, against a plain `mosquitto_sub` draining the same stream
-in the same run (target: at least 0.8 x the baseline).
+in the same run (target: at least 0.8 x the baseline). Stored means committed:
+the time another connection to the database first sees every node.
 Phase 2 (`--storm`, default 10,000 new nodes): a boot storm; every node must
 be stored (none lost), with p50/p99 latency from publish to stored state.
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 from common import Workspace, make_root_tree
-from integration.harness import Broker, Controller, report, wait_for
+from integration.harness import Broker, Controller, report
 from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.daemon.db import Database
@@ -216,6 +217,22 @@ def receive_floor(broker: Broker, count: int) -> None:
     print(f"  ratio paho/mosquitto_sub: {base_s / paho_s:.2f} (a Python paho receiver's ceiling)")
 
 
+def committed_at(db: Database, number: int, count: int) -> tuple[float, bool] | None:
+    """When a reader first saw all `count` nodes of phase `number`, and whether that
+    was at the first look (None: not within 600 s). Polled every 5 ms (a count by
+    the primary key's range: a fraction of a millisecond of CPU a look)."""
+    lo, hi = f"52:54:{number:02x}:", f"52:54:{number:02x};"  # ';' follows ':'
+    deadline = time.monotonic() + 600
+    first = True
+    while time.monotonic() < deadline:
+        ((seen,),) = db.rows("SELECT COUNT(*) FROM nodes WHERE mac >= ? AND mac < ?", (lo, hi))
+        if seen >= count:
+            return time.time(), first
+        first = False
+        time.sleep(0.005)
+    return None
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -242,15 +259,8 @@ def phase(
         stamp, topic = line.split(" ", 1)
         received.setdefault(topic, float(stamp))
     wanted = set(macs)
-
-    def stored() -> dict[str, float] | None:
-        done = {m: t for m, t in db.node_updated_at().items() if m in wanted}
-        return done if len(done) == count else None
-
-    try:
-        stored_at = wait_for(stored, f"{count} nodes stored", timeout=600)
-    except AssertionError:
-        stored_at = {m: t for m, t in db.node_updated_at().items() if m in wanted}
+    seen_all = committed_at(db, number, count)
+    stored_at = {m: t for m, t in db.node_updated_at().items() if m in wanted}
     cpu1 = cpu_s(pid)
     sched1 = sched_s(pid)
     empty_at = outbox_empty(db)
@@ -266,13 +276,18 @@ def phase(
     paho_s = paho_baseline(broker, copies)
     lat = [stored_at[m] - sent[f"netroot/node/{m}/report"] for m in stored_at]
     base_lat = [received[t] - sent[t] for t in received]
-    controller_s = max(stored_at.values()) - t0 if stored_at else float("inf")
+    stamped_s = max(stored_at.values()) - t0 if stored_at else float("inf")
+    # Done when a reader sees every node: a row's stamp is taken as the report is
+    # applied, before its transaction commits. Seen at the first look, the
+    # controller finished before mosquitto_sub; its last stamp is then the figure.
+    controller_s = stamped_s if seen_all is None or seen_all[1] else seen_all[0] - t0
     baseline_s = max(received.values()) - t0
     return {
         "count": count,
         "stored": len(stored_at),
         "publish_s": max(sent.values()) - t0,
         "controller_s": controller_s,
+        "stamped_s": stamped_s,
         "baseline_s": baseline_s,
         "p50": statistics.median(lat) if lat else float("nan"),
         "p99": percentile(lat, 0.99) if lat else float("nan"),
@@ -295,8 +310,9 @@ def show(name: str, r: dict[str, float]) -> None:
     print(f"{name}: {int(r['count'])} reports published in {r['publish_s']:.2f} s")
     print(
         f"  controller: {int(r['stored'])}/{int(r['count'])} stored in "
-        f"{r['controller_s']:.2f} s = {ctl_rate:,.0f} reports/s; "
-        f"latency p50 {r['p50'] * 1e3:.0f} ms, p99 {r['p99'] * 1e3:.0f} ms"
+        f"{r['controller_s']:.2f} s = {ctl_rate:,.0f} reports/s (all committed; the last row "
+        f"stamped at {r['stamped_s']:.2f} s); latency to the row's stamp p50 "
+        f"{r['p50'] * 1e3:.0f} ms, p99 {r['p99'] * 1e3:.0f} ms"
     )
     print(
         f"  mosquitto_sub: drained in {r['baseline_s']:.2f} s = {base_rate:,.0f} reports/s; "
