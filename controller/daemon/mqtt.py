@@ -28,7 +28,7 @@ from controller.config.models import MqttConfig
 from controller.core.errors import NetrootError
 from controller.core.log import get_logger
 from controller.daemon.components import Component
-from controller.daemon.mqttwire import PUBACK, ReadAhead, plain_publish, puback
+from controller.daemon.mqttwire import PUBACK, Publish, ReadAhead, plain_publish, puback
 
 log = get_logger("mqtt")
 
@@ -159,7 +159,7 @@ class _Window:
             self.done.set_result(None)
 
 
-def _read_publishes_here(paho: paho_client.Client, deliver: Callable[..., None]) -> None:
+def _read_publishes_here(paho: paho_client.Client, deliver: Callable[[*Publish], None]) -> None:
     """A boot storm's PUBLISH packets are read by mqttwire and handed to deliver, not
     to paho's reader (what mqttwire does not read, paho does, as before)."""
     paho_handle_publish = paho._handle_publish

@@ -135,7 +135,7 @@ def test_a_report_during_the_quiet_moment_is_applied_without_waiting_for_its_end
     # boot storm once per batch). The moment here is far longer than the deadline.
     acks = Acks(tmp_path / "netroot.db")
 
-    async def scenario() -> NodeTracker:
+    async def scenario() -> None:
         tracker = NodeTracker(asyncio.Queue(), book, ack=acks, quiet_s=600)
         task = asyncio.create_task(tracker.run())
         tracker.inbox.put_nowait(report(1))
@@ -149,7 +149,6 @@ def test_a_report_during_the_quiet_moment_is_applied_without_waiting_for_its_end
             await acks.reached.wait()
         assert not tracker.idle.is_set()  # still within the quiet moment
         task.cancel()
-        return tracker
 
     asyncio.run(scenario())
     assert acks.mids == [2, 3]
@@ -162,8 +161,10 @@ def test_ingest_is_idle_after_a_quiet_moment(book: NodeBook, tmp_path: Path) -> 
         tracker = NodeTracker(asyncio.Queue(), book, ack=acks, quiet_s=0.01)
         task = asyncio.create_task(tracker.run())
         tracker.inbox.put_nowait(report(1))
-        await asyncio.sleep(0)
-        assert not tracker.idle.is_set()  # a report is being applied
+        acks.target = 1
+        async with asyncio.timeout(20):
+            await acks.reached.wait()
+        assert not tracker.idle.is_set()  # a report was just applied: not idle yet
         async with asyncio.timeout(20):
             await tracker.idle.wait()  # the publisher sends full windows again
         assert acks.mids == [2]
